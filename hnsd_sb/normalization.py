@@ -1,0 +1,293 @@
+"""Speaker-level z-score normalisation of feature sequences.
+
+SpeechBrain removed ``InputNormalization(norm_type="speaker")`` in 1.0.4; HNSD needs it to remove
+speaker differences, so this module keeps per-speaker statistics itself. Statistics are exact
+sums over the real (unpadded) frames, accumulated in float64, and travel with SpeechBrain's
+checkpointer and ``Pretrainer``.
+"""
+
+import torch
+from speechbrain.dataio.dataio import length_to_mask
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    mark_as_transfer,
+    register_checkpoint_hooks,
+)
+
+UNSEEN_POLICIES = ("utterance", "global")
+
+
+def real_frame_mask(lengths, max_len, device=None):
+    """Returns a boolean mask of the real frames of a padded batch.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        Relative lengths ``[batch]`` in (0, 1] (SpeechBrain convention).
+    max_len : int
+        Padded length in frames.
+    device : torch.device
+        Device of the mask.
+
+    Returns
+    -------
+    torch.Tensor
+        Boolean mask ``[batch, max_len]``, True on real frames (at least one per sequence).
+
+    Example
+    -------
+    >>> real_frame_mask(torch.tensor([1.0, 0.5]), 4).int().tolist()
+    [[1, 1, 1, 1], [1, 1, 0, 0]]
+    """
+    n_frames = torch.round(lengths.float() * max_len).clamp(min=1, max=max_len)
+    return length_to_mask(n_frames, max_len, device=device).bool()
+
+
+@register_checkpoint_hooks
+class SpeakerNormalization(torch.nn.Module):
+    """Speaker-level z-score normalisation with a fallback for unseen speakers.
+
+    Call ``accumulate`` over the training data (no labels are needed) to gather each speaker's
+    mean and standard deviation, then ``forward`` normalises every frame of an utterance with its
+    speaker's statistics. The padded frames of the output are set to zero.
+
+    A speaker never accumulated (a new speaker at inference) is normalised according to
+    ``unseen``:
+
+    - ``"utterance"`` (default): the utterance's own mean and standard deviation. This is the
+      closest stand-in for speaker statistics one utterance allows, and like them it removes the
+      speaker's and the recording's offsets (a change of gain or microphone shifts log-Mel
+      energies by a constant, which it cancels). Its price is that it also removes the
+      utterance's own mean, part of which is emotion; pass a speaker's other recordings to
+      ``accumulate`` to get true speaker statistics instead.
+    - ``"global"``: the pooled statistics of all accumulated speakers. It keeps the utterance's
+      level but leaves the speaker's offset (and any recording gain) in the features.
+
+    Arguments
+    ---------
+    unseen : str
+        Fallback for speakers without statistics: ``"utterance"`` or ``"global"``.
+    std_floor : float
+        Lower bound on standard deviations, so constant features stay finite.
+
+    Example
+    -------
+    >>> norm = SpeakerNormalization()
+    >>> feats = torch.randn(2, 50, 3) * 4 + 10
+    >>> lens = torch.tensor([1.0, 0.6])
+    >>> norm.accumulate(feats, lens, ["spk1", "spk1"])
+    >>> out = norm(feats, lens, ["spk1", "spk1"])
+    >>> mask = real_frame_mask(lens, 50)
+    >>> bool(out[mask].mean(0).abs().max() < 1e-5)
+    True
+    >>> bool((out[mask].std(0, unbiased=False) - 1).abs().max() < 1e-4)
+    True
+    >>> norm.speakers
+    ['spk1']
+    """
+
+    def __init__(self, unseen="utterance", std_floor=1e-5):
+        super().__init__()
+        if unseen not in UNSEEN_POLICIES:
+            raise ValueError(f"unseen must be one of {UNSEEN_POLICIES}, got {unseen!r}")
+        self.unseen = unseen
+        self.std_floor = std_floor
+        self.reset()
+
+    def reset(self):
+        """Forgets all accumulated statistics.
+
+        Example
+        -------
+        >>> norm = SpeakerNormalization()
+        >>> norm.accumulate(torch.randn(1, 5, 2), torch.ones(1), ["a"])
+        >>> norm.reset()
+        >>> norm.speakers
+        []
+        """
+        # speaker -> [frame count, sum, sum of squares], float64 so long corpora stay exact
+        self.stats = {}
+
+    @property
+    def speakers(self):
+        """Sorted list of the speakers with statistics."""
+        return sorted(self.stats)
+
+    @torch.no_grad()
+    def accumulate(self, feats, lengths, speakers):
+        """Adds a batch's real frames to its speakers' statistics.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            Features ``[batch, time, n_feats]``.
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``.
+        speakers : list of str
+            Speaker of each sequence.
+
+        Example
+        -------
+        >>> norm = SpeakerNormalization()
+        >>> norm.accumulate(torch.ones(2, 4, 1), torch.tensor([1.0, 0.5]), ["a", "b"])
+        >>> norm.stats["b"][0].item()
+        2.0
+        """
+        if len(speakers) != feats.shape[0]:
+            raise ValueError(f"got {len(speakers)} speakers for a batch of {feats.shape[0]}")
+        mask = real_frame_mask(lengths, feats.shape[1], feats.device).unsqueeze(-1)
+        x = feats.detach().double() * mask
+        counts = mask.sum(dim=1).squeeze(-1).double()
+        sums = x.sum(dim=1)
+        sumsq = (x * x).sum(dim=1)
+        for i, spk in enumerate(speakers):
+            entry = [counts[i].cpu(), sums[i].cpu(), sumsq[i].cpu()]
+            if spk in self.stats:
+                entry = [a + b for a, b in zip(self.stats[spk], entry)]
+            self.stats[spk] = entry
+
+    def _moments(self, count, total, total_sq):
+        """Mean and floored standard deviation from running sums."""
+        mean = total / count
+        var = (total_sq / count - mean * mean).clamp(min=0.0)
+        return mean, var.sqrt().clamp(min=self.std_floor)
+
+    def speaker_moments(self, speaker):
+        """Returns the mean and standard deviation of an accumulated speaker.
+
+        Arguments
+        ---------
+        speaker : str
+            A speaker in ``speakers``.
+
+        Returns
+        -------
+        mean, std : torch.Tensor
+            ``[n_feats]`` each (float64).
+
+        Example
+        -------
+        >>> norm = SpeakerNormalization()
+        >>> norm.accumulate(torch.tensor([[[1.0], [3.0]]]), torch.ones(1), ["a"])
+        >>> [t.item() for t in norm.speaker_moments("a")]
+        [2.0, 1.0]
+        """
+        return self._moments(*self.stats[speaker])
+
+    def global_moments(self):
+        """Returns the mean and standard deviation pooled over all speakers' frames.
+
+        Returns
+        -------
+        mean, std : torch.Tensor
+            ``[n_feats]`` each (float64).
+
+        Example
+        -------
+        >>> norm = SpeakerNormalization()
+        >>> norm.accumulate(torch.tensor([[[0.0]], [[2.0]]]), torch.ones(2), ["a", "b"])
+        >>> [t.item() for t in norm.global_moments()]
+        [1.0, 1.0]
+        """
+        if not self.stats:
+            raise RuntimeError("SpeakerNormalization has no statistics: call accumulate first")
+        entries = list(self.stats.values())
+        return self._moments(*(sum(e[k] for e in entries) for k in range(3)))
+
+    def forward(self, feats, lengths=None, speakers=None):
+        """Normalises each sequence with its speaker's statistics.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            Features ``[batch, time, n_feats]``.
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``; ``None`` means all are full length.
+        speakers : list of str
+            Speaker of each sequence; ``None`` treats every sequence as an unseen speaker.
+
+        Returns
+        -------
+        torch.Tensor
+            Normalised features, zero on padded frames.
+        """
+        batch, max_len, _ = feats.shape
+        if lengths is None:
+            lengths = torch.ones(batch, device=feats.device)
+        if speakers is None:
+            speakers = [None] * batch
+        mask = real_frame_mask(lengths, max_len, feats.device).unsqueeze(-1)
+        means, stds = [], []
+        for i, spk in enumerate(speakers):
+            if spk in self.stats:
+                mean, std = self.speaker_moments(spk)
+            elif self.unseen == "global" and self.stats:
+                mean, std = self.global_moments()
+            else:
+                n = mask[i].sum().double()
+                x = feats[i].detach().double() * mask[i]
+                mean, std = self._moments(n, x.sum(0), (x * x).sum(0))
+            means.append(mean)
+            stds.append(std)
+        mean = torch.stack(means).to(feats.device, feats.dtype).unsqueeze(1)
+        std = torch.stack(stds).to(feats.device, feats.dtype).unsqueeze(1)
+        return (feats - mean) / std * mask
+
+    def state(self):
+        """Returns the statistics as plain tensors and strings (safe for ``weights_only`` loads).
+
+        Returns
+        -------
+        dict
+            ``speakers`` (list of str), ``count`` ``[n]``, ``sum`` and ``sumsq`` ``[n, n_feats]``.
+
+        Example
+        -------
+        >>> norm = SpeakerNormalization()
+        >>> norm.accumulate(torch.ones(1, 3, 2), torch.ones(1), ["a"])
+        >>> norm.state()["sum"].tolist()
+        [[3.0, 3.0]]
+        """
+        speakers = self.speakers
+        if not speakers:
+            return {"speakers": [], "count": torch.zeros(0), "sum": None, "sumsq": None}
+        return {
+            "speakers": speakers,
+            "count": torch.stack([self.stats[s][0] for s in speakers]),
+            "sum": torch.stack([self.stats[s][1] for s in speakers]),
+            "sumsq": torch.stack([self.stats[s][2] for s in speakers]),
+        }
+
+    def load_state(self, state):
+        """Restores statistics produced by ``state``.
+
+        Arguments
+        ---------
+        state : dict
+            As returned by ``state``.
+
+        Example
+        -------
+        >>> a, b = SpeakerNormalization(), SpeakerNormalization()
+        >>> a.accumulate(torch.randn(1, 6, 2), torch.ones(1), ["x"])
+        >>> b.load_state(a.state())
+        >>> torch.equal(a.speaker_moments("x")[1], b.speaker_moments("x")[1])
+        True
+        """
+        self.reset()
+        for i, spk in enumerate(state["speakers"]):
+            self.stats[spk] = [state["count"][i], state["sum"][i], state["sumsq"][i]]
+
+    @mark_as_saver
+    def _save(self, path):
+        torch.save(self.state(), path)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch=False):
+        del end_of_epoch  # statistics do not depend on where in an epoch they were saved
+        self.load_state(torch.load(path, map_location="cpu", weights_only=True))
+
+    @mark_as_transfer
+    def _transfer(self, path):
+        self._load(path)

@@ -1,0 +1,118 @@
+"""Tests of speaker-level normalisation."""
+
+import numpy as np
+import pytest
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from hnsd_sb import SpeakerNormalization
+from hnsd_sb.normalization import real_frame_mask
+
+
+def padded_batches(seed=0):
+    """Two batches of padded sequences from three speakers, with their real frames."""
+    gen = torch.Generator().manual_seed(seed)
+    batches, real = [], {}
+    for speakers, n_frames in ((["a", "b", "a"], [30, 12, 21]), (["c", "b"], [17, 40])):
+        max_len = max(n_frames)
+        offset = torch.tensor([ord(s) - 97.0 for s in speakers]).view(-1, 1, 1)
+        feats = torch.randn(len(speakers), max_len, 4, generator=gen) * (1 + offset) + 5 * offset
+        feats[:, :, 1] *= 10
+        for i, n in enumerate(n_frames):
+            feats[i, n:] = 1e6  # padding that would ruin any statistic that read it
+            real.setdefault(speakers[i], []).append(feats[i, :n].double().numpy())
+        batches.append((feats, torch.tensor(n_frames) / max_len, speakers))
+    return batches, {s: np.concatenate(v) for s, v in real.items()}
+
+
+def test_speaker_statistics_match_numpy_on_padded_batches():
+    batches, real = padded_batches()
+    norm = SpeakerNormalization()
+    for feats, lens, spk in batches:
+        norm.accumulate(feats, lens, spk)
+    assert norm.speakers == ["a", "b", "c"]
+    for spk, frames in real.items():
+        mean, std = norm.speaker_moments(spk)
+        np.testing.assert_allclose(mean.numpy(), frames.mean(0), rtol=1e-10)
+        np.testing.assert_allclose(std.numpy(), frames.std(0), rtol=1e-8)
+    pooled = np.concatenate(list(real.values()))
+    mean, std = norm.global_moments()
+    np.testing.assert_allclose(mean.numpy(), pooled.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(std.numpy(), pooled.std(0), rtol=1e-8)
+
+
+def test_normalised_speakers_have_zero_mean_unit_std_and_zero_padding():
+    batches, real = padded_batches()
+    norm = SpeakerNormalization()
+    for feats, lens, spk in batches:
+        norm.accumulate(feats, lens, spk)
+    out = {s: [] for s in real}
+    for feats, lens, spk in batches:
+        y = norm(feats, lens, spk)
+        mask = real_frame_mask(lens, feats.shape[1])
+        assert y[~mask].abs().max() == 0
+        for i, s in enumerate(spk):
+            out[s].append(y[i][mask[i]].double())
+    for frames in out.values():
+        frames = torch.cat(frames)
+        assert frames.mean(0).abs().max() < 1e-4
+        assert (frames.std(0, unbiased=False) - 1).abs().max() < 1e-4
+
+
+def test_statistics_survive_checkpoint_round_trip(tmp_path):
+    batches, _ = padded_batches()
+    norm = SpeakerNormalization()
+    for feats, lens, spk in batches:
+        norm.accumulate(feats, lens, spk)
+    Checkpointer(tmp_path, {"normalizer": norm}).save_checkpoint()
+    restored = SpeakerNormalization()
+    Checkpointer(tmp_path, {"normalizer": restored}).recover_if_possible()
+    assert restored.speakers == norm.speakers
+    feats, lens, spk = batches[1]
+    torch.testing.assert_close(restored(feats, lens, spk), norm(feats, lens, spk))
+    saved = next(tmp_path.glob("CKPT*/normalizer.ckpt"))
+    torch.load(saved, weights_only=True)  # plain tensors and strings only
+
+
+def test_unseen_speaker_utterance_fallback_cancels_recording_gain():
+    batches, _ = padded_batches()
+    norm = SpeakerNormalization(unseen="utterance")
+    feats, lens, spk = batches[0]
+    norm.accumulate(feats, lens, spk)
+    new = torch.randn(1, 25, 4) * 3 + 2
+    # A gain change multiplies the waveform, i.e. adds a constant to log-Mel energies.
+    torch.testing.assert_close(norm(new, None, ["new"]), norm(new + 7.5, None, ["new"]))
+    y = norm(new, None, ["new"])[0]
+    assert y.mean(0).abs().max() < 1e-5
+
+
+def test_unseen_speaker_global_fallback_uses_pooled_statistics():
+    batches, _ = padded_batches()
+    norm = SpeakerNormalization(unseen="global")
+    for feats, lens, spk in batches:
+        norm.accumulate(feats, lens, spk)
+    new = torch.randn(1, 25, 4)
+    mean, std = norm.global_moments()
+    expected = (new - mean.float()) / std.float()
+    torch.testing.assert_close(norm(new, None, ["stranger"]), expected)
+
+
+def test_enrolling_a_speaker_switches_from_fallback_to_speaker_statistics():
+    norm = SpeakerNormalization()
+    reference = torch.randn(3, 40, 4) * 2 + 1
+    utt = torch.randn(1, 10, 4) + 4
+    before = norm(utt, None, ["new"])
+    norm.accumulate(reference, torch.ones(3), ["new"] * 3)
+    after = norm(utt, None, ["new"])
+    mean, std = norm.speaker_moments("new")
+    torch.testing.assert_close(after, (utt - mean.float()) / std.float())
+    assert not torch.allclose(before, after)
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="unseen"):
+        SpeakerNormalization(unseen="speaker")
+    with pytest.raises(ValueError, match="speakers"):
+        SpeakerNormalization().accumulate(torch.zeros(2, 3, 1), torch.ones(2), ["a"])
+    with pytest.raises(RuntimeError, match="accumulate"):
+        SpeakerNormalization().global_moments()
