@@ -1,0 +1,299 @@
+"""Robust audio loading for training and inference.
+
+``load_audio`` reads anything libsndfile reads (WAV of any PCM / float subtype, FLAC, OGG, ...),
+downmixes to mono, resamples to the model's rate and rejects files that would silently poison
+training (empty, truncated, too short, non-finite samples) with an ``AudioError`` naming the file.
+``check_audio_header`` runs the checks that need no decoding, for fast manifest validation, and
+``make_audio_pipeline`` wraps ``load_audio`` as a SpeechBrain dynamic item (``wav`` -> ``sig``).
+"""
+
+import functools
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from speechbrain.utils.data_pipeline import provides, takes
+
+# RIFF data sizes that streaming writers leave in a header they never finalise.
+_UNFINALISED_SIZES = (0, 0xFFFFFFFF)
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file.
+
+    Arguments
+    ---------
+    path : str
+        The file at fault (kept as ``.path``).
+    reason : str
+        What is wrong with it.
+
+    Example
+    -------
+    >>> err = AudioError("/data/a.wav", "empty file (0 samples)")
+    >>> str(err)
+    '/data/a.wav: empty file (0 samples)'
+    >>> err.path, isinstance(err, ValueError)
+    ('/data/a.wav', True)
+    """
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class AudioInfo:
+    """What the header of an audio file says.
+
+    Arguments
+    ---------
+    path : str
+        The file.
+    frames : int
+        Number of samples per channel actually present.
+    sample_rate : int
+        Sampling rate in Hz.
+    channels : int
+        Number of channels.
+    """
+
+    path: str
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self):
+        """Duration in seconds."""
+        return self.frames / self.sample_rate
+
+
+def _wav_missing_frames(path):
+    """Frames the WAV ``data`` chunk declares beyond the end of the file (0 if complete or not
+    a RIFF/WAVE file). libsndfile quietly shortens such files, so this is how truncation shows.
+    """
+    file_size = os.path.getsize(path)
+    block_align = 1
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        offset = 12
+        while offset + 8 <= file_size:
+            f.seek(offset)
+            chunk_id, size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"fmt " and size >= 14:
+                block_align = max(1, struct.unpack("<12xH", f.read(14))[0])
+            elif chunk_id == b"data":
+                if size in _UNFINALISED_SIZES:
+                    return 0
+                # A partial last frame is harmless and some writers miscount it.
+                return max(0, size - (file_size - offset - 8)) // block_align
+            offset += 8 + size + (size & 1)  # chunks are word aligned
+    return 0
+
+
+def check_audio_header(path, min_duration=0.025, allow_truncated=False):
+    """Checks an audio file from its header alone, without decoding the samples.
+
+    Catches missing, unreadable, truncated, empty and too short files; non-finite samples need
+    a full decode and are left to ``load_audio``.
+
+    Arguments
+    ---------
+    path : str
+        Audio file.
+    min_duration : float
+        Shortest accepted duration in seconds (default: one 25 ms analysis frame).
+    allow_truncated : bool
+        Accept a WAV whose header declares more samples than the file holds.
+
+    Returns
+    -------
+    AudioInfo
+        Frames, sampling rate and channels of the file.
+
+    Raises
+    ------
+    AudioError
+        Naming the file and the problem.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> path = getfixture("tmpdir").join("a.wav").strpath
+    >>> sf.write(path, np.zeros(8000), 8000)
+    >>> info = check_audio_header(path)
+    >>> info.frames, info.sample_rate, info.duration
+    (8000, 8000, 1.0)
+    >>> sf.write(path, np.zeros(80), 8000)
+    >>> check_audio_header(path)
+    Traceback (most recent call last):
+    ...
+    hnsd_sb.audio.AudioError: ...a.wav: too short: 0.010 s (80 samples at 8000 Hz), minimum 0.025 s
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError(path, "file not found")
+    if not os.path.isfile(path):
+        raise AudioError(path, "not a regular file")
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(path, f"unreadable as audio ({err})") from err
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(path, "empty file (0 samples)")
+    if not allow_truncated:
+        missing = _wav_missing_frames(path)
+        if missing:
+            raise AudioError(
+                path,
+                f"truncated: the WAV header declares {info.frames + missing} frames but the "
+                f"file holds only {info.frames}",
+            )
+    min_frames = math.ceil(round(min_duration * info.samplerate, 6))
+    if info.frames < min_frames:
+        raise AudioError(
+            path,
+            f"too short: {info.frames / info.samplerate:.3f} s ({info.frames} samples at "
+            f"{info.samplerate} Hz), minimum {min_duration:.3f} s",
+        )
+    return AudioInfo(path, info.frames, info.samplerate, info.channels)
+
+
+def audio_duration(path):
+    """Duration of an audio file in seconds, read from its header.
+
+    Arguments
+    ---------
+    path : str
+        Audio file.
+
+    Returns
+    -------
+    float
+        Duration in seconds.
+
+    Raises
+    ------
+    AudioError
+        If the file is missing, unreadable, truncated or empty.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> path = getfixture("tmpdir").join("a.flac").strpath
+    >>> sf.write(path, np.zeros(24000), 16000)
+    >>> audio_duration(path)
+    1.5
+    """
+    return check_audio_header(path, min_duration=0.0).duration
+
+
+def load_audio(path, sample_rate=16000, min_duration=0.025, allow_truncated=False):
+    """Loads an audio file as a mono float32 waveform at ``sample_rate``.
+
+    Multichannel audio is averaged to mono; other rates are resampled with
+    ``torchaudio.functional.resample``. A WAV whose header declares more samples than the file
+    holds (a copy cut short) is rejected unless ``allow_truncated``, in which case the samples
+    present are returned.
+
+    Arguments
+    ---------
+    path : str
+        Audio file in any format libsndfile reads.
+    sample_rate : int
+        Rate of the returned waveform in Hz.
+    min_duration : float
+        Shortest accepted duration in seconds (default: one 25 ms analysis frame, i.e. 400
+        samples at 16 kHz).
+    allow_truncated : bool
+        Return what a truncated WAV holds instead of raising.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[samples]`` float32 waveform, nominally in ``[-1, 1]``.
+
+    Raises
+    ------
+    AudioError
+        If the file is missing, unreadable, truncated, empty, too short or holds NaN / Inf.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> path = getfixture("tmpdir").join("stereo.wav").strpath
+    >>> sf.write(path, np.stack([np.full(4800, 0.5), np.zeros(4800)], axis=1), 48000)
+    >>> wav = load_audio(path)
+    >>> wav.shape, wav.dtype
+    (torch.Size([1600]), torch.float32)
+    >>> round(float(wav[800]), 3)
+    0.25
+    """
+    path = os.fspath(path)
+    info = check_audio_header(path, min_duration, allow_truncated)
+    try:
+        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(path, f"cannot decode samples ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty file (0 samples)")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = data[~finite]
+        kinds = " and ".join(k for k, m in (("NaN", np.isnan), ("Inf", np.isinf)) if m(bad).any())
+        raise AudioError(path, f"{bad.size} samples are {kinds}")
+    wav = torch.from_numpy(data.mean(axis=1) if info.channels > 1 else data[:, 0])
+    if file_rate != sample_rate:
+        wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
+    return wav.contiguous()
+
+
+def make_audio_pipeline(sample_rate=16000, min_duration=0.025, allow_truncated=False):
+    """A SpeechBrain dynamic item that loads the ``wav`` path of a row into ``sig``.
+
+    The item wraps ``functools.partial(load_audio, ...)`` rather than a closure so datasets that
+    hold it can be pickled into DataLoader worker processes.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Rate of the loaded waveforms.
+    min_duration : float
+        Shortest accepted duration in seconds.
+    allow_truncated : bool
+        Load truncated WAVs instead of raising.
+
+    Returns
+    -------
+    speechbrain.utils.data_pipeline.DynamicItem
+        Takes ``"wav"``, provides ``"sig"``; pass it to
+        ``speechbrain.dataio.dataset.add_dynamic_item``.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> from speechbrain.dataio.dataset import DynamicItemDataset
+    >>> path = getfixture("tmpdir").join("a.wav").strpath
+    >>> sf.write(path, np.zeros(8000), 8000)
+    >>> data = DynamicItemDataset({"utt1": {"wav": path}})
+    >>> data.add_dynamic_item(make_audio_pipeline(16000))
+    >>> data.set_output_keys(["id", "sig"])
+    >>> data[0]["sig"].shape
+    torch.Size([16000])
+    """
+    load = functools.partial(
+        load_audio,
+        sample_rate=sample_rate,
+        min_duration=min_duration,
+        allow_truncated=allow_truncated,
+    )
+    return takes("wav")(provides("sig")(load))

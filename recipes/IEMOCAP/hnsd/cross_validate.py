@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Runs ``train.py`` on several folds and writes a cross-validation report.
+
+> python cross_validate.py hparams/hnsd.yaml --data_folder=/path/to/IEMOCAP_full_release \
+>     --folds 1 2 3 4 5
+
+Other ``--key=value`` arguments go to every ``train.py`` run unchanged (``--number_of_epochs=20``,
+``--protocol=speaker``...). Fold k trains in ``<cv_folder>/fold<k>``; a fold that already has its
+``test_results.json`` is not trained again, so an interrupted cross-validation resumes where it
+stopped (and an interrupted fold resumes from its last checkpoint). The report,
+``<cv_folder>/cv_results.md``, has per-fold and mean ± std WA and UA and the confusion matrix
+summed over the folds (also as ``confusion_sum.csv`` and ``.png``).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from hnsd_sb.report import save_confusion_matrix, summarize_folds
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv):
+    """Splits the command line into the driver's options and train.py's overrides."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("hparams", help="hparams file given to train.py")
+    parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument(
+        "--cv_folder",
+        default=None,
+        help="where the folds and the report go (default: results/cv/<hparams name>)",
+    )
+    args, train_args = parser.parse_known_args(argv)
+    if args.cv_folder is None:
+        name = os.path.splitext(os.path.basename(args.hparams))[0]
+        args.cv_folder = os.path.join("results", "cv", name)
+    return args, train_args
+
+
+def run_fold(hparams, fold, fold_folder, train_args):
+    """Trains and tests one fold (unless its results exist) and returns its test results."""
+    results_file = os.path.join(fold_folder, "test_results.json")
+    if not os.path.exists(results_file):
+        cmd = [sys.executable, os.path.join(HERE, "train.py"), hparams, f"--fold={fold}"]
+        cmd += [f"--output_folder={fold_folder}", *train_args]
+        print(f"== fold {fold}: {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+    with open(results_file, encoding="utf-8") as f:
+        return {"fold": fold, **json.load(f)}
+
+
+def main(argv=None):
+    """Runs the folds and writes the report; returns the report's Markdown text."""
+    args, train_args = parse_args(sys.argv[1:] if argv is None else argv)
+    results = [
+        run_fold(args.hparams, k, os.path.join(args.cv_folder, f"fold{k}"), train_args)
+        for k in args.folds
+    ]
+    labels = results[0]["labels"]
+    markdown, confusion = summarize_folds(results, labels)
+    os.makedirs(args.cv_folder, exist_ok=True)
+    save_confusion_matrix(
+        confusion,
+        labels,
+        os.path.join(args.cv_folder, "confusion_sum.csv"),
+        os.path.join(args.cv_folder, "confusion_sum.png"),
+        title=f"Summed over folds {', '.join(map(str, args.folds))}",
+    )
+    header = f"# Cross-validation of `{args.hparams}`\n\n"
+    header += f"Arguments given to train.py: `{' '.join(train_args) or '(none)'}`\n\n"
+    with open(os.path.join(args.cv_folder, "cv_results.md"), "w", encoding="utf-8") as f:
+        f.write(header + markdown + "\n")
+    print(header + markdown)
+    return markdown
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Recipe for training HNSD (Cao et al., ICASSP 2021) for speech emotion recognition.
+
+The same script trains on any corpus whose data prep writes SpeechBrain CSV manifests with the
+columns ``ID, duration, wav, spk_id, emo``: the hparams file names the prep function
+(``prepare_data``), so the IEMOCAP and RAVDESS recipes share this file.
+
+To run this recipe, do the following:
+> python train.py hparams/hnsd.yaml --data_folder=/path/to/IEMOCAP_full_release
+
+The best checkpoint is chosen by unweighted accuracy (UA) on the validation speakers; the test
+speakers are used only for the final evaluation, which writes WA, UA, per-class recall, a
+confusion matrix (CSV and PNG) and ``predictions.csv`` to the output folder.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import run_on_main
+from tqdm import tqdm
+
+from hnsd_sb.audio import make_audio_pipeline
+from hnsd_sb.report import save_confusion_matrix
+
+logger = logging.getLogger(__name__)
+
+
+class EmotionBrain(sb.Brain):
+    """Trains and evaluates HNSD: waveform -> features -> speaker normalisation -> model."""
+
+    def compute_forward(self, batch, stage):
+        """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        if stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment"):
+            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
+        static, dynamic, lens = self.modules.features(wavs, wav_lens, return_lengths=True)
+        n_static = static.shape[-1]
+        feats = self.modules.normalizer(torch.cat([static, dynamic], -1), lens, batch.spk_id)
+        log_probs = self.modules.model(feats[..., :n_static], feats[..., n_static:], lens)
+        return log_probs, lens
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Negative log-likelihood of the true emotions; tracks WA/UA and padding."""
+        log_probs, lens = predictions
+        emo = batch.emo_encoded.data.view(-1)
+        if stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment"):
+            emo = self.hparams.wav_augment.replicate_labels(emo)
+        loss = torch.nn.functional.nll_loss(log_probs, emo)
+        self.padded_frames[0] += float((1 - lens).sum())
+        self.padded_frames[1] += float(lens.numel())
+        self.metrics.append(batch.id, log_probs.detach(), emo)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """Starts fresh statistics for the stage."""
+        labels = [self.label_encoder.ind2lab[i] for i in range(len(self.label_encoder))]
+        self.metrics = self.hparams.error_stats(label_names=labels)
+        self.padded_frames = [0.0, 0.0]  # padded and total frames, in units of batch length
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs the stage's statistics, keeps the best checkpoint, writes the test results."""
+        self.metrics.sync()
+        summary = self.metrics.summarize()
+        stats = {
+            "loss": stage_loss,
+            "WA": round(100 * summary["WA"], 2),
+            "UA": round(100 * summary["UA"], 2),
+            "padding": round(100 * self.padded_frames[0] / max(self.padded_frames[1], 1), 2),
+        }
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+        elif stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"UA": stats["UA"], "WA": stats["WA"]},
+                max_keys=["UA"],
+                num_to_keep=self.hparams.keep_checkpoints,
+            )
+        else:
+            recall = {lab: round(100 * r, 2) for lab, r in summary["recall"].items()}
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats={**stats, "recall": recall},
+            )
+            if sb.utils.distributed.if_main_process():
+                self.write_test_results(stats, summary)
+
+    def write_test_results(self, stats, summary):
+        """Writes predictions, the confusion matrix and a JSON summary of the test stage."""
+        out = self.hparams.output_folder
+        labels = self.metrics.label_names
+        self.metrics.write_predictions(os.path.join(out, "predictions.csv"))
+        save_confusion_matrix(
+            summary["confusion"],
+            labels,
+            os.path.join(out, "confusion.csv"),
+            os.path.join(out, "confusion.png"),
+            title=f"Test WA {stats['WA']:.2f} %, UA {stats['UA']:.2f} %",
+        )
+        with open(os.path.join(out, "test_results.json"), "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "WA": summary["WA"],
+                    "UA": summary["UA"],
+                    "recall": summary["recall"],
+                    "labels": labels,
+                    "confusion": summary["confusion"].tolist(),
+                    "n": summary["n"],
+                },
+                f,
+                indent=2,
+            )
+
+    def fit_normalizer(self, datasets):
+        """Accumulates the speakers' feature statistics in one pass over the audio (no labels).
+
+        A run that resumes from a checkpoint gets them from the checkpoint instead.
+        """
+        if self.checkpointer.find_checkpoint() is not None:
+            return
+        normalizer = self.hparams.normalizer.to(self.device)
+        for dataset in datasets:
+            loader = sb.dataio.dataloader.make_dataloader(
+                dataset, **self.hparams.test_dataloader_opts
+            )
+            for batch in tqdm(loader, desc="speaker statistics", dynamic_ncols=True):
+                batch = batch.to(self.device)
+                with torch.no_grad():
+                    static, dynamic, lens = self.modules.features(*batch.sig, return_lengths=True)
+                normalizer.accumulate(torch.cat([static, dynamic], -1), lens, batch.spk_id)
+        logger.info("Speaker statistics of %d speakers", len(normalizer.speakers))
+
+
+def dataio_prepare(hparams):
+    """Builds the train/valid/test datasets from the CSV manifests and the label encoder."""
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_path=hparams[f"{split}_annotation"],
+            replacements={"data_root": hparams["data_folder"]},
+        )
+        # Sorting evaluation sets keeps similar lengths together: little padding for the LSTMs.
+        datasets[split] = (
+            dataset if split == "train" else dataset.filtered_sorted(sort_key="duration")
+        )
+
+    label_encoder = sb.dataio.encoder.CategoricalEncoder()
+
+    @sb.utils.data_pipeline.takes("emo")
+    @sb.utils.data_pipeline.provides("emo", "emo_encoded")
+    def label_pipeline(emo):
+        yield emo
+        yield label_encoder.encode_label_torch(emo)
+
+    audio_pipeline = make_audio_pipeline(hparams["sample_rate"])
+    for dataset in datasets.values():
+        dataset.add_dynamic_item(audio_pipeline)
+        dataset.add_dynamic_item(label_pipeline)
+        dataset.set_output_keys(["id", "sig", "spk_id", "emo_encoded"])
+
+    # Sorted label names give every fold and run the same class indices.
+    with datasets["train"].output_keys_as(["emo"]):
+        labels = sorted({item["emo"] for item in datasets["train"]})
+    if len(labels) != hparams["n_classes"]:
+        raise ValueError(
+            f"The training manifest {hparams['train_annotation']} has {len(labels)} "
+            f"emotions {labels}, but n_classes is {hparams['n_classes']} in the hparams file"
+        )
+    label_encoder.expect_len(hparams["n_classes"])
+    label_encoder.load_or_create(
+        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
+        from_iterables=[labels],
+    )
+    return datasets, label_encoder
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    # Data prep writes the CSV manifests once, on the main process.
+    if hparams["prepare_data"] is not None:
+        run_on_main(hparams["prepare_data"])
+    datasets, label_encoder = dataio_prepare(hparams)
+
+    hnsd_brain = EmotionBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    hnsd_brain.label_encoder = label_encoder
+
+    speaker_sets = [datasets["train"]]
+    if hparams["normalize_eval_speakers"]:
+        speaker_sets += [datasets["valid"], datasets["test"]]
+    hnsd_brain.fit_normalizer(speaker_sets)
+
+    # Batches of similar durations, so the LSTMs read little padding.
+    train_sampler = DynamicBatchSampler(datasets["train"], **hparams["dynamic_batch_sampler"])
+    hnsd_brain.train_sampler = train_sampler  # so each epoch draws new batches
+    train_loader_opts = {"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]}
+
+    hnsd_brain.fit(
+        epoch_counter=hparams["epoch_counter"],
+        train_set=datasets["train"],
+        valid_set=datasets["valid"],
+        train_loader_kwargs=train_loader_opts,
+        valid_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+
+    hnsd_brain.evaluate(
+        test_set=datasets["test"],
+        max_key="UA",
+        test_loader_kwargs=hparams["test_dataloader_opts"],
+    )
