@@ -6,7 +6,6 @@ build the variants the paper argues against from the same parts.
 """
 
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
 from hnsd_sb.normalization import real_frame_mask
@@ -17,11 +16,41 @@ FUSIONS = ("gmu", "concat")
 POOLINGS = ("attention", "mean")
 
 
-class SequenceEncoder(torch.nn.Module):
-    """An LSTM that reads only the real frames of each padded sequence.
+def reverse_within_length(x, n_frames):
+    """Reverses each sequence's real frames in time, leaving its padding at the end.
 
-    Sequences are packed, so padding never enters the recurrence and an utterance is encoded the
-    same alone as inside a padded batch; outputs on padded frames are zero.
+    Arguments
+    ---------
+    x : torch.Tensor
+        ``[batch, time, size]``.
+    n_frames : torch.Tensor
+        Real frames of each sequence ``[batch]``.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape; applying it twice gives ``x`` back.
+
+    Example
+    -------
+    >>> x = torch.arange(4.0).view(1, 4, 1)
+    >>> reverse_within_length(x, torch.tensor([3])).flatten().tolist()
+    [2.0, 1.0, 0.0, 3.0]
+    """
+    time = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    n = n_frames.to(x.device).unsqueeze(1)
+    index = torch.where(time < n, n - 1 - time, time)
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class SequenceEncoder(torch.nn.Module):
+    """An LSTM encoder whose outputs on real frames ignore the padding of the batch.
+
+    A forward LSTM is causal, so padding at the end cannot reach the real frames: the padded
+    batch runs through PyTorch's fused LSTM as is (packing sequences instead is about 30 times
+    slower on CPU). The backward direction of a bidirectional encoder reads each sequence
+    reversed within its own length, which keeps the same guarantee. Outputs on padded frames
+    are zero.
 
     Arguments
     ---------
@@ -46,15 +75,25 @@ class SequenceEncoder(torch.nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0):
         super().__init__()
-        self.lstm = torch.nn.LSTM(
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=bidirectional,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.bidirectional = bidirectional
         self.out_size = hidden_size * (2 if bidirectional else 1)
+        if not bidirectional:
+            self.lstm = torch.nn.LSTM(
+                input_size,
+                hidden_size,
+                num_layers=num_layers,
+                batch_first=True,
+                dropout=dropout if num_layers > 1 else 0.0,
+            )
+            return
+        sizes = [input_size] + [2 * hidden_size] * (num_layers - 1)
+        self.forward_layers = torch.nn.ModuleList(
+            torch.nn.LSTM(size, hidden_size, batch_first=True) for size in sizes
+        )
+        self.backward_layers = torch.nn.ModuleList(
+            torch.nn.LSTM(size, hidden_size, batch_first=True) for size in sizes
+        )
+        self.layer_dropout = torch.nn.Dropout(dropout)
 
     def forward(self, x, lengths=None):
         """Encodes a padded batch.
@@ -72,11 +111,17 @@ class SequenceEncoder(torch.nn.Module):
             ``[batch, time, out_size]``, zero on padded frames.
         """
         if lengths is None:
-            return self.lstm(x)[0]
-        n_frames = real_frame_mask(lengths, x.shape[1]).sum(dim=1).cpu()
-        packed = pack_padded_sequence(x, n_frames, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+            lengths = torch.ones(x.shape[0], device=x.device)
+        mask = real_frame_mask(lengths, x.shape[1], x.device).unsqueeze(-1)
+        if not self.bidirectional:
+            return self.lstm(x)[0] * mask
+        n_frames = mask.sum(dim=1).squeeze(-1)
+        for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            if i > 0:
+                x = self.layer_dropout(x)
+            back = reverse_within_length(bwd(reverse_within_length(x, n_frames))[0], n_frames)
+            x = torch.cat([fwd(x)[0], back], dim=-1) * mask
+        return x
 
 
 class HNSD(torch.nn.Module):
