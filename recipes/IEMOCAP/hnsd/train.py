@@ -146,9 +146,14 @@ class EmotionBrain(sb.Brain):
 def dataio_prepare(hparams):
     """Builds the train/valid/test datasets from the CSV manifests and the label encoder."""
     datasets = {}
-    for split in ("train", "valid", "test"):
+    manifests = {
+        "train": hparams["train_annotation"],
+        "valid": hparams["valid_annotation"],
+        "test": hparams["test_annotation"],
+    }
+    for split, manifest in manifests.items():
         dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            csv_path=hparams[f"{split}_annotation"],
+            csv_path=manifest,
             replacements={"data_root": hparams["data_folder"]},
         )
         # Sorting evaluation sets keeps similar lengths together: little padding for the LSTMs.

@@ -1,0 +1,199 @@
+"""End-to-end tests of the IEMOCAP recipe on generated IEMOCAP-format corpora."""
+
+import csv
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from hnsd_sb.synthetic import make_synthetic_iemocap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "IEMOCAP", "hnsd")
+TINY = ["--lstm_size=16", "--fc_size=8", "--num_workers=0"]
+
+
+def run(script, *args, cwd=RECIPE):
+    """Runs a recipe script in a subprocess on one thread; fails the test with its output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, script, *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("iemocap") / "IEMOCAP_full_release"
+    make_synthetic_iemocap(root, utterances_per_emotion=2, dropped_per_speaker=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "fold2"
+    log = run(
+        "train.py",
+        "hparams/hnsd.yaml",
+        f"--data_folder={corpus}",
+        f"--output_folder={out}",
+        "--fold=2",
+        "--number_of_epochs=2",
+        *TINY,
+    )
+    return out, log
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_logs_wa_ua_per_epoch_and_keeps_best_checkpoint(trained):
+    out, _ = trained
+    lines = open(out / "train_log.txt", encoding="utf-8").read().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch:")]
+    assert len(epochs) == 2
+    for line in epochs:
+        for field in ("train loss", "train WA", "train UA", "valid WA", "valid UA", "padding"):
+            assert field in line
+    assert "test WA" in lines[-1] and "test UA" in lines[-1] and "recall" in lines[-1]
+    ckpts = glob.glob(str(out / "save" / "CKPT+*"))
+    assert len(ckpts) == 1  # keep_checkpoints: 1, the best by validation UA
+    for name in ("model.ckpt", "normalizer.ckpt", "optimizer.ckpt", "counter.ckpt"):
+        assert os.path.exists(os.path.join(ckpts[0], name))
+    meta = open(os.path.join(ckpts[0], "CKPT.yaml"), encoding="utf-8").read()
+    assert "UA:" in meta
+
+
+def test_test_stage_writes_consistent_results(trained):
+    out, _ = trained
+    results = json.load(open(out / "test_results.json", encoding="utf-8"))
+    test_rows = read_csv(out / "test.csv")
+    predictions = read_csv(out / "predictions.csv")
+    assert {r["ID"] for r in predictions} == {r["ID"] for r in test_rows}
+    assert results["labels"] == ["ang", "hap", "neu", "sad"]
+    confusion = results["confusion"]
+    assert sum(map(sum, confusion)) == len(test_rows) == results["n"]
+    correct = sum(1 for r in predictions if r["prediction"] == r["target"])
+    assert results["WA"] == pytest.approx(correct / len(test_rows))
+    recalls = [confusion[i][i] / sum(confusion[i]) for i in range(4)]
+    assert results["UA"] == pytest.approx(sum(recalls) / 4)
+    assert os.path.getsize(out / "confusion.png") > 1000
+    logged = re.search(r"test WA: ([\d.]+), test UA: ([\d.]+)", open(out / "train_log.txt").read())
+    assert float(logged.group(1)) == pytest.approx(100 * results["WA"], abs=0.01)
+    assert float(logged.group(2)) == pytest.approx(100 * results["UA"], abs=0.01)
+
+
+def test_fold_holds_out_its_session_and_validates_on_training_sessions(trained):
+    out, _ = trained
+    speakers = {s: {r["spk_id"] for r in read_csv(out / f"{s}.csv")} for s in ("train", "valid")}
+    test = {r["spk_id"] for r in read_csv(out / "test.csv")}
+    assert test == {"Ses02F", "Ses02M"}
+    assert not (speakers["train"] | speakers["valid"]) & test
+    assert not speakers["train"] & speakers["valid"]
+
+
+def test_rerun_of_a_finished_run_skips_prep_and_training(trained, corpus):
+    out, _ = trained
+    before = open(out / "train_log.txt", encoding="utf-8").read().count("epoch:")
+    log = run(
+        "train.py",
+        "hparams/hnsd.yaml",
+        f"--data_folder={corpus}",
+        f"--output_folder={out}",
+        "--fold=2",
+        "--number_of_epochs=2",
+        *TINY,
+    )
+    assert "Loading a checkpoint" in log
+    assert open(out / "train_log.txt", encoding="utf-8").read().count("epoch:") == before
+
+
+def test_upstream_recipe_row_runs_in_debug_mode(trained, corpus, tmp_path):
+    """The tests/recipes row works with SpeechBrain's --debug, on manifests of our own."""
+    out, _ = trained
+    row = read_csv(os.path.join(RECIPE, "tests_recipes.csv"))[0]
+    flags = shlex.split(row["test_debug_flags"])
+    manifests = {"emotion_train.csv": "train.csv", "emotion_dev.csv": "valid.csv"}
+    for i, flag in enumerate(flags):
+        key, value = flag.split("=", 1)
+        if key == "--data_folder":
+            flags[i] = f"--data_folder={corpus}"
+        elif os.path.basename(value) in manifests:
+            flags[i] = f"{key}={out / manifests[os.path.basename(value)]}"
+    run(
+        row["Script_file"],
+        row["Hparam_file"],
+        *flags,
+        "--num_workers=0",
+        f"--output_folder={tmp_path}",
+        "--debug",
+        cwd=ROOT,
+    )
+    expected = re.search(r"file_exists=\[(.*)\]", row["test_debug_checks"]).group(1).split(",")
+    missing = [name for name in expected if not (tmp_path / name).exists()]
+    assert not missing
+
+
+def test_cross_validation_driver_writes_mean_and_std(corpus, tmp_path):
+    log = run(
+        "cross_validate.py",
+        "hparams/hnsd.yaml",
+        f"--data_folder={corpus}",
+        f"--cv_folder={tmp_path}",
+        "--folds",
+        "1",
+        "3",
+        "--number_of_epochs=1",
+        *TINY,
+    )
+    report = open(tmp_path / "cv_results.md", encoding="utf-8").read()
+    assert "mean ± std" in report and "mean ± std" in log
+    folds = [json.load(open(tmp_path / f"fold{k}" / "test_results.json")) for k in (1, 3)]
+    summed = [[sum(f["confusion"][i][j] for f in folds) for j in range(4)] for i in range(4)]
+    for i, row in enumerate(summed):
+        assert re.search(
+            r"\| \*\*" + folds[0]["labels"][i] + r"\*\* \| " + r" \| ".join(map(str, row)), report
+        )
+    assert (tmp_path / "confusion_sum.png").exists()
+
+
+def test_wrong_number_of_classes_is_a_clear_error(corpus, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "hparams/hnsd.yaml",
+            f"--data_folder={corpus}",
+            f"--output_folder={tmp_path}",
+            "--n_classes=5",
+            *TINY,
+        ],
+        cwd=RECIPE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "n_classes is 5" in output and f"{tmp_path}/train.csv" in output
+
+
+def test_every_hparams_key_is_used():
+    """SpeechBrain's recipe rule: a top-level key is used by the script or by a !ref."""
+    for yaml_file in glob.glob(os.path.join(ROOT, "recipes", "*", "hnsd", "hparams", "*.yaml")):
+        recipe = os.path.dirname(os.path.dirname(yaml_file))
+        code = "".join(open(p).read() for p in glob.glob(os.path.join(recipe, "*.py")))
+        text = open(yaml_file, encoding="utf-8").read()
+        for key in re.findall(r"^([A-Za-z]\w*):", text, re.M):  # __keys are run-time hooks
+            used_in_yaml = re.search(rf"<{key}[>\[.]", text)
+            used_in_code = re.search(rf"(\[[\"']{key}[\"']\]|\.{key}\b)", code)
+            assert used_in_yaml or used_in_code, f"{yaml_file}: {key} is never used"
