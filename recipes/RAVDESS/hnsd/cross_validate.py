@@ -1,0 +1,1 @@
+../../IEMOCAP/hnsd/cross_validate.py
