@@ -1,0 +1,406 @@
+"""The ``hnsd`` command line: classify recordings with a model folder, or export a recipe run.
+
+    hnsd predict --model MODEL_DIR FILE_OR_DIR...   one JSON line (or CSV row) per audio file
+    hnsd export RUN_DIR MODEL_DIR                    best checkpoint of a run -> model folder
+
+``hnsd <command> --help`` documents each command. ``predict`` never stops at a bad file: it
+writes an error record naming it, goes on, and exits with status 1 when any file failed.
+"""
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from hnsd_sb import __version__
+from hnsd_sb.audio import AudioError
+from hnsd_sb.export import add_export_arguments, run_export
+from hnsd_sb.inference import EmotionRecognizer
+
+EXIT_OK = 0
+EXIT_FILE_ERRORS = 1
+EXIT_USAGE = 2
+# Extensions looked for in folders (files named on the command line are always tried).
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .wave .flac .ogg .oga .opus .mp3 .aiff .aif .aifc .au .snd .caf .w64 .rf64".split()
+)
+ENROLLED_SPEAKER = "enrolled"
+
+EPILOG = """\
+examples:
+  hnsd export results/IEMOCAP/hnsd/fold1/1986 hnsd-iemocap
+  hnsd predict --model hnsd-iemocap recording.wav
+  hnsd predict --model hnsd-iemocap --format csv -o predictions.csv recordings/
+  hnsd predict --model hnsd-iemocap --enroll alice_reference/ alice_session/
+
+exit status: predict: 0 every file was classified, 1 some files failed (their records say
+why), 2 bad usage, a model folder that cannot be loaded, or no input files; export: 0 done,
+1 failed (the message names the file at fault).
+"""
+
+PREDICT_HELP = """\
+Classifies audio files (any sampling rate, mono or multichannel, any format soundfile reads:
+WAV, FLAC, OGG, MP3, ...) and writes one record per file, in input order (folders are searched
+recursively, in sorted order, for files with audio extensions).
+
+JSON lines (default): {"path", "label", "score", "probabilities": {label: p}, "duration" (s),
+"error"}; a file that cannot be classified (missing, unreadable, empty, truncated, shorter than
+one 25 ms frame, NaN or Inf samples) gets label, score, probabilities and duration null and an
+"error" naming it. CSV: columns path, label, score, duration, p_<label>..., error.
+
+Speaker normalisation: by default every file is treated as an unseen speaker and normalised
+with its own statistics (the model's "unseen" policy). With --enroll, the statistics of the
+speaker's reference recordings normalise every input file instead (all inputs are then assumed
+to come from that one speaker); --speaker picks a speaker the model already has statistics
+for, e.g. a training speaker.
+"""
+
+
+def find_audio_files(inputs):
+    """Expands files and folders into the list of files to classify.
+
+    Arguments
+    ---------
+    inputs : list of str
+        Files (kept even if missing: they get an error record) and folders (searched
+        recursively for ``AUDIO_EXTENSIONS``, sorted).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files, in order.
+
+    Example
+    -------
+    >>> folder = Path(getfixture("tmpdir"))
+    >>> for name in ("b.wav", "a.FLAC", "notes.txt"):
+    ...     _ = (folder / name).write_bytes(b"")
+    >>> [p.name for p in find_audio_files([str(folder), "missing.wav"])]
+    ['a.FLAC', 'b.wav', 'missing.wav']
+    """
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+            )
+            if not found:
+                print(f"hnsd: no audio files in {path}", file=sys.stderr)
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def classify_record(recognizer, path, speaker=None, attention=False):
+    """Classifies one file into an output record; failures become error records.
+
+    Arguments
+    ---------
+    recognizer : hnsd_sb.inference.EmotionRecognizer
+        The loaded model.
+    path : str or path-like
+        Audio file.
+    speaker : str or None
+        Speaker id for the normaliser (None: unseen).
+    attention : bool
+        Add the attention weights (``{"frame_shift": s, "weights": [...]}``).
+
+    Returns
+    -------
+    dict
+        ``path, label, score, probabilities, duration, error``.
+    """
+    record = dict(path=str(path), label=None, score=None, probabilities=None, duration=None)
+    try:
+        wav = recognizer.load_audio(path)
+        log_probs, weights, _ = recognizer.infer_batch(wav.unsqueeze(0), None, speaker)
+    except AudioError as err:
+        return dict(record, error=str(err))
+    except (OSError, RuntimeError, ValueError) as err:
+        return dict(record, error=f"{path}: {err}")
+    probs = log_probs[0].exp().tolist()
+    best = max(range(len(probs)), key=probs.__getitem__)
+    record.update(
+        label=recognizer.labels[best],
+        score=round(probs[best], 6),
+        probabilities={lab: round(p, 6) for lab, p in zip(recognizer.labels, probs)},
+        duration=round(wav.numel() / recognizer.sample_rate, 3),
+        error=None,
+    )
+    if attention:
+        record["attention"] = {
+            "frame_shift": recognizer.frame_shift,
+            "weights": [round(w, 6) for w in weights[0].tolist()],
+        }
+    return record
+
+
+class RecordWriter:
+    """Writes records as JSON lines or CSV rows, flushing each so partial runs are usable.
+
+    Arguments
+    ---------
+    stream : file object
+        Text output.
+    fmt : str
+        ``"jsonl"`` or ``"csv"``.
+    labels : list of str
+        The model's labels (the CSV probability columns ``p_<label>``).
+
+    Example
+    -------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> writer = RecordWriter(out, "csv", ["neg", "pos"])
+    >>> writer.write(dict(path="a.wav", label="pos", score=0.7, duration=1.0, error=None,
+    ...                   probabilities={"neg": 0.3, "pos": 0.7}))
+    >>> print(out.getvalue().strip())
+    path,label,score,duration,p_neg,p_pos,error
+    a.wav,pos,0.7,1.0,0.3,0.7,
+    """
+
+    def __init__(self, stream, fmt, labels):
+        self.stream = stream
+        self.fmt = fmt
+        self.labels = list(labels)
+        self.csv = None
+        if fmt == "csv":
+            fields = ["path", "label", "score", "duration"]
+            fields += [f"p_{lab}" for lab in self.labels] + ["error"]
+            self.csv = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n")
+            self.csv.writeheader()
+
+    def write(self, record):
+        """Writes one record.
+
+        Arguments
+        ---------
+        record : dict
+            As made by ``classify_record``.
+        """
+        if self.csv is None:
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            row = {key: record.get(key) for key in ("path", "label", "score", "duration")}
+            for lab in self.labels:
+                row[f"p_{lab}"] = (record["probabilities"] or {}).get(lab)
+            row["error"] = record.get("error")
+            self.csv.writerow(row)
+        self.stream.flush()
+
+
+def run_predict(args):
+    """Runs ``hnsd predict`` from parsed arguments.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        As parsed by ``build_parser``.
+
+    Returns
+    -------
+    int
+        Exit status (``EXIT_OK``, ``EXIT_FILE_ERRORS`` or ``EXIT_USAGE``).
+    """
+    if args.attention and args.format == "csv":
+        print("hnsd predict: --attention needs the jsonl format", file=sys.stderr)
+        return EXIT_USAGE
+    files = find_audio_files(args.inputs)
+    if not files:
+        print("hnsd predict: no input files", file=sys.stderr)
+        return EXIT_USAGE
+    run_opts = {"device": args.device} if args.device else None
+    try:
+        recognizer = EmotionRecognizer.from_folder(args.model, run_opts=run_opts)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"hnsd predict: cannot load the model: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.unseen:
+        recognizer.mods.normalizer.unseen = args.unseen
+    speaker = args.speaker
+    if args.enroll:
+        speaker = speaker or ENROLLED_SPEAKER
+        references = find_audio_files(args.enroll)
+        if not references:
+            print("hnsd predict: no enrolment recordings", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            seconds = recognizer.enroll(speaker, references)
+        except AudioError as err:
+            print(f"hnsd predict: bad enrolment recording: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        print(
+            f"hnsd: enrolled {seconds:.1f} s of {speaker!r} from {len(references)} files",
+            file=sys.stderr,
+        )
+    elif speaker is not None and speaker not in recognizer.mods.normalizer.speakers:
+        print(
+            f"hnsd predict: the model has no statistics for speaker {speaker!r} (it has "
+            f"{len(recognizer.mods.normalizer.speakers)} speakers); use --enroll",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    stream = sys.stdout
+    if args.output and args.output != "-":
+        stream = open(args.output, "w", encoding="utf-8", newline="")
+    failed = 0
+    try:
+        writer = RecordWriter(stream, args.format, recognizer.labels)
+        progress = tqdm(
+            files,
+            desc="hnsd predict",
+            unit="file",
+            file=sys.stderr,
+            disable=args.quiet or len(files) < 2,
+            dynamic_ncols=True,
+        )
+        for path in progress:
+            record = classify_record(recognizer, path, speaker, args.attention)
+            failed += record["error"] is not None
+            writer.write(record)
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    if failed:
+        print(f"hnsd predict: {failed} of {len(files)} files failed", file=sys.stderr)
+        return EXIT_FILE_ERRORS
+    return EXIT_OK
+
+
+def build_parser():
+    """The ``hnsd`` argument parser with its ``predict`` and ``export`` commands.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser; each command sets ``func``.
+
+    Example
+    -------
+    >>> args = build_parser().parse_args(["predict", "--model", "m", "a.wav", "b/"])
+    >>> args.model, args.inputs, args.format
+    ('m', ['a.wav', 'b/'], 'jsonl')
+    """
+    parser = argparse.ArgumentParser(
+        prog="hnsd",
+        description="HNSD speech emotion recognition (Cao et al., ICASSP 2021) for SpeechBrain.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hnsd-sb {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify audio files with a model folder",
+        description=PREDICT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files, folders")
+    predict.add_argument("--model", required=True, help="model folder written by `hnsd export`")
+    predict.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="output format (jsonl)"
+    )
+    predict.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    predict.add_argument(
+        "--enroll",
+        action="append",
+        metavar="FILE_OR_DIR",
+        help="reference recordings (a file or folder; repeat for more) of the single speaker "
+        "of all inputs; their statistics normalise the inputs",
+    )
+    predict.add_argument(
+        "--speaker",
+        help="speaker id of all inputs: one the model has statistics for, or the name to "
+        "enrol the --enroll recordings under",
+    )
+    predict.add_argument(
+        "--unseen",
+        choices=("utterance", "global"),
+        help="normalisation of speakers without statistics (default: the model's, normally "
+        "utterance: each file's own statistics)",
+    )
+    predict.add_argument(
+        "--attention",
+        action="store_true",
+        help="add each file's attention weights over time (jsonl only)",
+    )
+    predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: inferred)")
+    predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=run_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="turn a recipe run's best checkpoint into a model folder",
+        description="Writes a self-contained model folder (hyperparams.yaml with a Pretrainer, "
+        "model.ckpt, normalizer.ckpt, label_encoder.txt, custom_interface.py; no optimiser or "
+        "logger state) from a recipe run's best checkpoint (max validation UA) or a given one.",
+    )
+    add_export_arguments(export)
+    export.set_defaults(func=run_export)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``hnsd`` console script.
+
+    Arguments
+    ---------
+    argv : list of str or None
+        Arguments; None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        Exit status.
+
+    Example
+    -------
+    >>> main(["predict", "--model", "/no/such/model", "/no/such.wav"])  # messages go to stderr
+    2
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    with _speechbrain_warnings_only():
+        try:
+            return args.func(args)
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): stop quietly, as other command line tools do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FILE_ERRORS
+
+
+@contextlib.contextmanager
+def _speechbrain_warnings_only():
+    """SpeechBrain logs every loading step at INFO; a command line tool shows only problems.
+    The levels are restored afterwards, for callers that run ``main`` in their own process."""
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name == "speechbrain" or name.startswith("speechbrain.")
+    ]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,715 @@
+"""Turning a trained HNSD run into a self-contained model folder, and loading weights safely.
+
+A model folder holds what inference needs and nothing else (no optimiser, scheduler or logger
+state)::
+
+    hyperparams.yaml      features, normaliser and model, a ``Pretrainer``, the label list
+    model.ckpt            the HNSD ``state_dict``
+    normalizer.ckpt       SpeakerNormalization statistics (plain tensors and strings)
+    label_encoder.txt     the recipe's SpeechBrain ``CategoricalEncoder`` file
+    custom_interface.py   names ``EmotionRecognizer`` for ``foreign_class``
+
+``export_model`` builds one from a recipe run (its best checkpoint by validation UA);
+``write_model_folder`` from weights in memory. ``load_weights`` (strict), ``load_normalizer`` and
+``transfer_parameters`` (chosen submodules, for fine-tuning) are the ``Pretrainer`` hooks of the
+exported and fine-tuning hparams files; all read with ``torch.load(weights_only=True)``, so no
+arbitrary object is ever unpickled, and their errors name the file.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from hyperpyyaml import resolve_references
+from ruamel.yaml import YAML
+from ruamel.yaml.scalarbool import ScalarBoolean
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.utils.checkpoints import Checkpointer
+
+from hnsd_sb.normalization import SpeakerNormalization
+
+logger = logging.getLogger(__name__)
+
+HPARAMS_FILE = "hyperparams.yaml"
+MODEL_FILE = "model.ckpt"
+NORMALIZER_FILE = "normalizer.ckpt"
+LABEL_ENCODER_FILE = "label_encoder.txt"
+INTERFACE_FILE = "custom_interface.py"
+INTERFACE_CLASS = "EmotionRecognizer"
+FOLDER_FILES = (HPARAMS_FILE, MODEL_FILE, NORMALIZER_FILE, LABEL_ENCODER_FILE, INTERFACE_FILE)
+# The first line of an exported hparams file: how an existing folder is recognised as ours.
+HEADER = "# HNSD speech emotion recognizer exported by hnsd_sb.export"
+
+# Modules of the inference pipeline, with the classes used when a spec leaves them out.
+DEFAULT_MODULES = {
+    "features": ("hnsd_sb.StaticDynamicFeatures", {}),
+    "normalizer": ("hnsd_sb.SpeakerNormalization", {}),
+    "model": ("hnsd_sb.HNSD", {}),
+}
+
+INTERFACE_SOURCE = '''"""Interface of this HNSD model folder for SpeechBrain's foreign_class:
+
+    from speechbrain.inference.interfaces import foreign_class
+    foreign_class(FOLDER, pymodule_file="custom_interface.py", classname="EmotionRecognizer")
+
+The class itself lives in the hnsd_sb package (pip install hnsd-sb); this file only names it.
+"""
+
+from hnsd_sb.inference import EmotionRecognizer
+
+__all__ = ["EmotionRecognizer"]
+'''
+
+
+def _load_state(path):
+    """``torch.load`` restricted to tensors and plain containers; errors name the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: file not found") from err
+    except Exception as err:  # unpickling errors have many types
+        raise ValueError(
+            f"{path}: not a weights file torch.load(weights_only=True) reads ({err})"
+        ) from err
+
+
+def load_weights(module, path):
+    """Loads a ``state_dict`` file into a module, strictly (the exported folders' ``Pretrainer``
+    hook for the model).
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module to fill.
+    path : str or path-like
+        A file written by ``torch.save(module.state_dict())``.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is not a plain weights file or does not fit the module.
+
+    Example
+    -------
+    >>> path = getfixture("tmpdir").join("lin.ckpt").strpath
+    >>> torch.save(torch.nn.Linear(2, 3).state_dict(), path)
+    >>> load_weights(torch.nn.Linear(2, 3), path)
+    >>> load_weights(torch.nn.Linear(3, 3), path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...lin.ckpt does not fit Linear: ...size mismatch for weight...
+    """
+    state = _load_state(path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit {type(module).__name__}: {err}") from err
+
+
+def load_normalizer(normalizer, path):
+    """Loads ``SpeakerNormalization`` statistics (the exported folders' ``Pretrainer`` hook for
+    the normaliser; errors name the file).
+
+    Arguments
+    ---------
+    normalizer : hnsd_sb.SpeakerNormalization
+        The normaliser to fill.
+    path : str or path-like
+        A file holding ``SpeakerNormalization.state()``.
+
+    Example
+    -------
+    >>> from hnsd_sb import SpeakerNormalization
+    >>> a, b = SpeakerNormalization(), SpeakerNormalization()
+    >>> a.accumulate(torch.randn(1, 5, 3), torch.ones(1), ["spk"])
+    >>> path = getfixture("tmpdir").join("normalizer.ckpt").strpath
+    >>> torch.save(a.state(), path)
+    >>> load_normalizer(b, path)
+    >>> b.speakers
+    ['spk']
+    """
+    state = _load_state(path)
+    if not isinstance(state, dict) or not {"speakers", "count", "sum", "sumsq"} <= set(state):
+        raise ValueError(f"{path}: not SpeakerNormalization statistics")
+    normalizer.load_state(state)
+
+
+def transfer_parameters(module, path, include=None, exclude=()):
+    """Copies chosen submodules' parameters from a ``state_dict`` file into a module.
+
+    The fine-tuning ``Pretrainer`` hook: ``include`` names the top-level submodules to take
+    (e.g. the encoders, GMU, attention and FC layer of HNSD) and everything else keeps its fresh
+    initialisation, so the output layer can have a different number of classes. A parameter
+    that is taken must exist in ``module`` with the same shape: a silent partial load would
+    fine-tune a different architecture than the one asked for.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module to initialise.
+    path : str or path-like
+        The pretrained ``state_dict`` (a model folder's or checkpoint's ``model.ckpt``).
+    include : list of str or None
+        Top-level submodule names to transfer; None transfers every one not excluded.
+    exclude : list of str
+        Top-level submodule names never transferred.
+
+    Returns
+    -------
+    list of str
+        The parameter names copied.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when an included submodule is missing from it or from ``module``, or a
+        shape differs.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> path = getfixture("tmpdir").join("model.ckpt").strpath
+    >>> torch.save(HNSD(hidden_size=8, fc_size=4, n_classes=4).state_dict(), path)
+    >>> new = HNSD(hidden_size=8, fc_size=4, n_classes=7)
+    >>> names = transfer_parameters(new, path, include=["static_encoder", "fc"])
+    >>> names
+    ['fc.bias', 'fc.weight', 'static_encoder.lstm.bias_hh_l0', 'static_encoder.lstm.bias_ih_l0', \
+'static_encoder.lstm.weight_hh_l0', 'static_encoder.lstm.weight_ih_l0']
+    >>> transfer_parameters(HNSD(hidden_size=16), path, include=["fc"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...model.ckpt: fc.bias has shape [4] but the model's is [128]; ...
+    """
+    state = _load_state(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict, found a {type(state).__name__}")
+    own = module.state_dict()
+    wanted = set(include) if include is not None else {key.split(".")[0] for key in state}
+    wanted -= set(exclude)
+    for name in sorted(wanted):
+        for where, keys in ((str(path), state), (type(module).__name__, own)):
+            if not any(key.split(".")[0] == name for key in keys):
+                raise ValueError(f"{path}: {where} has no submodule {name!r} to transfer")
+    taken = {}
+    for key in sorted(state):
+        if key.split(".")[0] not in wanted:
+            continue
+        if key not in own:
+            raise ValueError(f"{path}: {key} has no counterpart in {type(module).__name__}")
+        if state[key].shape != own[key].shape:
+            raise ValueError(
+                f"{path}: {key} has shape {list(state[key].shape)} but the model's is "
+                f"{list(own[key].shape)}; set the model sizes (e.g. lstm_size, fc_size) to "
+                f"those of the pretrained model"
+            )
+        taken[key] = state[key]
+    module.load_state_dict(taken, strict=False)
+    fresh = sorted({key.split(".")[0] for key in own} - wanted)
+    logger.info(
+        "Transferred %d tensors (%s) from %s; newly initialised: %s",
+        len(taken),
+        ", ".join(sorted(wanted)),
+        path,
+        ", ".join(fresh) or "nothing",
+    )
+    return sorted(taken)
+
+
+def find_model_file(source):
+    """Finds the ``model.ckpt`` to start from: in a model folder, a checkpoint folder, or the
+    best checkpoint (max validation UA) of a recipe run.
+
+    Used by the fine-tuning hparams files (``!apply:``) so that a wrong path fails at once with
+    its name, and is never mistaken for a Hugging Face model id.
+
+    Arguments
+    ---------
+    source : str or path-like
+        A model folder (``hnsd export``), a ``CKPT+...`` folder, a run's save folder, a run's
+        output folder, or the ``model.ckpt`` file itself.
+
+    Returns
+    -------
+    str
+        Absolute path of the ``model.ckpt`` file.
+
+    Example
+    -------
+    >>> folder = Path(getfixture("tmpdir"))
+    >>> torch.save({}, folder / "model.ckpt")
+    >>> find_model_file(folder) == str(folder / "model.ckpt")
+    True
+    >>> find_model_file(folder / "nowhere")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: .../nowhere: no such file or folder
+    """
+    path = Path(os.path.abspath(os.path.expanduser(str(source))))
+    if path.is_file():
+        return str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if (path / MODEL_FILE).is_file():
+        return str(path / MODEL_FILE)
+    return str(find_checkpoint(path).path / MODEL_FILE)
+
+
+def _save_folder(source):
+    """The folder holding the CKPT+ folders of a run given as output or save folder."""
+    for folder in (source, source / "save"):
+        if folder.is_dir() and any(p.name.startswith("CKPT+") for p in folder.iterdir()):
+            return folder
+    raise FileNotFoundError(
+        f"{source}: no checkpoints (CKPT+... folders) in it or in {source / 'save'}"
+    )
+
+
+def find_checkpoint(source, max_key="UA"):
+    """Finds the best checkpoint of a recipe run.
+
+    Arguments
+    ---------
+    source : str or path-like
+        A run's output folder, its save folder, or a ``CKPT+...`` folder (returned as is).
+    max_key : str
+        Checkpoint meta key to maximise (the recipe records ``UA`` and ``WA``).
+
+    Returns
+    -------
+    speechbrain.utils.checkpoints.Checkpoint
+        With ``path`` (the ``CKPT+...`` folder) and ``meta``.
+
+    Example
+    -------
+    >>> save = Path(getfixture("tmpdir"))
+    >>> ckpt = Checkpointer(save, {"lin": torch.nn.Linear(1, 1)})
+    >>> for ua in (40.0, 60.0, 50.0):
+    ...     _ = ckpt.save_checkpoint(meta={"UA": ua}, name=f"ua{ua:.0f}")
+    >>> find_checkpoint(save).path.name
+    'CKPT+ua60'
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such folder")
+    if (source / "CKPT.yaml").is_file():
+        return Checkpointer(source.parent).find_checkpoint(
+            ckpt_predicate=lambda ckpt: ckpt.path.name == source.name
+        )
+    save_folder = _save_folder(source)
+    best = Checkpointer(save_folder).find_checkpoint(max_key=max_key)
+    if best is None:
+        raise FileNotFoundError(f"{save_folder}: no checkpoint records {max_key!r} in its meta")
+    return best
+
+
+def _plain(value, where):
+    """A YAML value as plain Python (scalars, lists, dicts); objects cannot be exported."""
+    tag = getattr(getattr(value, "tag", None), "value", None)
+    if tag and tag.startswith("!"):
+        raise ValueError(f"{where} is a {tag} object; only plain arguments can be exported")
+    if isinstance(value, (bool, ScalarBoolean)) or value is None:
+        return None if value is None else bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is not finite: {value}")
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise ValueError(f"{where} has an unsupported type {type(value).__name__}")
+
+
+def read_module_specs(hparams_file):
+    """Reads how a training hparams file builds ``modules.features``, ``.normalizer``, ``.model``.
+
+    Nothing is instantiated: references are resolved as text and the three ``!new:`` nodes are
+    read as (class path, keyword arguments).
+
+    Arguments
+    ---------
+    hparams_file : str or path-like
+        A recipe hparams file, typically the resolved ``<output_folder>/hyperparams.yaml``.
+
+    Returns
+    -------
+    dict
+        ``{"features" | "normalizer" | "model": (class_path, kwargs)}``.
+
+    Example
+    -------
+    >>> path = getfixture("tmpdir").join("hparams.yaml")
+    >>> _ = path.write("size: 8\\nmodel: !new:hnsd_sb.HNSD\\n    hidden_size: !ref <size>\\n"
+    ...                "modules:\\n    model: !ref <model>\\n")
+    >>> read_module_specs(path.strpath)["model"]
+    ('hnsd_sb.HNSD', {'hidden_size': 8})
+    """
+    with open(hparams_file, encoding="utf-8") as f:
+        try:
+            text = resolve_references(f).getvalue()
+        except Exception as err:
+            raise ValueError(f"{hparams_file}: cannot resolve the hparams ({err})") from err
+    tree = YAML(typ="rt").load(text)
+    modules = tree.get("modules") if hasattr(tree, "get") else None
+    if not hasattr(modules, "get") or "model" not in modules:
+        raise ValueError(f"{hparams_file}: no modules.model entry")
+    specs = {}
+    for name, (default_class, _) in DEFAULT_MODULES.items():
+        node = modules.get(name)
+        if node is None:
+            specs[name] = (default_class, {})
+            continue
+        tag = getattr(getattr(node, "tag", None), "value", None) or ""
+        if not tag.startswith("!new:"):
+            raise ValueError(f"{hparams_file}: modules.{name} is not a !new: object")
+        if hasattr(node, "items"):
+            where = f"{hparams_file}: modules.{name}"
+            args = {str(k): _plain(v, f"{where}.{k}") for k, v in node.items()}
+        elif str(getattr(node, "value", "x")) == "":  # `!new:Class` without arguments
+            args = {}
+        else:
+            raise ValueError(f"{hparams_file}: modules.{name} has positional arguments")
+        specs[name] = (tag[len("!new:") :], args)
+    return specs
+
+
+def _yaml_value(value):
+    """A plain value as YAML text (JSON is valid YAML and quotes every string)."""
+    return json.dumps(value)
+
+
+def _module_block(name, class_path, kwargs, refs=None):
+    lines = [f"{name}: !new:{class_path}"]
+    for key, value in kwargs.items():
+        text = (refs or {}).get(key) or _yaml_value(value)
+        lines.append(f"    {key}: {text}")
+    return "\n".join(lines)
+
+
+def render_hparams(labels, modules, note=""):
+    """Writes the text of an exported folder's ``hyperparams.yaml``.
+
+    Arguments
+    ---------
+    labels : list of str
+        Emotion of each output index.
+    modules : dict
+        ``{"features" | "normalizer" | "model": (class_path, kwargs)}``; missing entries use
+        ``DEFAULT_MODULES``.
+    note : str
+        Extra comment lines for the header (e.g. where the weights come from).
+
+    Returns
+    -------
+    str
+        The YAML text.
+
+    Example
+    -------
+    >>> text = render_hparams(["neg", "pos"], {"model": ("hnsd_sb.HNSD", {"n_classes": 2})})
+    >>> print(text.split("# ####")[0].strip())
+    # HNSD speech emotion recognizer exported by hnsd_sb.export
+    """
+    specs = dict(DEFAULT_MODULES)
+    specs.update(modules or {})
+    features_class, features_args = specs["features"]
+    features_args = dict(features_args)
+    sample_rate = features_args.pop("sample_rate", 16000)
+    features_args = {"sample_rate": sample_rate, **features_args}
+    comment = "".join(f"# {line}\n" for line in note.splitlines() if line.strip())
+    blocks = [
+        f"{HEADER}\n{comment}"
+        "# ############################################################################\n"
+        "# Load it with hnsd_sb.inference.EmotionRecognizer.from_hparams(source=FOLDER), or\n"
+        "# speechbrain.inference.interfaces.foreign_class(source=FOLDER,\n"
+        f'#     pymodule_file="{INTERFACE_FILE}", classname="{INTERFACE_CLASS}").\n'
+        "# Pipeline: features -> speaker normalisation (unseen speakers: see `unseen`) -> model.\n"
+        "# ############################################################################",
+        f"sample_rate: {_yaml_value(sample_rate)}\n"
+        f"labels: {_yaml_value(list(labels))}  # emotion of each output index",
+        _module_block(
+            "features", features_class, features_args, {"sample_rate": "!ref <sample_rate>"}
+        ),
+        "# Speakers without statistics (neither trained nor enrolled) are normalised with\n"
+        '# `unseen`: "utterance" (the utterance\'s own statistics) or "global" (all speakers\').\n'
+        + _module_block("normalizer", *specs["normalizer"]),
+        _module_block("model", *specs["model"]),
+        "modules:\n"
+        "    features: !ref <features>\n"
+        "    normalizer: !ref <normalizer>\n"
+        "    model: !ref <model>",
+        "# Both files are read with torch.load(weights_only=True); the model strictly.\n"
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
+        "    loadables:\n"
+        "        model: !ref <model>\n"
+        "        normalizer: !ref <normalizer>\n"
+        "    custom_hooks:\n"
+        "        model: !name:hnsd_sb.export.load_weights\n"
+        "        normalizer: !name:hnsd_sb.export.load_normalizer",
+    ]
+    return "\n\n".join(blocks) + "\n"
+
+
+def _check_destination(folder, overwrite):
+    """Refuses to write into a non-empty folder that is not a previous export."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is not a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    hparams = folder / HPARAMS_FILE
+    ours = hparams.is_file() and hparams.read_text(encoding="utf-8").startswith(HEADER)
+    if not ours:
+        raise FileExistsError(f"{folder}: not empty and not an exported model folder")
+    if not overwrite:
+        raise FileExistsError(f"{folder}: already holds an exported model (pass overwrite)")
+
+
+def write_model_folder(
+    folder, labels, model_state, normalizer_state=None, modules=None, note="", overwrite=False
+):
+    """Writes a model folder from weights in memory, then loads it back to check it.
+
+    Arguments
+    ---------
+    folder : str or path-like
+        Output folder; created if missing. It must be empty, or hold a previous export and
+        ``overwrite`` be True (only the folder's own files are replaced).
+    labels : list of str
+        Emotion of each output index.
+    model_state : dict
+        The HNSD ``state_dict``.
+    normalizer_state : dict or None
+        ``SpeakerNormalization.state()``; None stores no speakers.
+    modules : dict or None
+        ``{"features" | "normalizer" | "model": (class_path, kwargs)}`` (see
+        ``read_module_specs``); missing entries use ``DEFAULT_MODULES``.
+    note : str
+        Comment lines for the header of ``hyperparams.yaml``.
+    overwrite : bool
+        Replace a previous export in ``folder``.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> folder = Path(getfixture("tmpdir")) / "model"
+    >>> spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
+    >>> model = HNSD(hidden_size=8, fc_size=4, n_classes=2)
+    >>> _ = write_model_folder(folder, ["neg", "pos"], model.state_dict(), modules=spec)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['custom_interface.py', 'hyperparams.yaml', 'label_encoder.txt', 'model.ckpt', \
+'normalizer.ckpt']
+    """
+    from hnsd_sb.inference import EmotionRecognizer  # inference imports this module
+
+    folder = Path(folder)
+    _check_destination(folder, overwrite)
+    labels = [str(label) for label in labels]
+    if len(set(labels)) != len(labels) or not labels:
+        raise ValueError(f"labels must be distinct and non-empty, got {labels}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / HPARAMS_FILE).write_text(render_hparams(labels, modules, note), encoding="utf-8")
+    torch.save(
+        {key: value.detach().cpu() for key, value in model_state.items()}, folder / MODEL_FILE
+    )
+    if normalizer_state is None:
+        normalizer_state = {"speakers": [], "count": torch.zeros(0), "sum": None, "sumsq": None}
+    torch.save(normalizer_state, folder / NORMALIZER_FILE)
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(labels)
+    encoder.save(folder / LABEL_ENCODER_FILE)
+    (folder / INTERFACE_FILE).write_text(INTERFACE_SOURCE, encoding="utf-8")
+    # Loading it back catches any mismatch between the written architecture and the weights.
+    recognizer = EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    if len(recognizer.hparams.labels) != recognizer.mods.model.output.out_features:
+        raise ValueError(
+            f"{folder}: {len(labels)} labels but the model has "
+            f"{recognizer.mods.model.output.out_features} outputs"
+        )
+    return folder
+
+
+def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=False):
+    """Exports a recipe run's best checkpoint (or a given one) to a model folder.
+
+    Arguments
+    ---------
+    source : str or path-like
+        A run's output folder (holding ``hyperparams.yaml`` and ``save/``), its save folder, or
+        one ``CKPT+...`` folder of it.
+    folder : str or path-like
+        The model folder to write (see ``write_model_folder``).
+    hparams_file : str or path-like or None
+        The run's hparams; default: the ``hyperparams.yaml`` the recipe saved in the run's
+        output folder.
+    max_key : str
+        Checkpoint meta key that picks the best checkpoint.
+    overwrite : bool
+        Replace a previous export in ``folder``.
+
+    Returns
+    -------
+    pathlib.Path
+        The model folder.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD, SpeakerNormalization
+    >>> run = Path(getfixture("tmpdir")) / "run"
+    >>> _ = (run / "save").mkdir(parents=True)
+    >>> _ = (run / "hyperparams.yaml").write_text(
+    ...     "model: !new:hnsd_sb.HNSD\\n    hidden_size: 8\\n    n_classes: 2\\n"
+    ...     "normalizer: !new:hnsd_sb.SpeakerNormalization\\n"
+    ...     "modules:\\n    model: !ref <model>\\n    normalizer: !ref <normalizer>\\n")
+    >>> model, norm = HNSD(hidden_size=8, n_classes=2), SpeakerNormalization()
+    >>> ckpt = Checkpointer(run / "save", {"model": model, "normalizer": norm})
+    >>> _ = ckpt.save_checkpoint(meta={"UA": 55.0})
+    >>> enc = CategoricalEncoder()
+    >>> enc.update_from_iterable(["neg", "pos"])
+    >>> enc.save(run / "save" / "label_encoder.txt")
+    >>> out = export_model(run, run.parent / "model")
+    >>> "# Exported from" in (out / "hyperparams.yaml").read_text()
+    True
+    """
+    source = Path(os.path.abspath(os.path.expanduser(str(source))))
+    checkpoint = find_checkpoint(source, max_key=max_key)
+    ckpt_dir = Path(checkpoint.path)
+    save_folder, run_folder = ckpt_dir.parent, ckpt_dir.parent.parent
+    if hparams_file is None:
+        hparams_file = run_folder / HPARAMS_FILE
+        if not hparams_file.is_file():
+            raise FileNotFoundError(
+                f"{hparams_file}: the run's hparams file is missing; pass it explicitly"
+            )
+    label_file = save_folder / LABEL_ENCODER_FILE
+    if not label_file.is_file():
+        raise FileNotFoundError(f"{label_file}: the run's label encoder is missing")
+    encoder = CategoricalEncoder()
+    encoder.load(label_file)
+    labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    for name in (MODEL_FILE, NORMALIZER_FILE):
+        if not (ckpt_dir / name).is_file():
+            raise FileNotFoundError(f"{ckpt_dir / name}: missing from the checkpoint")
+    normalizer = SpeakerNormalization()
+    load_normalizer(normalizer, ckpt_dir / NORMALIZER_FILE)
+    scores = ", ".join(
+        f"{key} {checkpoint.meta[key]}" for key in ("UA", "WA") if key in checkpoint.meta
+    )
+    note = f"Exported from {ckpt_dir}" + (f" (validation {scores})" if scores else "")
+    out = write_model_folder(
+        folder,
+        labels,
+        _load_state(ckpt_dir / MODEL_FILE),
+        normalizer.state(),
+        read_module_specs(hparams_file),
+        note=note,
+        overwrite=overwrite,
+    )
+    logger.info("Exported %s to %s", ckpt_dir, out)
+    return out
+
+
+def add_export_arguments(parser):
+    """Adds the ``export`` command's arguments to an ``argparse`` parser.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        The parser to extend.
+
+    Example
+    -------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_export_arguments(parser)
+    >>> parser.parse_args(["run", "model"]).max_key
+    'UA'
+    """
+    parser.add_argument(
+        "source",
+        help="a recipe run's output folder (best checkpoint by validation UA), its save "
+        "folder, or one CKPT+... checkpoint folder",
+    )
+    parser.add_argument("folder", help="the model folder to write")
+    parser.add_argument(
+        "--hparams",
+        default=None,
+        help="the run's hparams file (default: SOURCE's hyperparams.yaml as the recipe saved it)",
+    )
+    parser.add_argument(
+        "--max-key", default="UA", help="checkpoint meta key to maximise (default: UA)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a previous export in FOLDER"
+    )
+
+
+def main(argv=None):
+    """Command line: ``python -m hnsd_sb.export SOURCE FOLDER`` (also ``hnsd export``).
+
+    Arguments
+    ---------
+    argv : list of str or None
+        Arguments; None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 when the export failed (the message names the file).
+
+    Example
+    -------
+    >>> main([str(getfixture("tmpdir") / "nowhere"), "out"])  # the error goes to stderr
+    1
+    """
+    parser = argparse.ArgumentParser(
+        prog="hnsd export", description=export_model.__doc__.splitlines()[0]
+    )
+    add_export_arguments(parser)
+    return run_export(parser.parse_args(argv))
+
+
+def run_export(args):
+    """Runs an export from parsed arguments, printing the outcome.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        As parsed with ``add_export_arguments``.
+
+    Returns
+    -------
+    int
+        0 on success, 1 on failure.
+
+    Example
+    -------
+    >>> args = argparse.Namespace(source="/nowhere", folder="out", hparams=None,
+    ...                           max_key="UA", overwrite=False)
+    >>> run_export(args)
+    1
+    """
+    try:
+        out = export_model(args.source, args.folder, args.hparams, args.max_key, args.overwrite)
+    except (OSError, ValueError) as err:
+        print(f"Export failed: {err}", file=sys.stderr)
+        return 1
+    print(f"Exported to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Running a trained HNSD on recordings: the ``EmotionRecognizer`` SpeechBrain interface.
+
+``EmotionRecognizer`` is a ``speechbrain.inference.interfaces.Pretrained`` built from a model
+folder written by ``hnsd_sb.export`` (or ``hnsd export``). Like SpeechBrain's
+``EncoderClassifier`` it returns ``(probabilities, score, index, label)``; it also gives the
+attention weights over time, and normalises speakers as the recipe does: a speaker with
+statistics (from training, or enrolled here from reference recordings with ``enroll``) is
+normalised with them, any other speaker with the ``unseen`` fallback of ``SpeakerNormalization``
+(by default the utterance's own statistics).
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from speechbrain.inference.interfaces import Pretrained
+
+from hnsd_sb.audio import load_audio
+
+
+class EmotionRecognizer(Pretrained):
+    """Speech emotion recognition with a trained HNSD model folder.
+
+    Load it with ``EmotionRecognizer.from_folder(folder)`` (a local folder only, so nothing is
+    ever fetched from a hub), with SpeechBrain's ``EmotionRecognizer.from_hparams(source=folder)``,
+    or with ``foreign_class(folder, pymodule_file="custom_interface.py",
+    classname="EmotionRecognizer")``. Audio files of any sampling rate and channel count that
+    soundfile reads are resampled to the model's rate and downmixed to mono.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As for ``speechbrain.inference.interfaces.Pretrained`` (``modules``, ``hparams``,
+        ``run_opts``, ``freeze_params``); ``from_folder`` and ``from_hparams`` supply them.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> from hnsd_sb.export import write_model_folder
+    >>> folder = getfixture("tmpdir").join("model").strpath
+    >>> spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
+    >>> state = HNSD(hidden_size=8, fc_size=4, n_classes=2).state_dict()
+    >>> _ = write_model_folder(folder, ["neg", "pos"], state, modules=spec)
+    >>> recognizer = EmotionRecognizer.from_folder(folder)
+    >>> probs, score, index, label = recognizer.classify_batch(torch.randn(2, 16000))
+    >>> probs.shape, score.shape, index.shape, len(label)
+    (torch.Size([2, 2]), torch.Size([2]), torch.Size([2]), 2)
+    >>> bool(torch.allclose(probs.sum(1), torch.ones(2))), label[0] in ("neg", "pos")
+    (True, True)
+    """
+
+    HPARAMS_NEEDED = ["labels", "sample_rate"]
+    MODULES_NEEDED = ["features", "normalizer", "model"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        missing = [name for name in self.MODULES_NEEDED if name not in self.mods]
+        if missing:
+            raise ValueError(f"the hparams' modules lack {missing}")
+
+    @classmethod
+    def from_folder(cls, folder, run_opts=None, **kwargs):
+        """Loads a local model folder written by ``hnsd_sb.export``.
+
+        Arguments
+        ---------
+        folder : str or path-like
+            The model folder (holding ``hyperparams.yaml``, ``model.ckpt``, ...).
+        run_opts : dict or None
+            SpeechBrain run options, e.g. ``{"device": "cuda:0"}``; the default device is the
+            one SpeechBrain infers.
+        **kwargs
+            Passed to ``from_hparams`` (e.g. ``overrides``).
+
+        Returns
+        -------
+        EmotionRecognizer
+            Ready for inference (``eval`` mode, frozen parameters).
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``folder`` is not a local model folder.
+
+        Example
+        -------
+        >>> EmotionRecognizer.from_folder("/no/such/model")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /no/such/model: not a model folder (no hyperparams.yaml); ...
+        """
+        path = Path(os.path.abspath(os.path.expanduser(str(folder))))
+        if not (path / "hyperparams.yaml").is_file():
+            raise FileNotFoundError(
+                f"{folder}: not a model folder (no hyperparams.yaml); make one with `hnsd export`"
+            )
+        # An existing absolute folder is always a local source for SpeechBrain's fetch, and
+        # without a savedir nothing is copied or linked.
+        return cls.from_hparams(source=str(path), run_opts=run_opts, **kwargs)
+
+    @property
+    def labels(self):
+        """Emotion of each output index (list of str)."""
+        return list(self.hparams.labels)
+
+    @property
+    def sample_rate(self):
+        """Sampling rate the model expects (Hz)."""
+        return int(self.hparams.sample_rate)
+
+    @property
+    def frame_shift(self):
+        """Time between feature frames in seconds (frame ``t`` is centred at ``t * shift``)."""
+        return self.mods.features.hop_samples / self.sample_rate
+
+    def load_audio(self, path, savedir=None):
+        """Loads an audio file as a mono waveform at the model's sampling rate.
+
+        Arguments
+        ---------
+        path : str or path-like
+            A local file in any format soundfile reads, any rate, any number of channels.
+        savedir : None
+            Unused; only local files are read (kept for ``Pretrained`` compatibility).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[samples]`` float32 waveform on the interface's device.
+
+        Raises
+        ------
+        hnsd_sb.audio.AudioError
+            Naming the file, when it is missing, unreadable, empty, truncated, shorter than one
+            analysis frame or holds NaN / Inf samples.
+        """
+        del savedir
+        return load_audio(path, self.sample_rate).to(self.device)
+
+    def _speakers(self, speakers, batch):
+        """A per-utterance speaker list (or None) from None, one id, or a list."""
+        if speakers is None:
+            return None
+        if isinstance(speakers, str):
+            return [speakers] * batch
+        speakers = list(speakers)
+        if len(speakers) != batch:
+            raise ValueError(f"got {len(speakers)} speakers for a batch of {batch}")
+        return speakers
+
+    def infer_batch(self, wavs, wav_lens=None, speakers=None):
+        """Runs the recipe's pipeline: features, speaker normalisation, model.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            Waveforms ``[batch, samples]`` (or one ``[samples]``) at ``sample_rate``.
+        wav_lens : torch.Tensor or None
+            Relative lengths ``[batch]``; None means all are full length.
+        speakers : str, list of str or None
+            Speaker of each waveform (one id for all); speakers without statistics, and None,
+            use the normaliser's ``unseen`` fallback.
+
+        Returns
+        -------
+        log_probs : torch.Tensor
+            ``[batch, n_classes]``.
+        attention : torch.Tensor
+            Pooling weights over frames ``[batch, frames]`` (zero on padding).
+        frame_lens : torch.Tensor
+            Relative lengths in frames ``[batch]``.
+        """
+        wavs = torch.as_tensor(wavs)
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wavs.dim() != 2:
+            raise ValueError(f"wavs must be [batch, samples], got shape {list(wavs.shape)}")
+        wavs = wavs.to(self.device, torch.float32)
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=self.device)
+        wav_lens = torch.as_tensor(wav_lens).to(self.device, torch.float32)
+        speakers = self._speakers(speakers, wavs.shape[0])
+        with torch.no_grad():
+            static, dynamic, lens = self.mods.features(wavs, wav_lens, return_lengths=True)
+            n_static = static.shape[-1]
+            feats = self.mods.normalizer(torch.cat([static, dynamic], -1), lens, speakers)
+            log_probs, attention = self.mods.model(
+                feats[..., :n_static], feats[..., n_static:], lens, return_attention=True
+            )
+        return log_probs, attention, lens
+
+    def classify_batch(self, wavs, wav_lens=None, speakers=None):
+        """Classifies a batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            Waveforms ``[batch, samples]`` (or one ``[samples]``) at ``sample_rate``.
+        wav_lens : torch.Tensor or None
+            Relative lengths ``[batch]``; None means all are full length.
+        speakers : str, list of str or None
+            Speaker of each waveform, see ``infer_batch``.
+
+        Returns
+        -------
+        probabilities : torch.Tensor
+            ``[batch, n_classes]``, in the order of ``labels``.
+        score : torch.Tensor
+            Probability of the predicted emotion ``[batch]``.
+        index : torch.Tensor
+            Index of the predicted emotion ``[batch]``.
+        label : list of str
+            The predicted emotions.
+        """
+        log_probs, _, _ = self.infer_batch(wavs, wav_lens, speakers)
+        probabilities = log_probs.exp()
+        score, index = probabilities.max(dim=-1)
+        return probabilities, score, index, [self.labels[i] for i in index.tolist()]
+
+    def classify_file(self, path, speaker=None):
+        """Classifies one audio file.
+
+        Arguments
+        ---------
+        path : str or path-like
+            Audio file (any rate and channel count; see ``load_audio``).
+        speaker : str or None
+            Its speaker, when known to the normaliser (trained or enrolled).
+
+        Returns
+        -------
+        tuple
+            As ``classify_batch`` for a batch of one.
+        """
+        return self.classify_batch(self.load_audio(path).unsqueeze(0), None, speaker)
+
+    def attention_file(self, path, speaker=None):
+        """How much each moment of a file weighs in its classification.
+
+        Arguments
+        ---------
+        path : str or path-like
+            Audio file.
+        speaker : str or None
+            Its speaker, when known to the normaliser.
+
+        Returns
+        -------
+        times : torch.Tensor
+            Centre of each feature frame in seconds ``[frames]``.
+        weights : torch.Tensor
+            Attention weight of each frame ``[frames]`` (they sum to 1; uniform with mean
+            pooling).
+        """
+        _, attention, _ = self.infer_batch(self.load_audio(path).unsqueeze(0), None, speaker)
+        weights = attention[0].cpu()
+        times = torch.arange(weights.shape[0], dtype=torch.float32) * self.frame_shift
+        return times, weights
+
+    def enroll(self, speaker, recordings):
+        """Adds reference recordings of a speaker to the normaliser's statistics.
+
+        Afterwards ``classify_file(path, speaker)`` normalises with that speaker's statistics,
+        as the recipe does for the speakers it has seen, instead of the ``unseen`` fallback.
+        Enrolling a speaker again adds to its statistics.
+
+        Arguments
+        ---------
+        speaker : str
+            Speaker id.
+        recordings : list
+            Audio files, or ``[samples]`` waveforms at ``sample_rate``.
+
+        Returns
+        -------
+        float
+            Seconds of audio added.
+
+        Example
+        -------
+        >>> from hnsd_sb.export import write_model_folder
+        >>> from hnsd_sb import HNSD
+        >>> folder = getfixture("tmpdir").join("model").strpath
+        >>> spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "n_classes": 2})}
+        >>> state = HNSD(hidden_size=8, n_classes=2).state_dict()
+        >>> recognizer = EmotionRecognizer.from_folder(
+        ...     write_model_folder(folder, ["neg", "pos"], state, modules=spec))
+        >>> recognizer.enroll("alice", [torch.randn(16000), torch.randn(8000)])
+        1.5
+        >>> "alice" in recognizer.mods.normalizer.speakers
+        True
+        """
+        total = 0.0
+        for recording in recordings:
+            if isinstance(recording, (str, os.PathLike)):
+                wav = self.load_audio(recording)
+            else:
+                wav = torch.as_tensor(recording).to(self.device, torch.float32)
+            with torch.no_grad():
+                static, dynamic, lens = self.mods.features(
+                    wav.reshape(1, -1), torch.ones(1, device=self.device), return_lengths=True
+                )
+            self.mods.normalizer.accumulate(torch.cat([static, dynamic], -1), lens, [speaker])
+            total += wav.numel() / self.sample_rate
+        return total
+
+    def forward(self, wavs, wav_lens=None, speakers=None):
+        """Classifies a batch of waveforms: see ``classify_batch``.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            Waveforms ``[batch, samples]``.
+        wav_lens : torch.Tensor or None
+            Relative lengths ``[batch]``.
+        speakers : str, list of str or None
+            Speaker of each waveform.
+
+        Returns
+        -------
+        tuple
+            ``(probabilities, score, index, label)``.
+        """
+        return self.classify_batch(wavs, wav_lens, speakers)

@@ -1,0 +1,175 @@
+"""Tests of the ``hnsd`` command line: predict on good and bad files, formats, export."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.utils.checkpoints import Checkpointer
+
+from hnsd_sb import HNSD, SpeakerNormalization
+from hnsd_sb.cli import main
+from hnsd_sb.export import write_model_folder
+from hnsd_sb.synthetic import synthesize_utterance
+
+LABELS = ["ang", "hap", "neu", "sad"]
+SPEC = {"model": ("hnsd_sb.HNSD", {"hidden_size": 16, "fc_size": 8, "n_classes": 4})}
+VOICE = dict(f0=120.0, formants=1.0, gain=0.0, tempo=1.0, breath=0.1)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cli") / "model"
+    norm = SpeakerNormalization()
+    norm.accumulate(torch.randn(1, 50, 78), torch.ones(1), ["Ses01F"])
+    state = HNSD(hidden_size=16, fc_size=8, n_classes=4).state_dict()
+    return write_model_folder(folder, LABELS, state, norm.state(), modules=SPEC)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A folder of good recordings (16 kHz mono, 44.1 kHz stereo FLAC) and bad files."""
+    folder = tmp_path_factory.mktemp("recordings")
+    rng = np.random.default_rng(0)
+    for i, emotion in enumerate(("ang", "sad")):
+        sf.write(folder / f"good{i}.wav", synthesize_utterance(rng, VOICE, emotion, 1.0), 16000)
+    (folder / "sub").mkdir()
+    stereo = np.stack([synthesize_utterance(rng, VOICE, "hap", 1.5, 44100)] * 2, axis=1)
+    sf.write(folder / "sub" / "stereo44k.flac", stereo, 44100)
+    sf.write(folder / "empty.wav", np.zeros(0), 16000)
+    sf.write(folder / "short.wav", np.zeros(200), 16000)
+    nan = np.zeros(8000, dtype=np.float32)
+    nan[100] = np.nan
+    sf.write(folder / "nan.wav", nan, 16000, subtype="FLOAT")
+    (folder / "junk.wav").write_bytes(b"this is not audio")
+    sf.write(folder / "truncated.wav", np.zeros(16000), 16000)
+    with open(folder / "truncated.wav", "r+b") as f:
+        f.truncate(10000)
+    (folder / "notes.txt").write_text("not an input")
+    return folder
+
+
+GOOD = {"good0.wav", "good1.wav", "stereo44k.flac"}
+BAD = {"empty.wav", "short.wav", "nan.wav", "junk.wav", "truncated.wav"}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_predict_folder_with_good_and_bad_files(model, inputs, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    status = main(["predict", "--model", str(model), str(inputs), "-o", str(out)])
+    assert status == 1  # some files failed
+    records = read_jsonl(out)
+    names = [Path(r["path"]).name for r in records]
+    assert [r["path"] for r in records] == sorted(r["path"] for r in records)
+    assert set(names) == GOOD | BAD  # notes.txt is not audio
+    for record in records:
+        name = Path(record["path"]).name
+        if name in GOOD:
+            assert record["error"] is None and record["label"] in LABELS
+            assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert record["score"] == max(record["probabilities"].values())
+        else:
+            assert record["label"] is None and name in record["error"]
+    durations = {Path(r["path"]).name: r["duration"] for r in records}
+    assert durations["good0.wav"] == 1.0 and durations["stereo44k.flac"] == pytest.approx(1.5)
+    err = capsys.readouterr().err
+    assert "5 of 8 files failed" in err and "hnsd predict" in err  # summary and progress bar
+
+
+def test_predict_csv_exit_zero_when_all_files_are_good(model, inputs, tmp_path):
+    out = tmp_path / "out.csv"
+    files = [str(inputs / "good0.wav"), str(inputs / "sub")]
+    assert (
+        main(["predict", "--model", str(model), "--format", "csv", "-q", "-o", str(out), *files])
+        == 0
+    )
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["good0.wav", "stereo44k.flac"]
+    assert list(rows[0]) == ["path", "label", "score", "duration"] + [f"p_{x}" for x in LABELS] + [
+        "error"
+    ]
+    assert sum(float(rows[0][f"p_{x}"]) for x in LABELS) == pytest.approx(1.0, abs=1e-5)
+    assert rows[0]["error"] == ""
+
+
+def test_predict_attention_enrolment_and_speakers(model, inputs, capsys):
+    good = str(inputs / "good0.wav")
+    assert main(["predict", "--model", str(model), "--attention", good]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["attention"]["weights"]) == 1 + 16000 // 160
+    assert record["attention"]["frame_shift"] == pytest.approx(0.01)
+    # Known speaker, enrolled speaker, unknown speaker.
+    assert main(["predict", "--model", str(model), "--speaker", "Ses01F", good]) == 0
+    assert main(["predict", "--model", str(model), "--enroll", str(inputs / "sub"), good]) == 0
+    assert "enrolled 1.5 s" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--speaker", "nobody", good]) == 2
+    assert "no statistics for speaker 'nobody'" in capsys.readouterr().err
+
+
+def test_predict_usage_errors(model, tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "nope"), str(tmp_path)]) == 2
+    assert "no audio files" in capsys.readouterr().err
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(1600), 16000)
+    assert main(["predict", "--model", str(tmp_path / "nope"), str(wav)]) == 2
+    assert "cannot load the model" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--format", "csv", "--attention", str(wav)]) == 2
+
+
+def test_export_command(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "save").mkdir(parents=True)
+    (run / "hyperparams.yaml").write_text(
+        "model: !new:hnsd_sb.HNSD\n    hidden_size: 8\n    n_classes: 2\n"
+        "normalizer: !new:hnsd_sb.SpeakerNormalization\n"
+        "modules:\n    model: !ref <model>\n    normalizer: !ref <normalizer>\n"
+    )
+    recoverables = {"model": HNSD(hidden_size=8, n_classes=2), "normalizer": SpeakerNormalization()}
+    Checkpointer(run / "save", recoverables).save_checkpoint(meta={"UA": 50.0})
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(["neg", "pos"])
+    encoder.save(run / "save" / "label_encoder.txt")
+    assert main(["export", str(run), str(tmp_path / "model")]) == 0
+    assert main(["export", str(run), str(tmp_path / "model")]) == 1
+    assert "already holds an exported model" in capsys.readouterr().err
+    assert main(["export", str(run), str(tmp_path / "model"), "--overwrite"]) == 0
+    assert 'labels: ["neg", "pos"]' in (tmp_path / "model" / "hyperparams.yaml").read_text()
+
+
+def test_help_documents_both_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "predict" in text and "export" in text and "exit status" in text
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "--enroll" in capsys.readouterr().out
+
+
+def test_console_script_single_file(model, inputs):
+    script = shutil.which("hnsd", path=os.path.dirname(sys.executable)) or shutil.which("hnsd")
+    command = [script] if script else [sys.executable, "-m", "hnsd_sb.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        command + ["predict", "--model", str(model), str(inputs / "good1.wav")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert record["label"] in LABELS and proc.stderr == ""

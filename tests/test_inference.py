@@ -1,0 +1,232 @@
+"""Tests of the model export and the EmotionRecognizer inference interface on a real recipe run."""
+
+import csv
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import speechbrain as sb
+import torch
+import torchaudio
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.batch import PaddedBatch
+
+from hnsd_sb.audio import AudioError, load_audio
+from hnsd_sb.export import FOLDER_FILES, export_model, find_checkpoint, load_weights
+from hnsd_sb.inference import EmotionRecognizer
+from hnsd_sb.synthetic import make_synthetic_iemocap
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"
+TINY = ["--lstm_size=16", "--fc_size=8", "--num_workers=0", "--number_of_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A one-epoch run of the IEMOCAP recipe on a tiny synthetic corpus."""
+    base = tmp_path_factory.mktemp("inference")
+    corpus = base / "IEMOCAP_full_release"
+    make_synthetic_iemocap(
+        corpus, n_sessions=3, utterances_per_emotion=1, dropped_per_speaker=0,
+        min_duration=0.8, max_duration=1.6,
+    )  # fmt: skip
+    out = base / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE / "train.py"), str(RECIPE / "hparams" / "hnsd.yaml"),
+         f"--data_folder={corpus}", f"--output_folder={out}", *TINY],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_folder(run_folder):
+    return export_model(run_folder, run_folder.parent / "model")
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_folder):
+    return EmotionRecognizer.from_folder(model_folder, run_opts={"device": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def test_rows(run_folder):
+    with open(run_folder / "test.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    corpus = run_folder.parent / "IEMOCAP_full_release"
+    for row in rows:
+        row["wav"] = row["wav"].replace("$data_root", str(corpus))
+    return rows
+
+
+def brain_log_probs(run_folder, rows, speakers):
+    """The recipe Brain's own forward on a padded batch of the given rows (best checkpoint)."""
+    spec = importlib.util.spec_from_file_location("hnsd_train", RECIPE / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(RECIPE))
+    try:
+        spec.loader.exec_module(train)
+    finally:
+        sys.path.remove(str(RECIPE))
+    with open(run_folder / "hyperparams.yaml", encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f)
+    brain = train.EmotionBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts={"device": "cpu"},
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.checkpointer.recover_if_possible(max_key="UA")
+    brain.modules.eval()
+    batch = PaddedBatch(
+        [
+            {"id": row["ID"], "sig": load_audio(row["wav"]), "spk_id": spk}
+            for row, spk in zip(rows, speakers)
+        ]
+    )
+    with torch.no_grad():
+        log_probs, _ = brain.compute_forward(batch, sb.Stage.TEST)
+    return log_probs
+
+
+def test_exported_folder_holds_inference_files_only(model_folder, run_folder):
+    assert sorted(p.name for p in model_folder.iterdir()) == sorted(FOLDER_FILES)
+    text = (model_folder / "hyperparams.yaml").read_text()
+    assert "Pretrainer" in text and "load_weights" in text
+    assert str(find_checkpoint(run_folder).path) in text  # where the weights come from
+    assert (model_folder / "label_encoder.txt").read_text().startswith("'ang' => 0")
+
+
+def test_classify_file_matches_the_brain_forward(recognizer, run_folder, test_rows):
+    # Three files of different lengths in one padded batch, as the test stage sees them; known
+    # speakers use the exported statistics, an unknown one the utterance fallback.
+    rows = sorted(test_rows, key=lambda r: float(r["duration"]))[::3][:3]
+    assert len({r["duration"] for r in rows}) == 3
+    known = brain_log_probs(run_folder, rows, [r["spk_id"] for r in rows])
+    unseen = brain_log_probs(run_folder, rows, ["nobody"] * len(rows))
+    assert not torch.allclose(known, unseen, atol=1e-4)
+    for i, row in enumerate(rows):
+        probs, score, index, label = recognizer.classify_file(row["wav"], speaker=row["spk_id"])
+        torch.testing.assert_close(probs[0], known[i].exp(), rtol=0, atol=1e-5)
+        assert label == [recognizer.labels[int(index)]] and float(score) == float(probs.max())
+        probs, _, _, _ = recognizer.classify_file(row["wav"])
+        torch.testing.assert_close(probs[0], unseen[i].exp(), rtol=0, atol=1e-5)
+
+
+def test_foreign_class_loads_the_folder_offline(model_folder, recognizer, test_rows, monkeypatch):
+    from speechbrain.inference.interfaces import foreign_class
+    from speechbrain.utils import fetching
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(fetching, "download_file", no_network)
+    monkeypatch.setattr(fetching, "download_file_hf", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = foreign_class(
+        source=str(model_folder),
+        pymodule_file="custom_interface.py",
+        classname="EmotionRecognizer",
+        run_opts={"device": "cpu"},
+    )
+    assert type(loaded).__name__ == "EmotionRecognizer"
+    path = test_rows[0]["wav"]
+    torch.testing.assert_close(loaded.classify_file(path)[0], recognizer.classify_file(path)[0])
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")])
+def test_44k_stereo_input_is_resampled_and_downmixed(recognizer, test_rows, tmp_path, fmt, subtype):
+    mono = load_audio(test_rows[0]["wav"])
+    high = torchaudio.functional.resample(mono, 16000, 44100)
+    stereo = torch.stack([high, 0.5 * high], dim=1).numpy()  # downmix: 0.75 * mono
+    path = tmp_path / f"stereo.{fmt.lower()}"
+    sf.write(path, stereo, 44100, format=fmt, subtype=subtype)
+    wav = recognizer.load_audio(path)
+    assert abs(wav.numel() - mono.numel()) <= 2
+    n = min(wav.numel(), mono.numel())
+    corr = np.corrcoef(wav[:n].numpy(), mono[:n].numpy())[0, 1]
+    assert corr > (0.9 if fmt == "OGG" else 0.999)
+    if fmt != "OGG":
+        assert float((wav[:n] - 0.75 * mono[:n]).abs().max()) < 0.01
+    probs, _, _, label = recognizer.classify_file(path)
+    assert probs.shape == (1, len(recognizer.labels)) and label[0] in recognizer.labels
+
+
+def test_attention_over_time(recognizer, test_rows):
+    path = test_rows[0]["wav"]
+    times, weights = recognizer.attention_file(path)
+    n_samples = load_audio(path).numel()
+    assert weights.shape == times.shape == (1 + n_samples // 160,)
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(times[1] - times[0]) == pytest.approx(0.01)
+
+
+def test_enrolment_replaces_the_unseen_fallback(recognizer, test_rows):
+    path = test_rows[0]["wav"]
+    # A speaker enrolled with this recording alone has exactly its statistics.
+    recognizer.enroll("solo", [path])
+    torch.testing.assert_close(
+        recognizer.classify_file(path, "solo")[0], recognizer.classify_file(path)[0]
+    )
+    others = [row["wav"] for row in test_rows[1:4]]
+    assert recognizer.enroll("group", others) > 0
+    assert not torch.allclose(
+        recognizer.classify_file(path, "group")[0], recognizer.classify_file(path)[0], atol=1e-6
+    )
+
+
+def test_bad_file_errors_name_it(recognizer, tmp_path):
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros(0), 16000)
+    with pytest.raises(AudioError, match="empty.wav"):
+        recognizer.classify_file(path)
+
+
+class Payload:
+    """Would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_weights_are_never_unpickled_as_objects(model_folder, tmp_path):
+    marker = tmp_path / "was_unpickled"
+    bad = tmp_path / "model.ckpt"
+    with open(bad, "wb") as f:
+        pickle.dump({"weight": Payload(marker)}, f, protocol=2)
+    with pytest.raises(ValueError, match="model.ckpt"):
+        load_weights(torch.nn.Linear(1, 1), bad)
+    folder = tmp_path / "tampered"
+    folder.mkdir()
+    for name in FOLDER_FILES:
+        (folder / name).write_bytes((model_folder / name).read_bytes())
+    (folder / "normalizer.ckpt").write_bytes(bad.read_bytes())
+    with pytest.raises(ValueError, match="normalizer.ckpt"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    assert not marker.exists()
+
+
+def test_export_refuses_to_clobber_and_names_missing_files(run_folder, model_folder, tmp_path):
+    with pytest.raises(FileExistsError, match="already holds an exported model"):
+        export_model(run_folder, model_folder)
+    assert export_model(run_folder, model_folder, overwrite=True) == model_folder
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an exported model folder"):
+        export_model(run_folder, other)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        export_model(tmp_path, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        EmotionRecognizer.from_folder(tmp_path)
