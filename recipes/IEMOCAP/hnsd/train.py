@@ -7,6 +7,8 @@ columns ``ID, duration, wav, spk_id, emo``: the hparams file names the prep func
 
 To run this recipe, do the following:
 > python train.py hparams/hnsd.yaml --data_folder=/path/to/IEMOCAP_full_release
+or with several processes (GPUs, or CPU with --distributed_backend=gloo):
+> torchrun --nproc_per_node=2 train.py hparams/hnsd.yaml --data_folder=/path/to/IEMOCAP_full_release
 
 The best checkpoint is chosen by unweighted accuracy (UA) on the validation speakers; the test
 speakers are used only for the final evaluation, which writes WA, UA, per-class recall, a
@@ -22,10 +24,17 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import DynamicBatchSampler
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import (
+    ddp_all_reduce,
+    ddp_broadcast,
+    if_main_process,
+    is_distributed_initialized,
+    run_on_main,
+)
 from tqdm import tqdm
 
 from hnsd_sb.audio import make_audio_pipeline
+from hnsd_sb.preflight import check_manifests
 from hnsd_sb.report import save_confusion_matrix
 
 logger = logging.getLogger(__name__)
@@ -66,13 +75,19 @@ class EmotionBrain(sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs the stage's statistics, keeps the best checkpoint, writes the test results."""
+        # Under torchrun each process trained on a shard: pool the predictions of all of them,
+        # average their losses and add up their padding.
         self.metrics.sync()
         summary = self.metrics.summarize()
+        totals = torch.tensor([stage_loss, *self.padded_frames], dtype=torch.float64)
+        totals = ddp_all_reduce(totals.to(self.device), torch.distributed.ReduceOp.SUM)
+        totals /= torch.distributed.get_world_size() if is_distributed_initialized() else 1
+        stage_loss, padded, frames = totals.tolist()
         stats = {
             "loss": stage_loss,
             "WA": round(100 * summary["WA"], 2),
             "UA": round(100 * summary["UA"], 2),
-            "padding": round(100 * self.padded_frames[0] / max(self.padded_frames[1], 1), 2),
+            "padding": round(100 * padded / max(frames, 1), 2),
         }
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
@@ -126,7 +141,9 @@ class EmotionBrain(sb.Brain):
     def fit_normalizer(self, datasets):
         """Accumulates the speakers' feature statistics in one pass over the audio (no labels).
 
-        A run that resumes from a checkpoint gets them from the checkpoint instead.
+        A run that resumes from a checkpoint gets them from the checkpoint instead (the
+        ``AtomicCheckpointer`` only ever shows complete checkpoints, so a run killed before or
+        during its first save computes them again).
         """
         if self.checkpointer.find_checkpoint() is not None:
             return
@@ -140,17 +157,45 @@ class EmotionBrain(sb.Brain):
                 with torch.no_grad():
                     static, dynamic, lens = self.modules.features(*batch.sig, return_lengths=True)
                 normalizer.accumulate(torch.cat([static, dynamic], -1), lens, batch.spk_id)
+        # Under torchrun every process gets the main process's statistics, bit for bit.
+        normalizer.load_state(ddp_broadcast(normalizer.state()))
         logger.info("Speaker statistics of %d speakers", len(normalizer.speakers))
 
 
-def dataio_prepare(hparams):
-    """Builds the train/valid/test datasets from the CSV manifests and the label encoder."""
-    datasets = {}
+def validated_manifests(hparams):
+    """Checks every row of the train/valid/test manifests before training (on the main
+    process) and returns the manifests to use: the given ones, or with ``skip_bad_rows`` copies
+    without the bad rows. See ``hnsd_sb.preflight.check_manifests`` for what is checked.
+    """
     manifests = {
         "train": hparams["train_annotation"],
         "valid": hparams["valid_annotation"],
         "test": hparams["test_annotation"],
     }
+    # hparams files without these options get the defaults: check, and stop on a bad row.
+    hparams.setdefault("validate_manifests", True)
+    hparams.setdefault("skip_bad_rows", False)
+    if not hparams["validate_manifests"]:
+        return manifests
+    if if_main_process():
+        checks = check_manifests(
+            manifests,
+            replacements={"data_root": hparams["data_folder"]},
+            n_classes=hparams["n_classes"],
+            skip_bad=hparams["skip_bad_rows"],
+            output_dir=hparams["output_folder"],
+        )
+        for check in checks.values():
+            logger.info("Checked %s: %d rows", check.csv_path, check.n_rows)
+            if check.n_skipped:
+                logger.warning("Skipped %d bad rows, using %s", check.n_skipped, check.path)
+        manifests = {split: check.path for split, check in checks.items()}
+    return ddp_broadcast(manifests)
+
+
+def dataio_prepare(hparams, manifests):
+    """Builds the train/valid/test datasets from the CSV manifests and the label encoder."""
+    datasets = {}
     for split, manifest in manifests.items():
         dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
             csv_path=manifest,
@@ -180,7 +225,7 @@ def dataio_prepare(hparams):
         labels = sorted({item["emo"] for item in datasets["train"]})
     if len(labels) != hparams["n_classes"]:
         raise ValueError(
-            f"The training manifest {hparams['train_annotation']} has {len(labels)} "
+            f"The training manifest {manifests['train']} has {len(labels)} "
             f"emotions {labels}, but n_classes is {hparams['n_classes']} in the hparams file"
         )
     label_encoder.expect_len(hparams["n_classes"])
@@ -206,7 +251,15 @@ if __name__ == "__main__":
     # Data prep writes the CSV manifests once, on the main process.
     if hparams["prepare_data"] is not None:
         run_on_main(hparams["prepare_data"])
-    datasets, label_encoder = dataio_prepare(hparams)
+    # Every row is checked before anything is trained: a bad one stops the run here, naming it.
+    manifests = validated_manifests(hparams)
+    datasets, label_encoder = dataio_prepare(hparams, manifests)
+
+    # Fine-tuning (hparams/finetune*.yaml): start from a trained model's weights. A resumed run
+    # then restores its own checkpoint over them.
+    if "pretrainer" in hparams:
+        run_on_main(hparams["pretrainer"].collect_files)
+        hparams["pretrainer"].load_collected()
 
     hnsd_brain = EmotionBrain(
         modules=hparams["modules"],
@@ -227,6 +280,7 @@ if __name__ == "__main__":
     hnsd_brain.train_sampler = train_sampler  # so each epoch draws new batches
     train_loader_opts = {"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]}
 
+    # Rerunning the same command after an interruption resumes from the last checkpoint.
     hnsd_brain.fit(
         epoch_counter=hparams["epoch_counter"],
         train_set=datasets["train"],
