@@ -7,6 +7,7 @@ build the variants the paper argues against from the same parts.
 
 import torch
 
+from hnsd_sb.cpu import run_branches
 from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
 from hnsd_sb.normalization import real_frame_mask
 from hnsd_sb.pooling import AdditiveAttentionPooling, MeanPooling
@@ -249,9 +250,22 @@ class HNSD(torch.nn.Module):
         torch.Size([2, 9, 16])
         """
         if self.streams == "two":
-            h_s = self.static_encoder(static, lengths)
-            h_d = self.dynamic_encoder(dynamic, lengths)
-            return self.fusion(h_s, h_d)
+            encoders = (self.static_encoder, self.dynamic_encoder)
+            params = [list(enc.parameters()) for enc in encoders]
+            if isinstance(self.fusion, GatedMultiFeatureUnit):
+                # Each stream's GMU projections go with its LSTM, so the two streams run side by
+                # side on CPU (see hnsd_sb.cpu.run_branches) up to the GMU's elementwise part.
+                gmu = self.fusion
+                projections = (gmu.project_static, gmu.project_dynamic)
+                params[0] += list(gmu.static_proj.parameters()) + list(gmu.gate_proj.parameters())
+                params[1] += list(gmu.dynamic_proj.parameters()) + list(gmu.gate_proj.parameters())
+                branches = [
+                    lambda x, enc=enc, proj=proj: proj(enc(x, lengths))
+                    for enc, proj in zip(encoders, projections)
+                ]
+                return gmu.combine(*run_branches(branches, (static, dynamic), params))
+            branches = [lambda x, enc=enc: enc(x, lengths) for enc in encoders]
+            return self.fusion(*run_branches(branches, (static, dynamic), params))
         x = {"static": static, "dynamic": dynamic}.get(self.streams)
         if x is None:
             x = torch.cat([static, dynamic], dim=-1)

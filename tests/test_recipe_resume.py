@@ -31,7 +31,7 @@ OPTIONS = [
     "--fc_size=8",
     "--num_workers=0",
     "--lr=0.01",
-    "--dynamic_batch_sampler={max_batch_length: 25}",
+    "--dynamic_batch_sampler={max_batch_length: 25, num_buckets: 40}",  # pinned: 16 batches
     "--ckpt_interval_minutes=0",
     "--ckpt_interval_steps=4",
 ]

@@ -1,0 +1,390 @@
+"""CPU fast paths: oneDNN matrix products and HNSD's two streams side by side.
+
+Two things keep HNSD's CPU cost close to that of its two LSTMs, which PyTorch already runs
+through oneDNN's fused LSTM:
+
+- ``linear``: a fp32 linear layer through oneDNN instead of the default BLAS. On some CPUs
+  (AMD Zen among them) MKL's sgemm runs at well under half the speed of oneDNN's, and the GMU's
+  projections hold a third of HNSD's multiply-adds. Same fp32 arithmetic; where oneDNN is not
+  available it is ``torch.nn.functional.linear``.
+- ``run_branches``: runs independent branches (HNSD's static and dynamic streams: an LSTM each and
+  that stream's GMU projections) at the same time, each on its own thread with its share of the
+  intra-op threads, forward and backward. An LSTM time step is a small matrix product: splitting
+  it across cores costs a thread barrier per time step, and on a machine shared with other jobs
+  a barrier waits for whichever core was taken away (we measured 2-thread LSTMs running 5 to 12
+  times slower than 1-thread ones under load). A core per stream needs no barrier at all.
+
+By default the branches share the intra-op threads (``torch.get_num_threads()``; on 2 cores, one
+each) and everything else uses them all. On a machine shared with other jobs, every multi-threaded
+operation waits at its barriers for the slowest thread; there, ``OMP_NUM_THREADS=1`` with
+``HNSD_BRANCH_CORES=2`` (or ``torch.set_num_threads(1)`` and ``set_branch_cores(2)``) keeps the
+two LSTMs on two cores and runs everything else on one thread, with no barrier anywhere.
+
+Set the environment variable ``HNSD_CPU_FASTPATH=0`` (or call ``set_fast_paths(False)``) to run
+everything the plain PyTorch way.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import torch
+
+_STATE = {
+    "enabled": os.environ.get("HNSD_CPU_FASTPATH", "1") != "0",
+    "onednn": None,
+    "cores": int(os.environ["HNSD_BRANCH_CORES"]) if os.environ.get("HNSD_BRANCH_CORES") else None,
+}
+_POOL = {"executor": None, "pid": None, "size": 0}
+_POOL_LOCK = threading.Lock()
+
+
+def set_fast_paths(enabled):
+    """Turns the oneDNN linear layer and the side-by-side streams on or off (process-wide).
+
+    Arguments
+    ---------
+    enabled : bool
+        False makes ``linear`` plain ``torch.nn.functional.linear`` and ``run_branches`` run the
+        branches one after the other.
+
+    Returns
+    -------
+    bool
+        The previous setting.
+
+    Example
+    -------
+    >>> previous = set_fast_paths(False)
+    >>> fast_paths_enabled()
+    False
+    >>> _ = set_fast_paths(previous)
+    """
+    previous = _STATE["enabled"]
+    _STATE["enabled"] = bool(enabled)
+    return previous
+
+
+def fast_paths_enabled():
+    """Whether the CPU fast paths are on (see ``set_fast_paths``).
+
+    Returns
+    -------
+    bool
+        The current setting.
+
+    Example
+    -------
+    >>> isinstance(fast_paths_enabled(), bool)
+    True
+    """
+    return _STATE["enabled"]
+
+
+# ----------------------------------------------------------------------------------------------
+# oneDNN linear layer
+# ----------------------------------------------------------------------------------------------
+def _onednn_op():
+    """oneDNN's fp32 linear op, checked once against ``F.linear``; None where unusable."""
+    if _STATE["onednn"] is None:
+        _STATE["onednn"] = False
+        try:
+            op = torch.ops.mkldnn._linear_pointwise
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+            w = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+            ref = x @ w.t()
+            x, w = x.float(), w.float()
+            got = op(x, w, None, "none", [], "")
+            # the backward passes transposed views: strides must be honoured
+            got_t = op(x.t().contiguous().t(), w.t().contiguous().t(), None, "none", [], "")
+            if torch.backends.mkldnn.is_available() and all(
+                torch.allclose(g.double(), ref, atol=1e-4) for g in (got, got_t)
+            ):
+                _STATE["onednn"] = op
+        except (AttributeError, RuntimeError, TypeError):
+            pass
+    return _STATE["onednn"] or None
+
+
+def _use_onednn(x, weight):
+    return (
+        _STATE["enabled"]
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.numel() > 0
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+        and _onednn_op() is not None
+    )
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``y = x W^T + b``, ``tanh`` on its first ``n_tanh`` outputs, and the gradients, every
+    matrix product through oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, n_tanh):
+        op = _onednn_op()
+        y = op(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
+        if n_tanh:
+            y[:, :n_tanh].tanh_()
+        ctx.save_for_backward(x, weight, y if n_tanh else None)
+        ctx.has_bias, ctx.n_tanh = bias is not None, n_tanh
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        op = _onednn_op()
+        x, weight, y = ctx.saved_tensors
+        grad = grad.reshape(-1, grad.shape[-1])
+        n = ctx.n_tanh
+        if n:
+            pre = torch.empty_like(grad)
+            torch.ops.aten.tanh_backward.grad_input(grad[:, :n], y[:, :n], grad_input=pre[:, :n])
+            pre[:, n:].copy_(grad[:, n:])
+            grad = pre
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # grad @ W, written as a linear layer whose weight is W^T (a view; oneDNN takes strides)
+            grad_x = op(grad, weight.t(), None, "none", [], "").reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            # (x^T grad)^T: oneDNN copies a transposed input, and x is the narrower of the two
+            grad_w = op(x.reshape(-1, x.shape[-1]).t(), grad.t(), None, "none", [], "").t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+def linear(x, weight, bias=None, n_tanh=0):
+    """``torch.nn.functional.linear`` that runs its fp32 CPU matrix products on oneDNN.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        Input ``[..., in_features]``.
+    weight : torch.Tensor
+        ``[out_features, in_features]``.
+    bias : torch.Tensor
+        ``[out_features]`` or None.
+    n_tanh : int
+        Apply ``tanh`` to the first ``n_tanh`` outputs (in place, saving a copy).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[..., out_features]``, as ``torch.nn.functional.linear`` (fp32 arithmetic either way).
+
+    Example
+    -------
+    >>> x, w = torch.randn(2, 5, 8), torch.randn(3, 8)
+    >>> y = linear(x, w)
+    >>> y.shape
+    torch.Size([2, 5, 3])
+    >>> bool(torch.allclose(y, torch.nn.functional.linear(x, w), atol=1e-5))
+    True
+    >>> bool(torch.allclose(linear(x, w, n_tanh=2)[..., :2], torch.tanh(y[..., :2]), atol=1e-5))
+    True
+    """
+    if _use_onednn(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias, n_tanh)
+    y = torch.nn.functional.linear(x, weight, bias)
+    if n_tanh:
+        y = torch.cat([torch.tanh(y[..., :n_tanh]), y[..., n_tanh:]], dim=-1)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# side-by-side branches
+# ----------------------------------------------------------------------------------------------
+def _executor(workers):
+    """A thread pool of at least ``workers`` threads, recreated after a fork."""
+    with _POOL_LOCK:
+        if _POOL["pid"] != os.getpid() or _POOL["size"] < workers:
+            _POOL.update(
+                executor=ThreadPoolExecutor(workers, thread_name_prefix="hnsd-branch"),
+                pid=os.getpid(),
+                size=workers,
+            )
+        return _POOL["executor"]
+
+
+def _in_thread(fn, threads, grad, inference):
+    """Runs ``fn()`` on a pool thread with the caller's autograd modes and ``threads`` threads."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        return fn()
+
+
+def _run_together(calls, threads):
+    """Runs ``calls[0]`` here and the others on pool threads, all at once, each with ``threads``
+    intra-op threads; returns their results in order."""
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    all_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pool = _executor(len(calls) - 1)
+        futures = [pool.submit(_in_thread, c, threads, grad, inference) for c in calls[1:]]
+        try:
+            first = calls[0]()
+        finally:
+            wait(futures)
+        return [first] + [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(all_threads)
+
+
+class _Branches(torch.autograd.Function):
+    """Runs the branches side by side forward, and their backward side by side too."""
+
+    @staticmethod
+    def forward(ctx, plan, *tensors):
+        fns, params, threads = plan
+        inputs = [x.detach().requires_grad_(x.requires_grad) for x in tensors[: len(fns)]]
+
+        def branch(i):
+            def call():
+                with torch.enable_grad():
+                    return fns[i](inputs[i])
+
+            return call
+
+        outputs = _run_together([branch(i) for i in range(len(fns))], threads)
+        ctx.plan, ctx.inputs, ctx.outputs = plan, inputs, outputs
+        return tuple(out.detach() for out in outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        _, params, threads = ctx.plan
+        inputs, outputs = ctx.inputs, ctx.outputs
+
+        def branch(i):
+            def call():
+                wanted = ([inputs[i]] if inputs[i].requires_grad else []) + list(params[i])
+                if not wanted or not outputs[i].requires_grad:
+                    return [None] * len(wanted)
+                return list(torch.autograd.grad(outputs[i], wanted, grads[i], allow_unused=True))
+
+            return call
+
+        # torch.autograd.grad frees each branch's graph as it goes: backward runs once per
+        # forward (retain_graph is not supported through the branches)
+        results = _run_together([branch(i) for i in range(len(outputs))], threads)
+        input_grads, param_grads = [], []
+        for i, got in enumerate(results):
+            input_grads.append(got.pop(0) if inputs[i].requires_grad else None)
+            param_grads.extend(got)
+        return (None, *input_grads, *param_grads)
+
+
+def set_branch_cores(cores):
+    """Sets how many cores ``run_branches`` shares among the branches.
+
+    By default (``None``) the branches share the intra-op threads, ``torch.get_num_threads()``.
+    Setting it lets the branches use more cores than the rest of the model: for example
+    ``torch.set_num_threads(1)`` with ``set_branch_cores(2)`` runs the two LSTMs on two cores and
+    every other operation on one, which never waits on a thread barrier, the robust choice on a
+    machine shared with other jobs.
+
+    Arguments
+    ---------
+    cores : int or None
+        Cores for the branches; ``None`` follows ``torch.get_num_threads()``.
+
+    Returns
+    -------
+    int or None
+        The previous setting.
+
+    Example
+    -------
+    >>> previous = set_branch_cores(2)
+    >>> branch_cores() == 2
+    True
+    >>> _ = set_branch_cores(previous)
+    """
+    if cores is not None and int(cores) < 1:
+        raise ValueError(f"cores must be None or at least 1, got {cores}")
+    previous = _STATE["cores"]
+    _STATE["cores"] = None if cores is None else int(cores)
+    return previous
+
+
+def branch_cores():
+    """Cores ``run_branches`` shares among the branches (see ``set_branch_cores``).
+
+    Returns
+    -------
+    int
+        The set number, or ``torch.get_num_threads()`` when none is set.
+
+    Example
+    -------
+    >>> branch_cores() >= 1
+    True
+    """
+    return _STATE["cores"] or torch.get_num_threads()
+
+
+def _side_by_side_possible(inputs):
+    """Whether ``run_branches`` may use threads: CPU tensors, cores to share, plain eager."""
+    return (
+        _STATE["enabled"]
+        and branch_cores() >= 2
+        and all(x.device.type == "cpu" for x in inputs)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def run_branches(functions, inputs, parameters):
+    """Computes ``[functions[i](inputs[i]) for i ...]``, the branches side by side on CPU.
+
+    On CPU with at least two intra-op threads, each branch runs on its own thread with an equal
+    share of the threads (one each on a 2-core machine), forward and, under autograd, backward;
+    anywhere else (GPU, one thread, autocast, scripting, fast paths off) the branches run one
+    after the other. The results and gradients are the same either way.
+
+    Arguments
+    ---------
+    functions : list of callable
+        Branch ``i`` maps a tensor to a tensor; branches must not share state.
+    inputs : list of torch.Tensor
+        The input of each branch.
+    parameters : list of list of torch.Tensor
+        Every tensor requiring gradients that branch ``i`` uses besides its input (its modules'
+        parameters): backward returns the gradients of exactly these.
+
+    Returns
+    -------
+    list of torch.Tensor
+        The output of each branch.
+
+    Example
+    -------
+    >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(4, 2)
+    >>> xa, xb = torch.randn(5, 3), torch.randn(5, 4)
+    >>> ya, yb = run_branches([a, b], [xa, xb], [list(a.parameters()), list(b.parameters())])
+    >>> bool(torch.allclose(ya, a(xa))), bool(torch.allclose(yb, b(xb)))
+    (True, True)
+    >>> (ya.sum() + yb.sum()).backward()
+    >>> a.weight.grad.shape, b.weight.grad.shape
+    (torch.Size([2, 3]), torch.Size([2, 4]))
+    """
+    functions, inputs = list(functions), list(inputs)
+    if len(functions) < 2 or not _side_by_side_possible(inputs):
+        return [fn(x) for fn, x in zip(functions, inputs)]
+    threads = max(1, branch_cores() // len(functions))
+    params = [[p for p in group if p.requires_grad] for group in parameters]
+    needs_grad = torch.is_grad_enabled() and (any(x.requires_grad for x in inputs) or any(params))
+    if not needs_grad:
+        return _run_together([lambda f=f, x=x: f(x) for f, x in zip(functions, inputs)], threads)
+    plan = (functions, params, threads)
+    flat = [p for group in params for p in group]
+    return list(_Branches.apply(plan, *inputs, *flat))
