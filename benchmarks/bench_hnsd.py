@@ -27,8 +27,9 @@ are sustained over similar spans of time.
   FLOPs on real frames per second as a fraction of the matmul rate. The same for the bare LSTMs
   alone shows what the hardware allows (at batch 1 an LSTM step streams its 4 MB of recurrent
   weights from L3 cache for 1 M multiply-adds: memory-bound).
-- memory: peak RSS of a separate training process (recipe settings, the epoch's largest batches
-  included), and peak proportional set size of that process with its DataLoader workers.
+- memory: peak RSS of a separate training process (recipe settings) over the epoch's two largest
+  batches and its first 24 batches in training order (10 with ``--quick``), and the peak
+  proportional set size of that process with its DataLoader workers.
 - ECAPA-TDNN: SpeechBrain's IEMOCAP emotion recipe (``recipes/IEMOCAP/emotion_recognition``,
   ``hparams/train.yaml``: 80 log-Mel, sentence mean normalisation, channels 512-512-512-512-1536,
   attention 64, 96-d embedding, cosine classifier), random weights, same inference timings.
@@ -49,7 +50,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -639,12 +639,13 @@ def rss_child(args):
     if os.environ.get("HNSD_BENCH_DEBUG"):
         for b in spec["batches"]:
             train_pass(brain, dataset, [b], hparams["num_workers"])
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            print(len(b), rss, sampler.peak_kib, file=sys.stderr)
+            print(len(b), _proc_kib(os.getpid(), "VmHWM"), sampler.peak_kib, file=sys.stderr)
     train_pass(brain, dataset, spec["batches"], hparams["num_workers"])
     sampler.stop.set()
     sampler.join()
-    main_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's high-water mark over fork and
+    # exec into ru_maxrss, so a child of a large process would report the parent's peak.
+    main_kib = _proc_kib(os.getpid(), "VmHWM")
     print(json.dumps({"main_kib": main_kib, "total_kib": max(main_kib, sampler.peak_kib)}))
 
 
@@ -801,6 +802,7 @@ def main(argv=None):
     parser.add_argument("--root", default=os.path.dirname(HERE), help="repository to measure")
     parser.add_argument("--out-dir", default=HERE, help="where RESULTS.json/.md go")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--commit", help="what code --root holds, for the report")
     parser.add_argument("--skip-ecapa", action="store_true")
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads for the models (default: PyTorch's)"
@@ -864,7 +866,9 @@ def main(argv=None):
 
         # ---- training step vs floor, on the same batches ----
         picked = pick_batches(epoch, train_durations, k_batches)
-        heavy = largest_batches(epoch, train_durations)  # for the peak memory
+        # The memory run trains on a stretch of the epoch in its own order (glibc's heap grows
+        # as batches of ever different shapes come and go) and on the epoch's largest batches.
+        heavy = largest_batches(epoch, train_durations) + epoch[: 10 if args.quick else 24]
         used = sorted({i for b in picked + heavy for i in b})
         remap = {old: new for new, old in enumerate(used)}
         batches = [[remap[i] for i in b] for b in picked]
@@ -922,12 +926,12 @@ def main(argv=None):
         res = inference_suite(infer, per_frame, test, eval_sets, reps, matmul)
         result.update(res)
         result["hnsd_gflop_per_audio_s"] = per_frame * 100 / 1e9
+        log("HNSD inference " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
         bare = BareLSTMInference(cores)
         res = inference_suite(bare, bare.flops_per_frame, test, eval_sets, reps, matmul)
         result.update({f"lstm_{k}": v for k, v in res.items()})
         result["train_flop_bound"] = bare.flops_per_frame / hnsd_flops_per_frame(hp_inf["model"])
         log("bare LSTMs inference " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
-        log("HNSD inference " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
         if not args.skip_ecapa:
             e_infer, e_flops, e_params = ecapa_pipeline()
             per_frame = e_flops()
@@ -951,10 +955,11 @@ def main(argv=None):
                 )
 
         # ---- peak memory, in a fresh process ----
-        result.update(peak_rss(args, workdir, heavy + batches))
+        result.update(peak_rss(args, workdir, heavy))
+        result["train_memory_batches"] = len(heavy)
         log(f"training peak RSS {result['train_peak_rss_gib']:.2f} GiB")
 
-    commit, dirty = git_commit(args.root)
+    commit, dirty = (args.commit, "") if args.commit else git_commit(args.root)
     result["meta"] = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "cpu": cpu_name(),
