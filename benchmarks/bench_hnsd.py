@@ -16,9 +16,10 @@ are sustained over similar spans of time.
   one after the other on all cores (much slower on 2 cores, so it is off by default).
 - training step: the recipe's own ``EmotionBrain.fit_batch`` (features, speaker normalisation,
   model, loss, backward, Adam step) with the recipe's hparams, fed by the recipe's data pipeline
-  and DataLoader (WAV files decoded by its worker processes), timed from the loader's creation,
-  on a stratified sample of one epoch's batches; the bound is what the step would reach if the
-  GMU, attention and classifier ran as efficiently as the LSTMs (LSTM FLOPs / model FLOPs).
+  and DataLoader (WAV files decoded by its worker processes, which live through the run as
+  through an epoch), on a stratified sample of one epoch's batches; the bound is what the step
+  would reach if the GMU, attention and classifier ran as efficiently as the LSTMs (LSTM FLOPs /
+  model FLOPs).
 - padding: padded frames / all frames over one epoch of the recipe's ``DynamicBatchSampler`` on
   an IEMOCAP-like training set (4400 utterances, log-normal durations: mean 4.5 s, std 3.2 s,
   0.6 s to 30 s); also the evaluation batching (sorted, ``test_dataloader_opts``).
@@ -34,7 +35,9 @@ are sustained over similar spans of time.
   ``hparams/train.yaml``: 80 log-Mel, sentence mean normalisation, channels 512-512-512-512-1536,
   attention 64, 96-d embedding, cosine classifier), random weights, same inference timings.
 
-Run from the repository root (2 cores: about 3 minutes, ``--quick`` about 1):
+Run from the repository root. On 2 cores with ``--threads 1 --branch-cores 2`` it takes about 2
+minutes idle and 3 under load (``--quick``: about 1); with PyTorch's default threads a loaded
+machine can stretch it past 5 minutes (its multi-threaded small operations stall):
 
 > python benchmarks/bench_hnsd.py
 > python benchmarks/bench_hnsd.py --threads 1 --branch-cores 2 --label "after, 1 thread"
@@ -112,7 +115,7 @@ def iemocap_like_durations(n, seed):
     Example
     -------
     >>> d = iemocap_like_durations(4400, 0)
-    >>> 4.2 < d.mean() < 4.8, d.min() >= 0.6, d.max() <= 30.0
+    >>> bool(4.2 < d.mean() < 4.8), bool(d.min() >= 0.6), bool(d.max() <= 30.0)
     (True, True, True)
     """
     sigma = 0.65
@@ -325,6 +328,34 @@ def train_pass(brain, dataset, batches, num_workers):
     return time.perf_counter() - start
 
 
+class EpochFeed:
+    """One DataLoader over ``passes`` repetitions of ``batches``, as the recipe's loader is over an
+    epoch: its worker processes start once and keep prefetching while the batches are consumed,
+    so the once-an-epoch start (a fork, about 0.5 s, spread over ~300 batches in a real epoch)
+    does not weigh on a handful of batches."""
+
+    def __init__(self, brain, dataset, batches, num_workers, passes):
+        import speechbrain as sb
+
+        self.brain, self.n = brain, len(batches)
+        loader = brain.make_dataloader(
+            dataset,
+            stage=sb.Stage.TRAIN,
+            ckpt_prefix=None,
+            batch_sampler=[b for _ in range(passes) for b in batches],
+            num_workers=num_workers,
+        )
+        self.batches = iter(loader)
+
+    def train_pass(self):
+        """The recipe's training step on the next pass over the batches; returns seconds."""
+        start = time.perf_counter()
+        for _ in range(self.n):
+            self.brain.step += 1
+            self.brain.fit_batch(next(self.batches))
+        return time.perf_counter() - start
+
+
 def recipe_batches(hparams, durations, epoch_seed):
     """One epoch of the recipe's ``DynamicBatchSampler`` over utterances of these durations."""
     from speechbrain.dataio.dataset import DynamicItemDataset
@@ -357,7 +388,7 @@ def pick_batches(batches, durations, k):
     Example
     -------
     >>> pick_batches([[0], [1], [2], [3]], np.array([1.0, 4.0, 2.0, 3.0]), 2)
-    [[2], [3]]
+    [[2], [1]]
     """
     frames = n_frames(durations)
     order = sorted(range(len(batches)), key=lambda b: frames[batches[b]].max())
@@ -537,19 +568,18 @@ def ecapa_pipeline(seed=0):
     return infer, flops_per_frame, params
 
 
-def padded_batches(durations, batch_size, seed):
-    """Sorted, batched, zero-padded noise waveforms with relative lengths (the eval batching)."""
+def padded_batches(durations, batches, seed):
+    """Zero-padded noise waveforms with relative lengths for batches of utterance indices."""
     rng = np.random.default_rng(seed)
-    order = np.argsort(durations, kind="stable")
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    out = []
+    for idx in batches:
+        idx = np.asarray(idx)
         lengths = np.round(durations[idx] * SAMPLE_RATE).astype(int)
         wavs = torch.zeros(len(idx), lengths.max())
         for row, n in enumerate(lengths):
             wavs[row, :n] = torch.from_numpy(rng.standard_normal(n).astype(np.float32) * 0.1)
-        batches.append((wavs, torch.from_numpy(lengths / lengths.max()).float(), idx))
-    return batches
+        out.append((wavs, torch.from_numpy(lengths / lengths.max()).float(), idx))
+    return out
 
 
 def inference_suite(infer, flops_per_frame, durations, batches, reps, matmul):
@@ -683,6 +713,7 @@ ROWS = [
     ("train_flop_bound", "  bound: LSTM FLOPs / model FLOPs", "{:.1%}"),
     ("padding_train", "Padding waste, training batches", "{:.2%}"),
     ("padding_eval", "Padding waste, evaluation batches", "{:.2%}"),
+    ("padding_eval_sample", "  in the batches timed for inference", "{:.2%}"),
     ("train_batch_size", "Mean training batch (utterances)", "{:.1f}"),
     ("rtf_2s", "HNSD RTF, 2 s utterance", "{:.4f}"),
     ("rtf_5s", "HNSD RTF, 5 s utterance", "{:.4f}"),
@@ -733,6 +764,7 @@ def write_results(out_dir, label, result):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     data["runs"][label] = result
+    os.makedirs(out_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
     labels = [lb for lb in ("before", "after") if lb in data["runs"]]
@@ -783,7 +815,8 @@ def configure_threads(args):
     """Applies ``--threads`` and ``--branch-cores``; returns a description of the setting."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    text = f"{torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    text = f"{n} thread" + ("s" if n != 1 else "")
     if args.branch_cores:
         try:
             from hnsd_sb.cpu import set_branch_cores
@@ -881,14 +914,15 @@ def main(argv=None):
         shapes = [(len(b), int(n_frames(durations[b].max()))) for b in batches]
         floor = LSTMFloor(shapes)
         log(f"training: {len(batches)} batches, {audio:.0f} s of audio, shapes {shapes}")
-        train_pass(brain, dataset, batches, num_workers)  # warm-up
+        feed = EpochFeed(brain, dataset, batches, num_workers, reps + 1)
+        feed.train_pass()  # warm-up
         floor.side_by_side(cores)
         if args.sequential_floor:
             floor.sequential(cores)
         step_t, seq_t, par_t = [], [], []
         for rep in range(reps):
             runs = [
-                (step_t, lambda: train_pass(brain, dataset, batches, num_workers)),
+                (step_t, feed.train_pass),
                 (par_t, lambda: best_time(lambda: floor.side_by_side(cores), 1, 0)),
             ]
             if args.sequential_floor:
@@ -914,8 +948,12 @@ def main(argv=None):
         )
 
         # ---- inference ----
-        test = iemocap_like_durations(48 if args.quick else 96, seed=2)
-        eval_sets = padded_batches(test, eval_size, seed=3)
+        # A stratified sample of the evaluation batches of the test-like set (sorted, batched
+        # as test_dataloader_opts), so the sample has the set's padding.
+        test = test_durations
+        sample = pick_batches(eval_batches, test, 4 if args.quick else 8)
+        eval_sets = padded_batches(test, sample, seed=3)
+        result["padding_eval_sample"] = padding_waste(sample, test)
 
         def matmul():
             return matmul_rates(1024, 0.5, cores)
