@@ -123,6 +123,43 @@ def unweighted_accuracy(cm):
     return float(recall[present].mean()) if present.any() else float("nan")
 
 
+def balanced_class_weights(labels, label_encoder):
+    """Loss weights that give every emotion the same total weight in the training set.
+
+    Class ``c`` with ``n_c`` of the ``n`` training utterances gets ``n / (C * n_c)``, so that a
+    minority class (RAVDESS neutral has half the utterances of the others) counts as much as
+    the rest, which is what unweighted accuracy (UA) rewards.
+
+    Arguments
+    ---------
+    labels : list of str
+        The emotion label of every training utterance.
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        Gives each label its class index.
+
+    Returns
+    -------
+    torch.Tensor
+        One weight per class index, for ``nll_loss(weight=...)``.
+
+    Example
+    -------
+    >>> from speechbrain.dataio.encoder import CategoricalEncoder
+    >>> encoder = CategoricalEncoder()
+    >>> encoder.update_from_iterable(["ang", "neu"])
+    >>> weights = balanced_class_weights(["ang", "ang", "ang", "neu"], encoder)
+    >>> [round(w, 4) for w in weights.tolist()]
+    [0.6667, 2.0]
+    """
+    counts = torch.zeros(len(label_encoder))
+    for label in labels:
+        counts[label_encoder.lab2ind[label]] += 1
+    if (counts == 0).any():
+        missing = [label_encoder.ind2lab[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        raise ValueError(f"No training utterance has the emotion(s) {missing}")
+    return counts.sum() / (len(counts) * counts)
+
+
 class EmotionMetrics(MetricStats):
     """Accumulates utterance-level emotion predictions and summarises them as WA / UA.
 

@@ -5,6 +5,7 @@ not touch the caller's matplotlib backend or global figure state.
 """
 
 import csv
+import logging
 import math
 import os
 
@@ -13,6 +14,9 @@ import torch
 from hnsd_sb.metrics import unweighted_accuracy, weighted_accuracy
 
 _CORNER = "true\\predicted"
+
+# SpeechBrain's log file takes DEBUG records, and matplotlib's font search would fill it.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 def _as_cm(cm):
@@ -222,6 +226,69 @@ def format_results_table(rows, columns=("WA", "UA"), key="fold", scale=100.0, de
         std_text = "n/a" if math.isnan(std) else f"{std:.{decimals}f}"
         summary.append(f"{mean:.{decimals}f} ± {std_text}")
     lines.append("| " + " | ".join(summary) + " |")
+    return "\n".join(lines)
+
+
+def compare_to_reference(rows, reference, metric="UA", decimals=2):
+    """A Markdown table comparing cross-validation rows with a reference row, fold by fold.
+
+    Folds differ far more from each other (different actors) than two models differ on the same
+    fold, so each row is compared with the reference on the folds both have: the mean and sample
+    standard deviation of the paired differences, and on how many folds the row is better.
+
+    Arguments
+    ---------
+    rows : dict
+        Row name -> list of per-fold results (dicts with ``fold``, ``WA`` and ``UA`` as
+        fractions, as ``test_results.json`` holds them).
+    reference : str
+        The name of the reference row (one of ``rows``).
+    metric : str
+        The metric compared ("UA" or "WA").
+    decimals : int
+        Decimals shown.
+
+    Returns
+    -------
+    str
+        The Markdown table, in percent.
+
+    Example
+    -------
+    >>> rows = {
+    ...     "hnsd": [{"fold": 1, "WA": 0.5, "UA": 0.5}, {"fold": 2, "WA": 0.6, "UA": 0.6}],
+    ...     "mean": [{"fold": 1, "WA": 0.4, "UA": 0.45}, {"fold": 2, "WA": 0.6, "UA": 0.5}],
+    ... }
+    >>> print(compare_to_reference(rows, "hnsd"))
+    | Row | Folds | WA (%) | UA (%) | UA − hnsd, paired (%) | Folds better |
+    |---|---:|---:|---:|---:|---:|
+    | hnsd | 2 | 55.00 ± 7.07 | 55.00 ± 7.07 | reference | |
+    | mean | 2 | 50.00 ± 14.14 | 47.50 ± 3.54 | -7.50 ± 3.54 | 0 / 2 |
+    """
+    if reference not in rows:
+        raise ValueError(f"the reference row {reference!r} is not among {sorted(rows)}")
+    ref = {r["fold"]: 100 * float(r[metric]) for r in rows[reference]}
+
+    def spread(values):
+        mean, std = _mean_std(values)
+        return f"{mean:.{decimals}f} ± " + ("n/a" if math.isnan(std) else f"{std:.{decimals}f}")
+
+    lines = [
+        f"| Row | Folds | WA (%) | UA (%) | {metric} − {reference}, paired (%) | Folds better |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, results in rows.items():
+        cells = [name, str(len(results))]
+        cells += [spread([100 * float(r[m]) for r in results]) for m in ("WA", "UA")]
+        if name == reference:
+            cells += ["reference", ""]
+        else:
+            diffs = [100 * float(r[metric]) - ref[r["fold"]] for r in results if r["fold"] in ref]
+            if not diffs:
+                raise ValueError(f"row {name!r} shares no fold with {reference!r}")
+            better = sum(d > 0 for d in diffs)
+            cells += [spread(diffs), f"{better} / {len(diffs)}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -65,3 +65,84 @@ def test_two_epoch_run_on_three_actors(subset, tmp_path):
     assert results["n"] == 28  # 4 neutral + 8 each of happy, sad, angry
     log = open(tmp_path / "train_log.txt", encoding="utf-8").read()
     assert log.count("epoch:") == 2 and "test UA" in log
+
+
+def test_improved_settings_weight_classes_and_checkpoint_the_schedule(subset, tmp_path):
+    """hnsd_improved.yaml: class-balanced loss, augmentation and NewBob annealing all run, the
+    weights follow the training set's counts, and the schedule is part of the checkpoint."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "train.py",
+        "hparams/hnsd_improved.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={tmp_path}",
+        "--fold=1",
+        "--label_set=four",
+        "--n_classes=4",
+        "--number_of_epochs=2",
+        "--lstm_size=16",
+        "--fc_size=8",
+        "--num_workers=0",
+    ]
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = open(tmp_path / "log.txt", encoding="utf-8").read()
+    # Actor 9 trains: 4 neutral and 8 each of ang, hap, sad -> 28 / (4 * count), sorted labels.
+    assert "Class weights: [0.875, 0.875, 1.75, 0.875]" in log
+    checkpoints = [d for d in os.listdir(tmp_path / "save") if d.startswith("CKPT")]
+    assert checkpoints
+    assert os.path.exists(tmp_path / "save" / checkpoints[0] / "lr_annealing.ckpt")
+    assert json.load(open(tmp_path / "test_results.json", encoding="utf-8"))["n"] == 28
+
+
+def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset, tmp_path):
+    """run_experiments.sh: two folds at once (JOBS=2), then a report naming the folds not run."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHON=sys.executable,
+        ROWS="four/mean_pooling",
+        FOLDS="1 2",
+        JOBS="2",
+        EXP=str(tmp_path),
+        EPOCHS="1",
+        ARGS="--lstm_size=8 --fc_size=4 --num_workers=0",
+    )
+    cmd = ["bash", "run_experiments.sh", str(subset)]
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "done four/mean_pooling fold 1" in proc.stdout
+    assert "done four/mean_pooling fold 2" in proc.stdout
+    row = tmp_path / "four" / "mean_pooling"
+    hparams = open(row / "fold1" / "hyperparams.yaml", encoding="utf-8").read()
+    assert "pooling: mean" in hparams and "number_of_epochs: 1" in hparams
+    report = open(row / "cv_results.md", encoding="utf-8").read()
+    assert "Not finished: fold(s) 3, 4, 5, 6" in report
+    assert (row / "confusion_sum.png").exists()
+    # The reference comparison reads the same folders.
+    proc = subprocess.run(
+        [sys.executable, "compare_rows.py", str(row), str(row)],
+        cwd=RECIPE,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| 2 |" in proc.stdout and "reference" in proc.stdout
+
+
+def test_run_experiments_fails_loudly_when_a_fold_fails(subset, tmp_path):
+    """A fold whose training fails is named, and the script's exit status says so."""
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        ROWS="four/mean_pooling",
+        FOLDS="1",
+        EXP=str(tmp_path),
+        ARGS="--no_such_key=1",  # train.py stops: the override is not in the hparams file
+    )
+    cmd = ["bash", "run_experiments.sh", str(subset)]
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "FAILED four/mean_pooling fold 1" in proc.stdout
+    assert (tmp_path / "four" / "mean_pooling" / "fold1.out").exists()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hnsd_sb.report import (
+    compare_to_reference,
     confusion_markdown,
     format_results_table,
     load_confusion_matrix,
@@ -85,3 +86,17 @@ def test_summarize_folds_sums_confusions():
     assert "Pooled over all 20 utterances: WA 80.00%, UA 80.00%." in text
     with pytest.raises(ValueError, match="fold 3"):
         summarize_folds(folds + [{"fold": 3, "confusion": torch.zeros(3, 3)}])
+
+
+def test_compare_to_reference_pairs_folds_and_checks_the_reference():
+    rows = {
+        "ref": [{"fold": k, "WA": 0.5, "UA": u} for k, u in [(1, 0.4), (2, 0.6), (3, 0.5)]],
+        # folds 1 and 3 only, listed out of order: the differences are +0.10 and +0.20
+        "row": [{"fold": 3, "WA": 0.5, "UA": 0.7}, {"fold": 1, "WA": 0.5, "UA": 0.5}],
+    }
+    table = compare_to_reference(rows, "ref")
+    assert "| row | 2 | 50.00 ± 0.00 | 60.00 ± 14.14 | 15.00 ± 7.07 | 2 / 2 |" in table
+    with pytest.raises(ValueError, match="reference row 'other'"):
+        compare_to_reference(rows, "other")
+    with pytest.raises(ValueError, match="shares no fold"):
+        compare_to_reference({"ref": rows["ref"], "x": [{"fold": 9, "WA": 0, "UA": 0}]}, "ref")

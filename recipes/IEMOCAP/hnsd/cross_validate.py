@@ -10,6 +10,10 @@ Other ``--key=value`` arguments go to every ``train.py`` run unchanged (``--numb
 stopped (and an interrupted fold resumes from its last checkpoint). The report,
 ``<cv_folder>/cv_results.md``, has per-fold and mean ± std WA and UA and the confusion matrix
 summed over the folds (also as ``confusion_sum.csv`` and ``.png``).
+
+``--no_report`` only trains (several such runs, one fold each, can share a machine: see the
+RAVDESS recipe's ``run_experiments.sh``); ``--report_only`` trains nothing and reports the folds
+that have finished, naming the missing ones.
 """
 
 import argparse
@@ -33,6 +37,10 @@ def parse_args(argv):
         default=None,
         help="where the folds and the report go (default: results/cv/<hparams name>)",
     )
+    parser.add_argument("--no_report", action="store_true", help="train the folds, no report")
+    parser.add_argument(
+        "--report_only", action="store_true", help="report the finished folds, train none"
+    )
     args, train_args = parser.parse_known_args(argv)
     if args.cv_folder is None:
         name = os.path.splitext(os.path.basename(args.hparams))[0]
@@ -40,10 +48,13 @@ def parse_args(argv):
     return args, train_args
 
 
-def run_fold(hparams, fold, fold_folder, train_args):
-    """Trains and tests one fold (unless its results exist) and returns its test results."""
+def run_fold(hparams, fold, fold_folder, train_args, train=True):
+    """Trains and tests one fold (unless its results exist) and returns its test results
+    (None for a fold that has none and ``train`` is False)."""
     results_file = os.path.join(fold_folder, "test_results.json")
     if not os.path.exists(results_file):
+        if not train:
+            return None
         cmd = [sys.executable, os.path.join(HERE, "train.py"), hparams, f"--fold={fold}"]
         cmd += [f"--output_folder={fold_folder}", *train_args]
         print(f"== fold {fold}: {' '.join(cmd)}", flush=True)
@@ -56,9 +67,21 @@ def main(argv=None):
     """Runs the folds and writes the report; returns the report's Markdown text."""
     args, train_args = parse_args(sys.argv[1:] if argv is None else argv)
     results = [
-        run_fold(args.hparams, k, os.path.join(args.cv_folder, f"fold{k}"), train_args)
+        run_fold(
+            args.hparams,
+            k,
+            os.path.join(args.cv_folder, f"fold{k}"),
+            train_args,
+            train=not args.report_only,
+        )
         for k in args.folds
     ]
+    if args.no_report:
+        return None
+    missing = [k for k, r in zip(args.folds, results) if r is None]
+    results = [r for r in results if r is not None]
+    if not results:
+        raise SystemExit(f"No fold of {args.cv_folder} has finished: nothing to report")
     labels = results[0]["labels"]
     markdown, confusion = summarize_folds(results, labels)
     os.makedirs(args.cv_folder, exist_ok=True)
@@ -67,10 +90,12 @@ def main(argv=None):
         labels,
         os.path.join(args.cv_folder, "confusion_sum.csv"),
         os.path.join(args.cv_folder, "confusion_sum.png"),
-        title=f"Summed over folds {', '.join(map(str, args.folds))}",
+        title=f"Summed over folds {', '.join(str(r['fold']) for r in results)}",
     )
     header = f"# Cross-validation of `{args.hparams}`\n\n"
     header += f"Arguments given to train.py: `{' '.join(train_args) or '(none)'}`\n\n"
+    if missing:
+        header += f"**Not finished: fold(s) {', '.join(map(str, missing))}.**\n\n"
     with open(os.path.join(args.cv_folder, "cv_results.md"), "w", encoding="utf-8") as f:
         f.write(header + markdown + "\n")
     print(header + markdown)

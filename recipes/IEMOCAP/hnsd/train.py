@@ -34,6 +34,7 @@ from speechbrain.utils.distributed import (
 from tqdm import tqdm
 
 from hnsd_sb.audio import make_audio_pipeline
+from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
 from hnsd_sb.report import save_confusion_matrix
 
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 class EmotionBrain(sb.Brain):
     """Trains and evaluates HNSD: waveform -> features -> speaker normalisation -> model."""
+
+    class_weights = None  # per-class loss weights (``class_weighting`` in the hparams)
 
     def compute_forward(self, batch, stage):
         """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
@@ -61,7 +64,8 @@ class EmotionBrain(sb.Brain):
         emo = batch.emo_encoded.data.view(-1)
         if stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment"):
             emo = self.hparams.wav_augment.replicate_labels(emo)
-        loss = torch.nn.functional.nll_loss(log_probs, emo)
+        # class_weighting (hparams): each emotion weighs inversely to its share of the train set
+        loss = torch.nn.functional.nll_loss(log_probs, emo, weight=self.class_weights)
         self.padded_frames[0] += float((1 - lens).sum())
         self.padded_frames[1] += float(lens.numel())
         self.metrics.append(batch.id, log_probs.detach(), emo)
@@ -98,6 +102,9 @@ class EmotionBrain(sb.Brain):
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
+            if hasattr(self.hparams, "lr_annealing"):  # e.g. NewBob on the validation loss
+                _, new_lr = self.hparams.lr_annealing(stage_loss)
+                sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.checkpointer.save_and_keep_only(
                 meta={"UA": stats["UA"], "WA": stats["WA"]},
                 max_keys=["UA"],
@@ -269,6 +276,13 @@ if __name__ == "__main__":
         checkpointer=hparams["checkpointer"],
     )
     hnsd_brain.label_encoder = label_encoder
+    if "class_weighting" in hparams and hparams["class_weighting"]:
+        with datasets["train"].output_keys_as(["emo"]):
+            train_labels = [item["emo"] for item in datasets["train"]]
+        hnsd_brain.class_weights = balanced_class_weights(train_labels, label_encoder).to(
+            hnsd_brain.device
+        )
+        logger.info("Class weights: %s", hnsd_brain.class_weights.tolist())
 
     speaker_sets = [datasets["train"]]
     if hparams["normalize_eval_speakers"]:

@@ -1,23 +1,72 @@
 #!/usr/bin/env bash
-# Every row of the RAVDESS results table, in the order they were run. Each line is one
-# speaker-independent cross-validation over the 6 actor folds; rerunning skips finished folds
-# and resumes an interrupted one from its last checkpoint. Results land in experiments/.
+# Every row of the RAVDESS results table. Each row is one speaker-independent cross-validation
+# over the 6 actor folds; rerunning skips finished folds and resumes an interrupted one from its
+# last checkpoint. Results land in $EXP/<label set>/<row>/ with a cv_results.md report per row.
+#
 # Usage: bash run_experiments.sh [DATA_FOLDER]   (default: the shared 16 kHz copy)
+# Environment:
+#   ROWS    rows to run, e.g. "four/hnsd all/hnsd" (default: all, in the table's order)
+#   EPOCHS  epochs of the paper-settings rows (default 20; hnsd_improved.yaml sets its own 30)
+#   FOLDS   folds to train (default "1 2 3 4 5 6")
+#   JOBS    folds trained at once (default 1); each fold is a process of its own
+#   DEVICE  e.g. cuda:0 (default: SpeechBrain's default, cpu)
+#   EXP     results folder (default experiments)
+#   PYTHON  the interpreter (default python)
+#   ARGS    more train.py overrides for every row (e.g. "--debug" for a dry run)
+#   REPORT_ONLY=1  train nothing; write the reports of the folds that have finished
 set -euo pipefail
 cd "$(dirname "$0")"
-data=${1:-../../../../shared/data/ravdess}
-epochs=${EPOCHS:-20}
-cv() {  # cv NAME LABEL_SET N_CLASSES [overrides...]
-  local name=$1 label_set=$2 n_classes=$3
-  shift 3
-  python cross_validate.py hparams/hnsd.yaml --data_folder="$data" --folds 1 2 3 4 5 6 \
-    --cv_folder="experiments/$label_set/$name" --label_set="$label_set" \
-    --n_classes="$n_classes" --number_of_epochs="$epochs" "$@"
+export DATA=${1:-../../../../shared/data/ravdess} PYTHON=${PYTHON:-python}
+export EPOCHS=${EPOCHS:-20} EXP=${EXP:-experiments} DEVICE=${DEVICE:-} ARGS=${ARGS:-}
+JOBS=${JOBS:-1} FOLDS=${FOLDS:-1 2 3 4 5 6}
+
+# row (label set/name) | hparams file | classes | train.py overrides
+TABLE="
+four/hnsd           hnsd.yaml           4 --number_of_epochs=$EPOCHS
+all/hnsd            hnsd.yaml           8 --number_of_epochs=$EPOCHS
+four/static_only    hnsd.yaml           4 --number_of_epochs=$EPOCHS --streams=static
+four/dynamic_only   hnsd.yaml           4 --number_of_epochs=$EPOCHS --streams=dynamic
+four/early_fusion   hnsd.yaml           4 --number_of_epochs=$EPOCHS --streams=early
+four/concat_fusion  hnsd.yaml           4 --number_of_epochs=$EPOCHS --fusion=concat
+four/mean_pooling   hnsd.yaml           4 --number_of_epochs=$EPOCHS --pooling=mean
+all/hnsd_improved   hnsd_improved.yaml  8
+four/hnsd_improved  hnsd_improved.yaml  4
+"
+ROWS=${ROWS:-$(awk 'NF {print $1}' <<<"$TABLE")}
+
+row_args() {  # the cross_validate.py arguments of row $1
+  local row=$1 spec
+  spec=$(awk -v r="$row" '$1 == r' <<<"$TABLE")
+  [[ -n $spec ]] || { echo "unknown row $row" >&2; return 1; }
+  set -- $spec
+  echo "hparams/$2 --data_folder=$DATA --cv_folder=$EXP/$row --label_set=${row%%/*}" \
+    "--n_classes=$3 ${*:4}${DEVICE:+ --device=$DEVICE} $ARGS"
 }
-cv hnsd four 4
-cv hnsd all 8
-cv static_only four 4 --streams=static
-cv dynamic_only four 4 --streams=dynamic
-cv early_fusion four 4 --streams=early
-cv concat_fusion four 4 --fusion=concat
-cv mean_pooling four 4 --pooling=mean
+
+train_fold() {  # train_fold ROW FOLD: one fold of one row, its output in <row>/fold<k>.out
+  local args
+  args=$(row_args "$1")
+  mkdir -p "$EXP/$1"
+  # shellcheck disable=SC2086
+  "$PYTHON" cross_validate.py $args --folds "$2" --no_report >"$EXP/$1/fold$2.out" 2>&1 \
+    && echo "done $1 fold $2" || { echo "FAILED $1 fold $2 (see $EXP/$1/fold$2.out)"; return 1; }
+}
+export -f row_args train_fold
+export TABLE
+
+# Folds of the rows in order; with JOBS > 1 several run at once (tqdm bars are then off).
+[[ $JOBS -gt 1 ]] && export TQDM_DISABLE=1
+failed=0
+if [[ -z ${REPORT_ONLY:-} ]]; then
+  for row in $ROWS; do
+    row_args "$row" >/dev/null
+    for k in $FOLDS; do echo "$row $k"; done
+  done | xargs -P "$JOBS" -L 1 bash -c 'train_fold "$@"' _ || failed=1
+fi
+
+for row in $ROWS; do  # the report of every row, over the folds that finished
+  # shellcheck disable=SC2046
+  "$PYTHON" cross_validate.py $(row_args "$row") --folds 1 2 3 4 5 6 --report_only >/dev/null 2>&1 \
+    && echo "report: $EXP/$row/cv_results.md" || echo "no finished fold: $row"
+done
+exit $failed  # non-zero when a fold failed
