@@ -31,6 +31,8 @@ four/concat_fusion  hnsd.yaml           4 --number_of_epochs=$EPOCHS --fusion=co
 four/mean_pooling   hnsd.yaml           4 --number_of_epochs=$EPOCHS --pooling=mean
 all/hnsd_improved   hnsd_improved.yaml  8
 four/hnsd_improved  hnsd_improved.yaml  4
+four/early_fusion_improved   hnsd_improved.yaml  4 --streams=early
+four/concat_fusion_improved  hnsd_improved.yaml  4 --fusion=concat
 "
 ROWS=${ROWS:-$(awk 'NF {print $1}' <<<"$TABLE")}
 
