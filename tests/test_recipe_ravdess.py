@@ -31,14 +31,14 @@ def subset(tmp_path_factory):
     return root
 
 
-def test_two_epoch_run_on_three_actors(subset, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def train_two_epochs(hparams_file, data_folder, output_folder):
+    """Runs the recipe's train.py, tiny model, fold 1 of the 4-class set; fails on an error."""
     cmd = [
         sys.executable,
         "train.py",
-        "hparams/hnsd.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={tmp_path}",
+        hparams_file,
+        f"--data_folder={data_folder}",
+        f"--output_folder={output_folder}",
         "--fold=1",
         "--label_set=four",
         "--n_classes=4",
@@ -47,8 +47,13 @@ def test_two_epoch_run_on_three_actors(subset, tmp_path):
         "--fc_size=8",
         "--num_workers=0",
     ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_epoch_run_on_three_actors(subset, tmp_path):
+    train_two_epochs("hparams/hnsd.yaml", subset, tmp_path)
 
     def actors(split):
         with open(tmp_path / f"{split}.csv", newline="", encoding="utf-8") as f:
@@ -70,23 +75,7 @@ def test_two_epoch_run_on_three_actors(subset, tmp_path):
 def test_improved_settings_weight_classes_and_checkpoint_the_schedule(subset, tmp_path):
     """hnsd_improved.yaml: class-balanced loss, augmentation and NewBob annealing all run, the
     weights follow the training set's counts, and the schedule is part of the checkpoint."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "train.py",
-        "hparams/hnsd_improved.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={tmp_path}",
-        "--fold=1",
-        "--label_set=four",
-        "--n_classes=4",
-        "--number_of_epochs=2",
-        "--lstm_size=16",
-        "--fc_size=8",
-        "--num_workers=0",
-    ]
-    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    train_two_epochs("hparams/hnsd_improved.yaml", subset, tmp_path)
     log = open(tmp_path / "log.txt", encoding="utf-8").read()
     # Actor 9 trains: 4 neutral and 8 each of ang, hap, sad -> 28 / (4 * count), sorted labels.
     assert "Class weights: [0.875, 0.875, 1.75, 0.875]" in log
