@@ -308,3 +308,9 @@ if __name__ == "__main__":
         max_key="UA",
         test_loader_kwargs=hparams["test_dataloader_opts"],
     )
+
+    # Under torchrun, close the process group before the interpreter tears down: left to exit,
+    # gloo's worker threads were sometimes destroyed while running and aborted the process.
+    if is_distributed_initialized():
+        torch.distributed.barrier()  # the main process may still be writing the test results
+        torch.distributed.destroy_process_group()
