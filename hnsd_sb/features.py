@@ -45,6 +45,51 @@ def hold_last_frame(feats, n_frames):
     return torch.gather(feats, 1, index)
 
 
+def trim_silence(feats, n_frames, trim_db):
+    """Cuts each sequence down to its frames from the first to the last loud one.
+
+    A frame is loud when its mean log-Mel energy (dB) is within ``trim_db`` of the sequence's
+    loudest frame. Each trimmed sequence starts at frame 0; the output is as long as the longest
+    of them, and what follows a shorter one repeats its last real frame (see ``hold_last_frame``).
+    Every sequence is trimmed by its own real frames only, so batching does not change it.
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        Log-Mel energies in dB ``[batch, time, n_mels]``.
+    n_frames : torch.Tensor
+        Number of real frames of each sequence ``[batch]``.
+    trim_db : float
+        How far below the loudest frame a frame still counts as loud.
+
+    Returns
+    -------
+    feats : torch.Tensor
+        ``[batch, new_time, n_mels]``.
+    n_frames : torch.Tensor
+        Real frames left in each sequence ``[batch]`` (at least 1).
+
+    Example
+    -------
+    >>> x = torch.tensor([[-80.0, -80.0, -10.0, -30.0, -70.0, -80.0]]).unsqueeze(-1)
+    >>> y, n = trim_silence(x, torch.tensor([6]), trim_db=40.0)
+    >>> y.flatten().tolist(), n.tolist()
+    ([-10.0, -30.0], [2])
+    """
+    n_frames = n_frames.long().to(feats.device)
+    time = torch.arange(feats.shape[1], device=feats.device).unsqueeze(0)
+    real = time < n_frames.unsqueeze(1)
+    energy = feats.mean(dim=-1).masked_fill(~real, float("-inf"))
+    loud = (energy >= energy.amax(dim=1, keepdim=True) - trim_db) & real
+    first = torch.where(loud, time, feats.shape[1]).amin(dim=1)
+    last = torch.where(loud, time, -1).amax(dim=1)
+    kept = (last - first + 1).clamp(min=1)
+    index = first.unsqueeze(1) + torch.minimum(time, (kept - 1).unsqueeze(1))
+    index = index[:, : int(kept.max())]
+    index = index.unsqueeze(-1).expand(-1, -1, feats.shape[-1])
+    return torch.gather(feats, 1, index), kept
+
+
 class StaticDynamicFeatures(torch.nn.Module):
     """Computes HNSD's static (log-Mel) and dynamic (delta, delta-delta) feature streams.
 
@@ -66,6 +111,10 @@ class StaticDynamicFeatures(torch.nn.Module):
         Lowest filter frequency (Hz).
     f_max : float
         Highest filter frequency (Hz); ``None`` means the Nyquist frequency.
+    trim_db : float
+        If given, cut the leading and trailing silence of each utterance: keep its frames from
+        the first to the last whose mean log-Mel energy is within ``trim_db`` dB of its loudest
+        frame (see ``trim_silence``). ``None`` (the paper) keeps every frame.
 
     Example
     -------
@@ -89,9 +138,11 @@ class StaticDynamicFeatures(torch.nn.Module):
         delta_window=5,
         f_min=0,
         f_max=None,
+        trim_db=None,
     ):
         super().__init__()
         self.n_mels = n_mels
+        self.trim_db = trim_db
         self.hop_samples = int(round(sample_rate * hop_length / 1000))
         self.fbank = Fbank(
             sample_rate=sample_rate,
@@ -197,6 +248,8 @@ class StaticDynamicFeatures(torch.nn.Module):
             wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
         static = self.log_mel(wavs)
         n_frames = self.frame_counts(wav_lens, wavs.shape[1]).clamp(max=static.shape[1])
+        if self.trim_db is not None:
+            static, n_frames = trim_silence(static, n_frames, self.trim_db)
         delta = self.deltas(hold_last_frame(static, n_frames))
         delta2 = self.deltas(hold_last_frame(delta, n_frames))
         dynamic = torch.cat([delta, delta2], dim=-1)

@@ -70,3 +70,28 @@ def test_frame_counts_follow_centred_stft():
     for n_samples in (400, 1599, 1600, 16000, 16001):
         static, _ = compute(torch.randn(1, n_samples))
         assert compute.frame_counts(torch.ones(1), n_samples).item() == static.shape[1]
+
+
+def test_silence_trimming_keeps_the_sound_and_does_not_depend_on_padding(waves):
+    compute = StaticDynamicFeatures(trim_db=40)
+    tone = waves[0, :8000]  # 0.5 s of sound between 0.8 s and 0.6 s of digital silence
+    wav = torch.cat([torch.zeros(12800), tone, torch.zeros(9600)])
+    static, dynamic, lens = compute(wav.unsqueeze(0), return_lengths=True)
+    assert 48 <= static.shape[1] <= 56  # 50 frames of sound, give or take the window's reach
+    assert lens.item() == 1.0
+    untrimmed, _ = StaticDynamicFeatures()(wav.unsqueeze(0))
+    assert untrimmed.shape[1] == 191
+    # in a padded batch beside a longer utterance, the trimmed frames are the same
+    batch = torch.zeros(2, 40000)
+    batch[0] = waves[0, :24000].repeat(2)[:40000]
+    batch[1, : wav.numel()] = wav
+    b_static, b_dynamic, b_lens = compute(batch, torch.tensor([1.0, wav.numel() / 40000]), True)
+    n = static.shape[1]
+    assert round(b_lens[1].item() * b_static.shape[1]) == n
+    torch.testing.assert_close(b_static[1, :n], static[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(b_dynamic[1, :n], dynamic[0], rtol=1e-5, atol=1e-4)
+
+
+def test_silence_trimming_of_silence_only_keeps_a_frame():
+    static, _, lens = StaticDynamicFeatures(trim_db=40)(torch.zeros(1, 4000), None, True)
+    assert static.shape[1] >= 1 and lens.item() == 1.0

@@ -33,6 +33,12 @@ def parse_args(argv):
     parser.add_argument("hparams", help="hparams file given to train.py")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument(
+        "--script",
+        default="train.py",
+        help="the recipe script run on each fold: train.py, or baseline.py for the statistics "
+        "baseline on the same folds",
+    )
+    parser.add_argument(
         "--cv_folder",
         default=None,
         help="where the folds and the report go (default: results/cv/<hparams name>)",
@@ -48,14 +54,14 @@ def parse_args(argv):
     return args, train_args
 
 
-def run_fold(hparams, fold, fold_folder, train_args, train=True):
-    """Trains and tests one fold (unless its results exist) and returns its test results
-    (None for a fold that has none and ``train`` is False)."""
+def run_fold(hparams, fold, fold_folder, train_args, train=True, script="train.py"):
+    """Trains and tests one fold with ``script`` (unless its results exist) and returns its test
+    results (None for a fold that has none and ``train`` is False)."""
     results_file = os.path.join(fold_folder, "test_results.json")
     if not os.path.exists(results_file):
         if not train:
             return None
-        cmd = [sys.executable, os.path.join(HERE, "train.py"), hparams, f"--fold={fold}"]
+        cmd = [sys.executable, os.path.join(HERE, script), hparams, f"--fold={fold}"]
         cmd += [f"--output_folder={fold_folder}", *train_args]
         print(f"== fold {fold}: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
@@ -73,6 +79,7 @@ def main(argv=None):
             os.path.join(args.cv_folder, f"fold{k}"),
             train_args,
             train=not args.report_only,
+            script=args.script,
         )
         for k in args.folds
     ]
@@ -93,7 +100,7 @@ def main(argv=None):
         title=f"Summed over folds {', '.join(str(r['fold']) for r in results)}",
     )
     header = f"# Cross-validation of `{args.hparams}`\n\n"
-    header += f"Arguments given to train.py: `{' '.join(train_args) or '(none)'}`\n\n"
+    header += f"Arguments given to {args.script}: `{' '.join(train_args) or '(none)'}`\n\n"
     if missing:
         header += f"**Not finished: fold(s) {', '.join(map(str, missing))}.**\n\n"
     with open(os.path.join(args.cv_folder, "cv_results.md"), "w", encoding="utf-8") as f:

@@ -46,8 +46,10 @@ class EmotionBrain(sb.Brain):
 
     class_weights = None  # per-class loss weights (``class_weighting`` in the hparams)
 
-    def compute_forward(self, batch, stage):
-        """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
+    def compute_features(self, batch, stage):
+        """Returns the speaker-normalised static and dynamic streams of a batch and its relative
+        frame lengths (augmented waveforms in training, where the hparams have ``wav_augment``).
+        """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         if stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment"):
@@ -55,8 +57,12 @@ class EmotionBrain(sb.Brain):
         static, dynamic, lens = self.modules.features(wavs, wav_lens, return_lengths=True)
         n_static = static.shape[-1]
         feats = self.modules.normalizer(torch.cat([static, dynamic], -1), lens, batch.spk_id)
-        log_probs = self.modules.model(feats[..., :n_static], feats[..., n_static:], lens)
-        return log_probs, lens
+        return feats[..., :n_static], feats[..., n_static:], lens
+
+    def compute_forward(self, batch, stage):
+        """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
+        static, dynamic, lens = self.compute_features(batch, stage)
+        return self.modules.model(static, dynamic, lens), lens
 
     def compute_objectives(self, predictions, batch, stage):
         """Negative log-likelihood of the true emotions; tracks WA/UA and padding."""
@@ -152,7 +158,7 @@ class EmotionBrain(sb.Brain):
         ``AtomicCheckpointer`` only ever shows complete checkpoints, so a run killed before or
         during its first save computes them again).
         """
-        if self.checkpointer.find_checkpoint() is not None:
+        if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
             return
         normalizer = self.hparams.normalizer.to(self.device)
         for dataset in datasets:

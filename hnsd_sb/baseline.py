@@ -1,0 +1,149 @@
+"""A statistics baseline for HNSD: utterance functionals and a linear classifier.
+
+The yardstick every result of the recipes is measured against. It reads the same features
+(``StaticDynamicFeatures``), speaker normalisation and folds as the recipe, summarises each
+utterance's real frames by a few functionals (mean, standard deviation, minimum, maximum and
+quantiles of every feature) and classifies them with L2-regularised multinomial logistic
+regression. If a sequence model does not beat this on a corpus, its cost buys nothing there.
+
+The classifier is written here in a few lines of torch (full-batch L-BFGS on a convex loss, so the
+result does not depend on a seed or a batch order) rather than taken from scikit-learn, which the
+project does not otherwise need.
+"""
+
+import torch
+
+from hnsd_sb.normalization import real_frame_mask
+
+DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def utterance_functionals(feats, lengths=None, quantiles=DEFAULT_QUANTILES):
+    """Summarises each sequence's real frames by per-feature statistics.
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        Frame features ``[batch, time, n_feats]``.
+    lengths : torch.Tensor
+        Relative lengths ``[batch]``; ``None`` means all are full length.
+    quantiles : sequence of float
+        Quantiles in [0, 1] to add after mean, std, min and max.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, n_feats * (4 + len(quantiles))]``: all features' means, then their standard
+        deviations, minima, maxima and each quantile in turn. Padding does not change them.
+
+    Example
+    -------
+    >>> x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> utterance_functionals(x, torch.tensor([2 / 3]), quantiles=(0.5,)).tolist()
+    [[2.0, 1.0, 1.0, 3.0, 2.0]]
+    """
+    if lengths is None:
+        lengths = torch.ones(feats.shape[0], device=feats.device)
+    mask = real_frame_mask(lengths, feats.shape[1], feats.device)
+    rows = []
+    for x, m in zip(feats, mask):
+        x = x[m].double()
+        parts = [x.mean(0), x.std(0, unbiased=False), x.amin(0), x.amax(0)]
+        if quantiles:
+            q = torch.tensor(quantiles, dtype=x.dtype, device=x.device)
+            parts += list(torch.quantile(x, q, dim=0))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows).to(feats.dtype)
+
+
+class LinearClassifier(torch.nn.Module):
+    """Multinomial logistic regression on standardised inputs, fitted by full-batch L-BFGS.
+
+    Arguments
+    ---------
+    l2 : float
+        Weight of the L2 penalty on the weights (not the biases), per training example.
+    max_iter : int
+        L-BFGS iterations.
+
+    Example
+    -------
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(40, 3, generator=gen)
+    >>> y = (x[:, 0] > 0).long()
+    >>> clf = LinearClassifier(l2=1e-3).fit(x, y, n_classes=2)
+    >>> float((clf(x).argmax(1) == y).float().mean())
+    1.0
+    """
+
+    def __init__(self, l2=1e-3, max_iter=500):
+        super().__init__()
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.linear = None
+        self.register_buffer("mean", torch.zeros(0))
+        self.register_buffer("std", torch.ones(0))
+
+    def fit(self, x, y, n_classes, class_weights=None):
+        """Fits the classifier to a training set.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Inputs ``[n, n_feats]``.
+        y : torch.Tensor
+            Class indices ``[n]``.
+        n_classes : int
+            Number of classes.
+        class_weights : torch.Tensor
+            Optional loss weight of each class ``[n_classes]``.
+
+        Returns
+        -------
+        LinearClassifier
+            ``self``, fitted.
+        """
+        x = x.double()
+        self.mean = x.mean(0)
+        self.std = x.std(0, unbiased=False).clamp(min=1e-8)
+        z = (x - self.mean) / self.std
+        self.linear = torch.nn.Linear(z.shape[1], n_classes, dtype=torch.float64)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+        weight = None if class_weights is None else class_weights.double()
+        optimizer = torch.optim.LBFGS(
+            self.linear.parameters(),
+            max_iter=self.max_iter,
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure():
+            optimizer.zero_grad()
+            logits = self.linear(z)
+            loss = torch.nn.functional.cross_entropy(logits, y, weight=weight)
+            loss = loss + 0.5 * self.l2 * self.linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return self
+
+    def forward(self, x):
+        """Returns the log-probabilities of the classes.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Inputs ``[n, n_feats]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, n_classes]`` log-probabilities (float64).
+        """
+        if self.linear is None:
+            raise RuntimeError("LinearClassifier is not fitted: call fit first")
+        z = (x.double() - self.mean) / self.std
+        return torch.log_softmax(self.linear(z), dim=-1)

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Can HNSD fit a small set of real utterances, and what do its parts do while it tries?
+
+The overfitting probe of the README's diagnosis section. It takes ``--per_class`` utterances of
+each emotion from the training actors of fold 1 (actors 9-24 by default), computes the recipe's
+features and speaker normalisation (every file of each actor gives its statistics), trains a
+paper-size HNSD on them alone, and every ``--every`` updates prints one JSON line:
+
+- ``acc``, ``loss``: training accuracy and loss over the whole probe set (eval mode);
+- ``grad``: the gradient norm of each module at that update (before clipping);
+- ``gate``: the GMU gate's mean, its share in [0.1, 0.9] and its share saturated (< 0.01 or
+  > 0.99), over real frames;
+- ``attention``: the attention's entropy relative to a uniform one (1 = uniform), and the share
+  of its weight on frames more than 40 dB below the utterance's loudest (silence);
+- ``lstm_saturation``: the share of the encoders' outputs with ``|h| > 0.9``.
+
+> python diagnose.py --data_folder=../../../../shared/data/ravdess --updates 200
+> python diagnose.py --data_folder=... --trim_db 40      # the same, silence trimmed
+
+It stops early once the training accuracy reaches ``--target``. The final line says after how
+many updates it got there (``null`` if it did not).
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import random
+import time
+
+import torch
+
+from hnsd_sb import HNSD, SpeakerNormalization, StaticDynamicFeatures
+from hnsd_sb.audio import load_audio
+from hnsd_sb.normalization import real_frame_mask
+
+EMOTIONS = 8  # RAVDESS: neutral, calm, happy, sad, angry, fearful, disgust, surprised
+
+
+def parse_args():
+    """The probe's options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_folder", required=True)
+    parser.add_argument("--per_class", type=int, default=8)
+    parser.add_argument("--actors", type=int, nargs="+", default=list(range(9, 25)))
+    parser.add_argument("--updates", type=int, default=200)
+    parser.add_argument("--every", type=int, default=20)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--clip", type=float, default=None, help="gradient norm clipping")
+    parser.add_argument("--warmup", type=int, default=0, help="linear warm-up updates")
+    parser.add_argument("--trim_db", type=float, default=None, help="trim silence (dB)")
+    parser.add_argument("--forget_bias", type=float, default=None, help="LSTM forget-gate bias")
+    parser.add_argument("--input_scale", type=float, default=1.0, help="multiplies the inputs")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--bidirectional", action="store_true")
+    parser.add_argument("--pooling", choices=["attention", "mean"], default="attention")
+    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def load_probe_set(args):
+    """Returns the probe utterances' normalised features, silence masks and labels."""
+    features = StaticDynamicFeatures(trim_db=args.trim_db)
+    files = {}
+    for path in sorted(glob.glob(os.path.join(args.data_folder, "Actor_*", "*.wav"))):
+        fields = os.path.basename(path)[:-4].split("-")
+        if int(fields[6]) in args.actors:
+            files[path] = (fields[6], int(fields[2]) - 1)
+    rng = random.Random(args.seed)
+    chosen = []
+    for emotion in range(EMOTIONS):
+        paths = [p for p, (_, emo) in files.items() if emo == emotion]
+        chosen += rng.sample(paths, args.per_class)
+    norm = SpeakerNormalization()
+    feats = {}
+    with torch.no_grad():
+        for path in files:  # every file of each actor gives its speaker statistics
+            static, dynamic = features(load_audio(path).unsqueeze(0))
+            x = torch.cat([static, dynamic], -1)
+            norm.accumulate(x, torch.ones(1), [files[path][0]])
+            if path in chosen:
+                feats[path] = x
+    items = []
+    for path in chosen:
+        x = feats[path]
+        # silence: frames more than 40 dB below the loudest, on the unnormalised log-Mels
+        energy = x[0, :, : features.n_mels].mean(-1)
+        silent = energy < energy.max() - 40
+        items.append((norm(x, torch.ones(1), [files[path][0]])[0], silent, files[path][1]))
+    return items
+
+
+def collate(items):
+    """Pads a list of probe items into a batch."""
+    longest = max(x.shape[0] for x, _, _ in items)
+    x = torch.zeros(len(items), longest, items[0][0].shape[1])
+    silent = torch.zeros(len(items), longest, dtype=torch.bool)
+    for i, (feats, sil, _) in enumerate(items):
+        x[i, : feats.shape[0]] = feats
+        silent[i, : feats.shape[0]] = sil
+    lens = torch.tensor([feats.shape[0] / longest for feats, _, _ in items])
+    labels = torch.tensor([label for _, _, label in items])
+    return x, lens, silent, labels
+
+
+@torch.no_grad()
+def inspect(model, items, n_static=26):
+    """Accuracy, loss, gate, attention and LSTM statistics over the whole probe set."""
+    model.eval()
+    x, lens, silent, labels = collate(items)
+    static, dynamic = x[..., :n_static], x[..., n_static:]
+    mask = real_frame_mask(lens, x.shape[1])
+    h_s = model.static_encoder(static, lens)
+    h_d = model.dynamic_encoder(dynamic, lens)
+    fused, gate = model.fusion(h_s, h_d, return_gate=True)
+    u, alpha = model.pooling(fused, lens, True)
+    log_probs = torch.log_softmax(model.output(torch.relu(model.fc(u))), -1)
+    z = gate[mask]
+    entropy = -(alpha.clamp(min=1e-12).log() * alpha).sum(1)
+    uniform = mask.sum(1).float().log()
+    h = torch.cat([h_s[mask], h_d[mask]], -1)
+    model.train()
+    return {
+        "acc": round(float((log_probs.argmax(1) == labels).float().mean()), 4),
+        "loss": round(float(torch.nn.functional.nll_loss(log_probs, labels)), 4),
+        "gate": {
+            "mean": round(float(z.mean()), 4),
+            "in_0.1_0.9": round(float(((z > 0.1) & (z < 0.9)).float().mean()), 4),
+            "saturated": round(float(((z < 0.01) | (z > 0.99)).float().mean()), 4),
+        },
+        "attention": {
+            "relative_entropy": round(float((entropy / uniform).mean()), 4),
+            "on_silence": round(float((alpha * silent).sum(1).mean()), 4),
+        },
+        "lstm_saturation": round(float((h.abs() > 0.9).float().mean()), 4),
+    }
+
+
+def main():
+    """Trains on the probe set and prints the statistics as JSON lines."""
+    args = parse_args()
+    torch.manual_seed(args.seed)
+    items = load_probe_set(args)
+    model = HNSD(
+        hidden_size=args.hidden,
+        n_classes=EMOTIONS,
+        bidirectional=args.bidirectional,
+        pooling=args.pooling,
+    )
+    if args.forget_bias is not None:
+        for name, param in model.named_parameters():
+            if "bias_ih" in name:  # PyTorch orders the gates input, forget, cell, output
+                size = param.shape[0] // 4
+                param.data[size : 2 * size] = args.forget_bias
+    if args.input_scale != 1.0:
+        items = [(x * args.input_scale, s, y) for x, s, y in items]
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    optimizer = optimizers[args.optimizer](
+        model.parameters(), lr=args.lr, weight_decay=args.weight_decay
+    )
+    rng = random.Random(args.seed)
+    order, reached, start = [], None, time.time()
+    print(json.dumps({"args": vars(args), "probe_set": len(items)}), flush=True)
+    for update in range(1, args.updates + 1):
+        if not order:
+            order = rng.sample(range(len(items)), len(items))
+        batch, order = order[: args.batch_size], order[args.batch_size :]
+        x, lens, _, labels = collate([items[i] for i in batch])
+        if args.warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * min(1.0, update / args.warmup)
+        loss = torch.nn.functional.nll_loss(model(x[..., :26], x[..., 26:], lens), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        grads = {}
+        for name, param in model.named_parameters():
+            module = name.split(".")[0]
+            grads[module] = grads.get(module, 0.0) + float(param.grad.pow(2).sum())
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        if update % args.every == 0 or update == args.updates:
+            stats = inspect(model, items)
+            stats = {"update": update, "seconds": round(time.time() - start), **stats}
+            stats["grad"] = {k: float(f"{math.sqrt(v):.3g}") for k, v in grads.items()}
+            print(json.dumps(stats), flush=True)
+            if stats["acc"] >= args.target:
+                reached = update
+                break
+    print(json.dumps({"updates_to_target": reached, "target": args.target}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
