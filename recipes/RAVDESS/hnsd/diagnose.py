@@ -12,7 +12,11 @@ paper-size HNSD on them alone, and every ``--every`` updates prints one JSON lin
   > 0.99), over real frames;
 - ``attention``: the attention's entropy relative to a uniform one (1 = uniform), and the share
   of its weight on frames more than 40 dB below the utterance's loudest (silence);
-- ``lstm_saturation``: the share of the encoders' outputs with ``|h| > 0.9``.
+- ``lstm_saturation``: the share of the encoders' outputs with ``|h| > 0.9``;
+- ``l2_dominates``: per module, the share of weights whose L2 term at the paper's coupled weight
+  decay, ``1e-3 |w|``, is larger than the loss gradient ``|dL/dw|`` at that update. Adam divides
+  their sum by its running size, so where the decay term is the larger, the update mostly
+  shrinks the weight instead of fitting the data.
 
 > python diagnose.py --data_folder=../../../../shared/data/ravdess --updates 200
 > python diagnose.py --data_folder=... --trim_db 40      # the same, silence trimmed
@@ -177,10 +181,13 @@ def main():
         loss = torch.nn.functional.nll_loss(model(x[..., :26], x[..., 26:], lens), labels)
         optimizer.zero_grad()
         loss.backward()
-        grads = {}
+        grads, dominated, sizes = {}, {}, {}
         for name, param in model.named_parameters():
             module = name.split(".")[0]
             grads[module] = grads.get(module, 0.0) + float(param.grad.pow(2).sum())
+            decay = 1e-3 * param.detach().abs() > param.grad.abs()
+            dominated[module] = dominated.get(module, 0) + int(decay.sum())
+            sizes[module] = sizes.get(module, 0) + param.numel()
         if args.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
@@ -188,6 +195,7 @@ def main():
             stats = inspect(model, items)
             stats = {"update": update, "seconds": round(time.time() - start), **stats}
             stats["grad"] = {k: float(f"{math.sqrt(v):.3g}") for k, v in grads.items()}
+            stats["l2_dominates"] = {k: round(dominated[k] / sizes[k], 3) for k in sizes}
             print(json.dumps(stats), flush=True)
             if stats["acc"] >= args.target:
                 reached = update

@@ -20,8 +20,11 @@ export DATA=${1:-../../../../shared/data/ravdess} PYTHON=${PYTHON:-python}
 export EPOCHS=${EPOCHS:-20} EXP=${EXP:-experiments} DEVICE=${DEVICE:-} ARGS=${ARGS:-}
 JOBS=${JOBS:-1} FOLDS=${FOLDS:-1 2 3 4 5 6}
 
-# row (label set/name) | hparams file | classes | train.py overrides
+# row (label set/name) | hparams file | classes | cross_validate.py options and train.py overrides
+# (the baseline rows run baseline.py, the statistics baseline, on the same folds)
 TABLE="
+four/baseline       hnsd.yaml           4 --script=baseline.py
+all/baseline        hnsd.yaml           8 --script=baseline.py
 four/hnsd           hnsd.yaml           4 --number_of_epochs=$EPOCHS
 all/hnsd            hnsd.yaml           8 --number_of_epochs=$EPOCHS
 four/static_only    hnsd.yaml           4 --number_of_epochs=$EPOCHS --streams=static
