@@ -116,10 +116,14 @@ def test_rerun_of_a_finished_run_skips_prep_and_training(trained, corpus):
     assert open(out / "train_log.txt", encoding="utf-8").read().count("epoch:") == before
 
 
-def test_upstream_recipe_row_runs_in_debug_mode(trained, corpus, tmp_path):
-    """The tests/recipes row works with SpeechBrain's --debug, on manifests of our own."""
+@pytest.mark.parametrize("index", [0, 1], ids=["hnsd.yaml", "hnsd_improved.yaml"])
+def test_upstream_recipe_row_runs_in_debug_mode(trained, corpus, tmp_path, index):
+    """Each tests/recipes row works with SpeechBrain's --debug, on manifests of our own."""
     out, _ = trained
-    row = read_csv(os.path.join(RECIPE, "tests_recipes.csv"))[0]
+    rows = read_csv(os.path.join(RECIPE, "tests_recipes.csv"))
+    hparams = sorted(glob.glob(os.path.join(RECIPE, "hparams", "hnsd*.yaml")))
+    assert sorted(os.path.join(ROOT, r["Hparam_file"]) for r in rows) == hparams
+    row = rows[index]
     flags = shlex.split(row["test_debug_flags"])
     manifests = {"emotion_train.csv": "train.csv", "emotion_dev.csv": "valid.csv"}
     for i, flag in enumerate(flags):

@@ -31,7 +31,7 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
-from train import EmotionBrain, dataio_prepare, validated_manifests
+from train import EmotionBrain, dataio_prepare, speaker_sets, validated_manifests
 
 from hnsd_sb.baseline import LinearClassifier, utterance_functionals
 from hnsd_sb.metrics import balanced_class_weights
@@ -115,10 +115,7 @@ if __name__ == "__main__":
         checkpointer=hparams["checkpointer"],
     )
     brain.label_encoder = label_encoder
-    speaker_sets = [datasets["train"]]
-    if hparams["normalize_eval_speakers"]:
-        speaker_sets += [datasets["valid"], datasets["test"]]
-    brain.fit_normalizer(speaker_sets)
+    brain.fit_normalizer(speaker_sets(hparams, datasets))
     brain.modules.eval()
 
     with datasets["train"].output_keys_as(["emo"]):

@@ -175,6 +175,13 @@ class EmotionBrain(sb.Brain):
         logger.info("Speaker statistics of %d speakers", len(normalizer.speakers))
 
 
+def speaker_sets(hparams, datasets):
+    """The datasets whose speakers get statistics: the training set, and with
+    ``normalize_eval_speakers`` the validation and test sets too (their audio, not labels)."""
+    splits = ["train", "valid", "test"] if hparams["normalize_eval_speakers"] else ["train"]
+    return [datasets[split] for split in splits]
+
+
 def validated_manifests(hparams):
     """Checks every row of the train/valid/test manifests before training (on the main
     process) and returns the manifests to use: the given ones, or with ``skip_bad_rows`` copies
@@ -224,6 +231,7 @@ def dataio_prepare(hparams, manifests):
     @sb.utils.data_pipeline.takes("emo")
     @sb.utils.data_pipeline.provides("emo", "emo_encoded")
     def label_pipeline(emo):
+        """Yields the emotion label and its class index."""
         yield emo
         yield label_encoder.encode_label_torch(emo)
 
@@ -290,10 +298,7 @@ if __name__ == "__main__":
         )
         logger.info("Class weights: %s", hnsd_brain.class_weights.tolist())
 
-    speaker_sets = [datasets["train"]]
-    if hparams["normalize_eval_speakers"]:
-        speaker_sets += [datasets["valid"], datasets["test"]]
-    hnsd_brain.fit_normalizer(speaker_sets)
+    hnsd_brain.fit_normalizer(speaker_sets(hparams, datasets))
 
     # Batches of similar durations, so the LSTMs read little padding.
     train_sampler = DynamicBatchSampler(datasets["train"], **hparams["dynamic_batch_sampler"])
