@@ -34,8 +34,11 @@ four/concat_fusion  hnsd.yaml           4 --number_of_epochs=$EPOCHS --fusion=co
 four/mean_pooling   hnsd.yaml           4 --number_of_epochs=$EPOCHS --pooling=mean
 all/hnsd_improved   hnsd_improved.yaml  8
 four/hnsd_improved  hnsd_improved.yaml  4
+four/static_only_improved    hnsd_improved.yaml  4 --streams=static
+four/dynamic_only_improved   hnsd_improved.yaml  4 --streams=dynamic
 four/early_fusion_improved   hnsd_improved.yaml  4 --streams=early
 four/concat_fusion_improved  hnsd_improved.yaml  4 --fusion=concat
+four/mean_pooling_improved   hnsd_improved.yaml  4 --pooling=mean
 "
 ROWS=${ROWS:-$(awk 'NF {print $1}' <<<"$TABLE")}
 
