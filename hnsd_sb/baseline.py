@@ -6,9 +6,10 @@ utterance's real frames by a few functionals (mean, standard deviation, minimum,
 quantiles of every feature) and classifies them with L2-regularised multinomial logistic
 regression. If a sequence model does not beat this on a corpus, its cost buys nothing there.
 
-The classifier is written here in a few lines of torch (full-batch L-BFGS on a convex loss, so the
-result does not depend on a seed or a batch order) rather than taken from scikit-learn, which the
-project does not otherwise need.
+The functionals are computed here because SpeechBrain's ``StatisticsPooling`` gives only the mean
+and standard deviation, and adds Gaussian noise to the mean. The classifier is written here in a
+few lines of torch (full-batch L-BFGS on a convex loss, so the result does not depend on a seed or
+a batch order) rather than taken from scikit-learn, which the project does not otherwise need.
 """
 
 import torch

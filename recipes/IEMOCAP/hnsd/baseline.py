@@ -58,16 +58,16 @@ def select_and_test(brain, datasets, l2_grid, class_weights):
     n_classes = len(brain.label_encoder)
     train_ids, x_train, y_train = functionals_of(brain, datasets["train"])
     valid_ids, x_valid, y_valid = functionals_of(brain, datasets["valid"])
-    selection = []
+    selection, fitted = [], {}
     for l2 in l2_grid:
-        clf = LinearClassifier(l2=l2).fit(x_train, y_train, n_classes, class_weights)
+        fitted[l2] = LinearClassifier(l2=l2).fit(x_train, y_train, n_classes, class_weights)
         brain.on_stage_start(sb.Stage.VALID)
-        brain.metrics.append(valid_ids, clf(x_valid), y_valid)
+        brain.metrics.append(valid_ids, fitted[l2](x_valid), y_valid)
         ua = brain.metrics.summarize("UA")
         selection.append({"l2": l2, "valid_UA": ua})
         logger.info("L2 %g: validation UA %.2f %%", l2, 100 * ua)
     best = max(selection, key=lambda row: (row["valid_UA"], row["l2"]))
-    clf = LinearClassifier(l2=best["l2"]).fit(x_train, y_train, n_classes, class_weights)
+    clf = fitted[best["l2"]]
 
     test_ids, x_test, y_test = functionals_of(brain, datasets["test"])
     brain.on_stage_start(sb.Stage.TEST)
@@ -108,12 +108,9 @@ if __name__ == "__main__":
     manifests = validated_manifests(hparams)
     datasets, label_encoder = dataio_prepare(hparams, manifests)
 
-    brain = EmotionBrain(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    # No checkpointer: the baseline saves nothing, and the speaker statistics are always computed
+    # (a training run's checkpoint in the same folder must not stand in for them).
+    brain = EmotionBrain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts)
     brain.label_encoder = label_encoder
     brain.fit_normalizer(speaker_sets(hparams, datasets))
     brain.modules.eval()

@@ -11,6 +11,7 @@ stopped (and an interrupted fold resumes from its last checkpoint). The report,
 ``<cv_folder>/cv_results.md``, has per-fold and mean ± std WA and UA and the confusion matrix
 summed over the folds (also as ``confusion_sum.csv`` and ``.png``).
 
+``--script=baseline.py`` runs the statistics baseline on the same folds instead of ``train.py``.
 ``--no_report`` only trains (several such runs, one fold each, can share a machine: see the
 RAVDESS recipe's ``run_experiments.sh``); ``--report_only`` trains nothing and reports the folds
 that have finished, naming the missing ones.

@@ -23,6 +23,9 @@ paper-size HNSD on them alone, and every ``--every`` updates prints one JSON lin
 
 It stops early once the training accuracy reaches ``--target``. The final line says after how
 many updates it got there (``null`` if it did not).
+
+``--silence_stats`` trains nothing: it prints how much of the chosen actors' audio is leading and
+trailing silence (the README's figures: ``--silence_stats --actors $(seq 1 24)``).
 """
 
 import argparse
@@ -37,6 +40,7 @@ import torch
 
 from hnsd_sb import HNSD, SpeakerNormalization, StaticDynamicFeatures
 from hnsd_sb.audio import load_audio
+from hnsd_sb.features import trim_silence
 from hnsd_sb.normalization import real_frame_mask
 
 EMOTIONS = 8  # RAVDESS: neutral, calm, happy, sad, angry, fearful, disgust, surprised
@@ -64,17 +68,47 @@ def parse_args():
     parser.add_argument("--pooling", choices=["attention", "mean"], default="attention")
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--silence_stats", action="store_true", help="silence figures only")
     return parser.parse_args()
 
 
-def load_probe_set(args):
-    """Returns the probe utterances' normalised features, silence masks and labels."""
-    features = StaticDynamicFeatures(trim_db=args.trim_db)
+def actor_files(args):
+    """The chosen actors' files: ``{path: (actor, emotion index)}``."""
     files = {}
     for path in sorted(glob.glob(os.path.join(args.data_folder, "Actor_*", "*.wav"))):
         fields = os.path.basename(path)[:-4].split("-")
         if int(fields[6]) in args.actors:
             files[path] = (fields[6], int(fields[2]) - 1)
+    return files
+
+
+@torch.no_grad()
+def silence_stats(args, trim_db=40.0):
+    """Mean duration, leading and trailing silence (frames more than ``trim_db`` below the
+    loudest, before the first and after the last loud one), the share of frames that trimming
+    keeps, and the share at the log-Mel floor on every channel (digital silence)."""
+    features = StaticDynamicFeatures()
+    totals = {"seconds": 0.0, "leading_s": 0.0, "trailing_s": 0.0, "kept": 0.0, "floor": 0.0}
+    files = actor_files(args)
+    for path in files:
+        static = features.log_mel(load_audio(path).unsqueeze(0))
+        n = static.shape[1]
+        _, kept = trim_silence(static, torch.tensor([n]), trim_db)
+        energy = static[0].mean(-1)
+        loud = (energy >= energy.max() - trim_db).nonzero().flatten()
+        totals["seconds"] += n / 100
+        totals["leading_s"] += int(loud[0]) / 100
+        totals["trailing_s"] += (n - 1 - int(loud[-1])) / 100
+        totals["kept"] += int(kept) / n
+        totals["floor"] += float((static[0] == static.min()).all(-1).float().mean())
+    stats = {key: round(value / len(files), 3) for key, value in totals.items()}
+    print(json.dumps({"files": len(files), "trim_db": trim_db, **stats}), flush=True)
+
+
+def load_probe_set(args):
+    """Returns the probe utterances' normalised features, silence masks and labels."""
+    features = StaticDynamicFeatures(trim_db=args.trim_db)
+    files = actor_files(args)
     rng = random.Random(args.seed)
     chosen = []
     for emotion in range(EMOTIONS):
@@ -114,7 +148,10 @@ def collate(items):
 
 @torch.no_grad()
 def inspect(model, items, n_static=26):
-    """Accuracy, loss, gate, attention and LSTM statistics over the whole probe set."""
+    """Accuracy, loss, gate, attention and LSTM statistics over the whole probe set.
+
+    It runs ``HNSD.forward``'s steps one by one (eval mode, so without dropout) to read the
+    encoder outputs and the GMU gate that ``forward`` does not return."""
     model.eval()
     x, lens, silent, labels = collate(items)
     static, dynamic = x[..., :n_static], x[..., n_static:]
@@ -148,6 +185,9 @@ def inspect(model, items, n_static=26):
 def main():
     """Trains on the probe set and prints the statistics as JSON lines."""
     args = parse_args()
+    if args.silence_stats:
+        silence_stats(args)
+        return
     torch.manual_seed(args.seed)
     items = load_probe_set(args)
     model = HNSD(
