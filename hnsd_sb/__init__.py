@@ -5,27 +5,69 @@ The model's parts are ``torch.nn.Module``s that a hyperpyyaml file can wire: fea
 and classifier (``HNSD``), and the fusion (``GatedMultiFeatureUnit``) and pooling
 (``AdditiveAttentionPooling``) units they are built from. ``EmotionRecognizer`` runs a trained
 model folder (written by ``export_model``) on recordings, the SpeechBrain inference way.
+
+The names below are imported on first use, so that ``import hnsd_sb`` (and ``hnsd --help``)
+does not load torch and SpeechBrain, which takes seconds.
+
+Importing the package also drops two SpeechBrain log messages that every run printed and that
+say nothing about it (``KNOWN_NOTICES``); all other messages pass.
 """
 
-from hnsd_sb.export import export_model
-from hnsd_sb.features import StaticDynamicFeatures
-from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
-from hnsd_sb.inference import EmotionRecognizer
-from hnsd_sb.model import HNSD, SequenceEncoder
-from hnsd_sb.normalization import SpeakerNormalization
-from hnsd_sb.pooling import AdditiveAttentionPooling, MeanPooling
+import importlib
+import logging
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "HNSD",
-    "AdditiveAttentionPooling",
-    "ConcatFusion",
-    "EmotionRecognizer",
-    "GatedMultiFeatureUnit",
-    "MeanPooling",
-    "SequenceEncoder",
-    "SpeakerNormalization",
-    "StaticDynamicFeatures",
-    "export_model",
-]
+_EXPORTS = {
+    "HNSD": "hnsd_sb.model",
+    "SequenceEncoder": "hnsd_sb.model",
+    "AdditiveAttentionPooling": "hnsd_sb.pooling",
+    "MeanPooling": "hnsd_sb.pooling",
+    "ConcatFusion": "hnsd_sb.fusion",
+    "GatedMultiFeatureUnit": "hnsd_sb.fusion",
+    "EmotionRecognizer": "hnsd_sb.inference",
+    "SpeakerNormalization": "hnsd_sb.normalization",
+    "StaticDynamicFeatures": "hnsd_sb.features",
+    "export_model": "hnsd_sb.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+# (logger, start of the message) of SpeechBrain notices that are true of every run and not a
+# problem: train_logger checks for torchvision when it is imported (we draw our figures with
+# matplotlib), and CategoricalEncoder.load_or_create always reloads the file it has just written.
+KNOWN_NOTICES = (
+    ("speechbrain.utils.train_logger", "torchvision is not available - cannot save figures"),
+    ("speechbrain.dataio.encoder", "Load called, but CategoricalEncoder is not empty"),
+)
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records of one logger whose message starts with ``prefix``."""
+
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record):
+        """False (drop) for the known notice, True for every other record."""
+        return not str(record.msg).startswith(self.prefix)
+
+
+for _name, _prefix in KNOWN_NOTICES:
+    _logger = logging.getLogger(_name)
+    if not any(getattr(f, "prefix", None) == _prefix for f in _logger.filters):
+        _logger.addFilter(_DropMessage(_prefix))
+
+
+def __getattr__(name):
+    """Imports the public classes on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hnsd_sb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -2,9 +2,13 @@
 
     hnsd predict --model MODEL_DIR FILE_OR_DIR...   one JSON line (or CSV row) per audio file
     hnsd export RUN_DIR MODEL_DIR                    best checkpoint of a run -> model folder
+    hnsd info [MODEL_DIR]                            versions; a model folder's labels, scores
 
 ``hnsd <command> --help`` documents each command. ``predict`` never stops at a bad file: it
 writes an error record naming it, goes on, and exits with status 1 when any file failed.
+
+torch and SpeechBrain are imported only by the commands that need them, so ``--help``,
+argument errors and ``info`` answer at once.
 """
 
 import argparse
@@ -13,15 +17,18 @@ import csv
 import json
 import logging
 import os
+import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 
-from tqdm import tqdm
-
 from hnsd_sb import __version__
-from hnsd_sb.audio import AudioError
-from hnsd_sb.export import add_export_arguments, run_export
-from hnsd_sb.inference import EmotionRecognizer
+from hnsd_sb.model_info import (
+    check_model_folder,
+    describe,
+    near_chance_warning,
+    read_model_info,
+)
 
 EXIT_OK = 0
 EXIT_FILE_ERRORS = 1
@@ -30,18 +37,22 @@ EXIT_USAGE = 2
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .flac .ogg .oga .opus .mp3 .aiff .aif .aifc .au .snd .caf .w64 .rf64".split()
 )
-ENROLLED_SPEAKER = "enrolled"
+# Name under which --enroll recordings are enrolled when --speaker does not name them.
+ENROLLED_SPEAKER = "reference speaker"
+# Packages whose versions `hnsd info` reports.
+STACK = ("torch", "torchaudio", "speechbrain", "hyperpyyaml", "soundfile", "numpy")
 
 EPILOG = """\
 examples:
   hnsd export results/IEMOCAP/hnsd/fold1/1986 hnsd-iemocap
+  hnsd info hnsd-iemocap
   hnsd predict --model hnsd-iemocap recording.wav
   hnsd predict --model hnsd-iemocap --format csv -o predictions.csv recordings/
   hnsd predict --model hnsd-iemocap --enroll alice_reference/ alice_session/
 
 exit status: predict: 0 every file was classified, 1 some files failed (their records say
 why), 2 bad usage, a model folder that cannot be loaded, or no input files; export: 0 done,
-1 failed (the message names the file at fault).
+1 failed (the message names the file at fault); info: 0 done, 2 not a model folder.
 """
 
 PREDICT_HELP = """\
@@ -118,6 +129,8 @@ def classify_record(recognizer, path, speaker=None, attention=False):
     dict
         ``path, label, score, probabilities, duration, error``.
     """
+    from hnsd_sb.audio import AudioError
+
     record = dict(path=str(path), label=None, score=None, probabilities=None, duration=None)
     try:
         wav = recognizer.load_audio(path)
@@ -217,6 +230,20 @@ def run_predict(args):
     if not files:
         print("hnsd predict: no input files", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        check_model_folder(args.model)
+        warning = near_chance_warning(read_model_info(args.model))
+    except (OSError, ValueError) as err:
+        print(f"hnsd predict: cannot load the model: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if warning:
+        print(f"hnsd predict: warning: {args.model}: {warning}", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    from hnsd_sb.audio import AudioError
+    from hnsd_sb.inference import EmotionRecognizer
+
     run_opts = {"device": args.device} if args.device else None
     try:
         recognizer = EmotionRecognizer.from_folder(args.model, run_opts=run_opts)
@@ -238,7 +265,8 @@ def run_predict(args):
             print(f"hnsd predict: bad enrolment recording: {err}", file=sys.stderr)
             return EXIT_USAGE
         print(
-            f"hnsd: enrolled {seconds:.1f} s of {speaker!r} from {len(references)} files",
+            f"hnsd predict: enrolled {len(references)} reference files ({seconds:.1f} s) as "
+            f"speaker {speaker!r}; their statistics normalise every input file",
             file=sys.stderr,
         )
     elif speaker is not None and speaker not in recognizer.mods.normalizer.speakers:
@@ -274,6 +302,97 @@ def run_predict(args):
         print(f"hnsd predict: {failed} of {len(files)} files failed", file=sys.stderr)
         return EXIT_FILE_ERRORS
     return EXIT_OK
+
+
+def run_info(args):
+    """Runs ``hnsd info``: the installed stack, or what a model folder says about itself.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        As parsed by ``build_parser`` (``model``: a folder or None).
+
+    Returns
+    -------
+    int
+        ``EXIT_OK``, or ``EXIT_USAGE`` for a folder that is not a model folder.
+
+    Example
+    -------
+    >>> run_info(argparse.Namespace(model=None))  # doctest: +ELLIPSIS
+    hnsd-sb 0.1.0 (Python ...)
+    ...
+    0
+    """
+    if args.model is None:
+        print(f"hnsd-sb {__version__} (Python {platform.python_version()})")
+        for name in STACK:
+            try:
+                print(f"{name}: {metadata.version(name)}")
+            except metadata.PackageNotFoundError:
+                print(f"{name}: not installed")
+        return EXIT_OK
+    folder = Path(args.model)
+    try:
+        check_model_folder(folder)
+        info = read_model_info(folder)
+    except (OSError, ValueError) as err:
+        print(f"hnsd info: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if info is None:
+        print(
+            f"{folder}: exported before model_info.json existed; its hyperparams.yaml header "
+            "says where it came from. Export it again for labels and scores here.",
+        )
+        return EXIT_OK
+    print(f"model folder: {folder}")
+    for line in describe(info):
+        print(line)
+    warning = near_chance_warning(info)
+    if warning:
+        print(f"warning: {warning}")
+    return EXIT_OK
+
+
+def add_export_arguments(parser):
+    """Adds the ``export`` command's arguments to an ``argparse`` parser.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        The parser to extend.
+
+    Example
+    -------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_export_arguments(parser)
+    >>> parser.parse_args(["run", "model"]).max_key
+    'UA'
+    """
+    parser.add_argument(
+        "source",
+        help="a recipe run's output folder (best checkpoint by validation UA), its save "
+        "folder, or one CKPT+... checkpoint folder",
+    )
+    parser.add_argument("folder", help="the model folder to write")
+    parser.add_argument(
+        "--hparams",
+        default=None,
+        help="the run's hparams file (default: SOURCE's hyperparams.yaml as the recipe saved it)",
+    )
+    parser.add_argument(
+        "--max-key", default="UA", help="checkpoint meta key to maximise (default: UA)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a previous export in FOLDER"
+    )
+
+
+def _run_export(args):
+    """``hnsd export``: imports the exporter (torch, SpeechBrain) only when it runs."""
+    from hnsd_sb.export import run_export
+
+    return run_export(args)
 
 
 def build_parser():
@@ -346,7 +465,17 @@ def build_parser():
         "logger state) from a recipe run's best checkpoint (max validation UA) or a given one.",
     )
     add_export_arguments(export)
-    export.set_defaults(func=run_export)
+    export.set_defaults(func=_run_export)
+
+    info = commands.add_parser(
+        "info",
+        help="show the installed versions, or a model folder's labels and scores",
+        description="Without MODEL_DIR: the versions of hnsd-sb and its stack. With it: the "
+        "model's labels, the validation scores of the exported checkpoint and where it came "
+        "from (its model_info.json), with a warning when the model is near chance.",
+    )
+    info.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder")
+    info.set_defaults(func=run_info)
     return parser
 
 

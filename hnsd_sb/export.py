@@ -8,6 +8,7 @@ state)::
     normalizer.ckpt       SpeakerNormalization statistics (plain tensors and strings)
     label_encoder.txt     the recipe's SpeechBrain ``CategoricalEncoder`` file
     custom_interface.py   names ``EmotionRecognizer`` for ``foreign_class``
+    model_info.json       labels, validation scores, source (``hnsd_sb.model_info``)
 
 ``export_model`` builds one from a recipe run (its best checkpoint by validation UA);
 ``write_model_folder`` from weights in memory. ``load_weights`` (strict), ``load_normalizer`` and
@@ -31,6 +32,14 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.checkpoints import Checkpointer
 
+from hnsd_sb import __version__
+from hnsd_sb.cli import add_export_arguments
+from hnsd_sb.model_info import (
+    MODEL_INFO_FILE,
+    make_model_info,
+    near_chance_warning,
+    read_model_info,
+)
 from hnsd_sb.normalization import SpeakerNormalization
 
 logger = logging.getLogger(__name__)
@@ -41,7 +50,14 @@ NORMALIZER_FILE = "normalizer.ckpt"
 LABEL_ENCODER_FILE = "label_encoder.txt"
 INTERFACE_FILE = "custom_interface.py"
 INTERFACE_CLASS = "EmotionRecognizer"
-FOLDER_FILES = (HPARAMS_FILE, MODEL_FILE, NORMALIZER_FILE, LABEL_ENCODER_FILE, INTERFACE_FILE)
+FOLDER_FILES = (
+    HPARAMS_FILE,
+    MODEL_FILE,
+    NORMALIZER_FILE,
+    LABEL_ENCODER_FILE,
+    INTERFACE_FILE,
+    MODEL_INFO_FILE,
+)
 # The first line of an exported hparams file: how an existing folder is recognised as ours.
 HEADER = "# HNSD speech emotion recognizer exported by hnsd_sb.export"
 
@@ -475,7 +491,14 @@ def _check_destination(folder, overwrite):
 
 
 def write_model_folder(
-    folder, labels, model_state, normalizer_state=None, modules=None, note="", overwrite=False
+    folder,
+    labels,
+    model_state,
+    normalizer_state=None,
+    modules=None,
+    note="",
+    overwrite=False,
+    info=None,
 ):
     """Writes a model folder from weights in memory, then loads it back to check it.
 
@@ -497,6 +520,9 @@ def write_model_folder(
         Comment lines for the header of ``hyperparams.yaml``.
     overwrite : bool
         Replace a previous export in ``folder``.
+    info : dict or None
+        Extra ``make_model_info`` arguments for ``model_info.json`` (``validation``,
+        ``source``, ``epoch``).
 
     Returns
     -------
@@ -512,7 +538,7 @@ def write_model_folder(
     >>> _ = write_model_folder(folder, ["neg", "pos"], model.state_dict(), modules=spec)
     >>> sorted(p.name for p in folder.iterdir())
     ['custom_interface.py', 'hyperparams.yaml', 'label_encoder.txt', 'model.ckpt', \
-'normalizer.ckpt']
+'model_info.json', 'normalizer.ckpt']
     """
     from hnsd_sb.inference import EmotionRecognizer  # inference imports this module
 
@@ -533,6 +559,8 @@ def write_model_folder(
     encoder.update_from_iterable(labels)
     encoder.save(folder / LABEL_ENCODER_FILE)
     (folder / INTERFACE_FILE).write_text(INTERFACE_SOURCE, encoding="utf-8")
+    model_info = make_model_info(labels, version=__version__, **(info or {}))
+    (folder / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2) + "\n", "utf-8")
     # Loading it back catches any mismatch between the written architecture and the weights.
     recognizer = EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
     if len(recognizer.hparams.labels) != recognizer.mods.model.output.out_features:
@@ -610,6 +638,9 @@ def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=Fals
         f"{key} {checkpoint.meta[key]}" for key in ("UA", "WA") if key in checkpoint.meta
     )
     note = f"Exported from {ckpt_dir}" + (f" (validation {scores})" if scores else "")
+    counter = ckpt_dir / "counter.ckpt"  # the epoch counter's checkpoint: the epoch number
+    epoch = counter.read_text().strip() if counter.is_file() else ""
+    validation = {key: checkpoint.meta[key] for key in ("UA", "WA") if key in checkpoint.meta}
     out = write_model_folder(
         folder,
         labels,
@@ -618,43 +649,14 @@ def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=Fals
         read_module_specs(hparams_file),
         note=note,
         overwrite=overwrite,
+        info={
+            "validation": validation,
+            "source": ckpt_dir,
+            "epoch": int(epoch) if epoch.isdigit() else None,
+        },
     )
     logger.info("Exported %s to %s", ckpt_dir, out)
     return out
-
-
-def add_export_arguments(parser):
-    """Adds the ``export`` command's arguments to an ``argparse`` parser.
-
-    Arguments
-    ---------
-    parser : argparse.ArgumentParser
-        The parser to extend.
-
-    Example
-    -------
-    >>> parser = argparse.ArgumentParser()
-    >>> add_export_arguments(parser)
-    >>> parser.parse_args(["run", "model"]).max_key
-    'UA'
-    """
-    parser.add_argument(
-        "source",
-        help="a recipe run's output folder (best checkpoint by validation UA), its save "
-        "folder, or one CKPT+... checkpoint folder",
-    )
-    parser.add_argument("folder", help="the model folder to write")
-    parser.add_argument(
-        "--hparams",
-        default=None,
-        help="the run's hparams file (default: SOURCE's hyperparams.yaml as the recipe saved it)",
-    )
-    parser.add_argument(
-        "--max-key", default="UA", help="checkpoint meta key to maximise (default: UA)"
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a previous export in FOLDER"
-    )
 
 
 def main(argv=None):
@@ -708,6 +710,10 @@ def run_export(args):
         print(f"Export failed: {err}", file=sys.stderr)
         return 1
     print(f"Exported to {out}")
+    warning = near_chance_warning(read_model_info(out))
+    if warning:
+        print(f"hnsd export: warning: {warning}", file=sys.stderr)
+    print(f"Classify recordings with: hnsd predict --model {out} FILE_OR_DIR...")
     return 0
 
 

@@ -16,6 +16,7 @@ import torch
 from speechbrain.inference.interfaces import Pretrained
 
 from hnsd_sb.audio import load_audio
+from hnsd_sb.model_info import check_model_folder
 
 
 class EmotionRecognizer(Pretrained):
@@ -89,11 +90,8 @@ class EmotionRecognizer(Pretrained):
         ...
         FileNotFoundError: /no/such/model: not a model folder (no hyperparams.yaml); ...
         """
+        check_model_folder(folder)
         path = Path(os.path.abspath(os.path.expanduser(str(folder))))
-        if not (path / "hyperparams.yaml").is_file():
-            raise FileNotFoundError(
-                f"{folder}: not a model folder (no hyperparams.yaml); make one with `hnsd export`"
-            )
         # An existing absolute folder is always a local source for SpeechBrain's fetch, and
         # without a savedir nothing is copied or linked.
         return cls.from_hparams(source=str(path), run_opts=run_opts, **kwargs)

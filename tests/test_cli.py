@@ -114,7 +114,9 @@ def test_predict_attention_enrolment_and_speakers(model, inputs, capsys):
     # Known speaker, enrolled speaker, unknown speaker.
     assert main(["predict", "--model", str(model), "--speaker", "Ses01F", good]) == 0
     assert main(["predict", "--model", str(model), "--enroll", str(inputs / "sub"), good]) == 0
-    assert "enrolled 1.5 s" in capsys.readouterr().err
+    assert "enrolled 1 reference files (1.5 s) as speaker 'reference speaker'" in (
+        capsys.readouterr().err
+    )
     assert main(["predict", "--model", str(model), "--speaker", "nobody", good]) == 2
     assert "no statistics for speaker 'nobody'" in capsys.readouterr().err
 
@@ -147,6 +149,74 @@ def test_export_command(tmp_path, capsys):
     assert "already holds an exported model" in capsys.readouterr().err
     assert main(["export", str(run), str(tmp_path / "model"), "--overwrite"]) == 0
     assert 'labels: ["neg", "pos"]' in (tmp_path / "model" / "hyperparams.yaml").read_text()
+    # A validation UA of 50 % on two classes is chance: the export says so, and so do
+    # `hnsd info` and `hnsd predict` with that folder.
+    err = capsys.readouterr().err
+    assert "warning: validation UA 50.0 % is near chance (50.0 % for 2 classes)" in err
+    assert main(["info", str(tmp_path / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "labels: neg, pos" in out and "validation: UA 50.0 %" in out
+    assert "exported from: " + str(run / "save" / "CKPT+") in out and "near chance" in out
+    wav = tmp_path / "a.wav"
+    sf.write(wav, synthesize_utterance(np.random.default_rng(0), VOICE, "ang", 1.0), 16000)
+    assert main(["predict", "--model", str(tmp_path / "model"), str(wav)]) == 0
+    assert "near chance" in capsys.readouterr().err
+
+
+def test_info_without_and_with_a_model_folder(model, tmp_path, capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hnsd-sb ") and "torch: " in out and "speechbrain: " in out
+    # `model` has no validation scores: no warning.
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "labels: ang, hap, neu, sad (chance UA 25.0 %)" in out and "warning" not in out
+    assert main(["info", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a model folder (no hyperparams.yaml)" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    shutil.copytree(model, bad)
+    (bad / "model_info.json").write_text("{not json")
+    assert main(["info", str(bad)]) == 2
+    assert "model_info.json: not a valid model information file" in capsys.readouterr().err
+    assert main(["predict", "--model", str(bad), str(tmp_path)]) == 2
+
+
+def test_help_info_and_usage_errors_do_not_import_torch():
+    # They answer at once: torch and SpeechBrain take seconds to import.
+    code = (
+        "import sys\n"
+        "from hnsd_sb.cli import main\n"
+        "assert main(['info']) == 0\n"
+        "assert main(['predict', '--model', 'm', '/no/such/folder/']) == 2\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted({'torch', 'speechbrain', 'torchaudio'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_known_speechbrain_notices_are_dropped_and_others_kept(tmp_path):
+    code = (
+        "import logging\n"
+        "import hnsd_sb\n"
+        "import speechbrain.utils.train_logger\n"
+        "logging.getLogger('speechbrain.utils.train_logger').warning('a real problem')\n"
+        "from speechbrain.dataio.encoder import CategoricalEncoder\n"
+        "encoder = CategoricalEncoder()\n"
+        "encoder.update_from_iterable(['a', 'b'])\n"
+        "encoder.save('enc.txt')\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "encoder.load('enc.txt')\n"
+    )
+    run = dict(capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], **run)
+    assert proc.returncode == 0, proc.stderr
+    assert "a real problem" in proc.stderr
+    assert "torchvision" not in proc.stderr and "not empty" not in proc.stderr
 
 
 def test_help_documents_both_commands(capsys):

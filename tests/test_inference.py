@@ -20,6 +20,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from hnsd_sb.audio import AudioError, load_audio
 from hnsd_sb.export import FOLDER_FILES, export_model, find_checkpoint, load_weights
 from hnsd_sb.inference import EmotionRecognizer
+from hnsd_sb.model_info import read_model_info
 from hnsd_sb.synthetic import make_synthetic_iemocap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,8 @@ def run_folder(tmp_path_factory):
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (base / "stdout.txt").write_text(proc.stdout)
+    (base / "stderr.txt").write_text(proc.stderr)
     return out
 
 
@@ -95,6 +98,24 @@ def brain_log_probs(run_folder, rows, speakers):
     with torch.no_grad():
         log_probs, _ = brain.compute_forward(batch, sb.Stage.TEST)
     return log_probs
+
+
+def test_run_ends_saying_where_its_results_are_without_known_noise(run_folder):
+    stdout = (run_folder.parent / "stdout.txt").read_text()
+    console = stdout + (run_folder.parent / "stderr.txt").read_text()
+    last = [line for line in stdout.splitlines() if line.strip()][-1]
+    assert f"Results in {run_folder}: test_results.json" in last
+    assert f"hnsd export {run_folder} MODEL_DIR" in last
+    assert "torchvision is not available" not in console
+    assert "CategoricalEncoder is not empty" not in console
+
+
+def test_model_info_records_the_exported_checkpoint(model_folder, run_folder):
+    info = read_model_info(model_folder)
+    checkpoint = find_checkpoint(run_folder)
+    assert info["labels"] == ["ang", "hap", "neu", "sad"] and info["chance_UA"] == 25.0
+    assert info["validation"] == {"UA": checkpoint.meta["UA"], "WA": checkpoint.meta["WA"]}
+    assert info["epoch"] == 1 and info["exported_from"] == str(checkpoint.path)
 
 
 def test_exported_folder_holds_inference_files_only(model_folder, run_folder):

@@ -150,6 +150,14 @@ class EmotionBrain(sb.Brain):
                 f,
                 indent=2,
             )
+        # The run's last words say where its results are and what to do next.
+        logger.info(
+            "Results in %s: test_results.json, predictions.csv, confusion.png; best checkpoint "
+            "(max valid UA) in %s. Make a model folder of it with: hnsd export %s MODEL_DIR",
+            out,
+            self.hparams.save_folder,
+            out,
+        )
 
     def fit_normalizer(self, datasets):
         """Accumulates the speakers' feature statistics in one pass over the audio (no labels).
