@@ -339,12 +339,6 @@ def run_info(args):
     except (OSError, ValueError) as err:
         print(f"hnsd info: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if info is None:
-        print(
-            f"{folder}: exported before model_info.json existed; its hyperparams.yaml header "
-            "says where it came from. Export it again for labels and scores here.",
-        )
-        return EXIT_OK
     print(f"model folder: {folder}")
     for line in describe(info):
         print(line)
@@ -460,9 +454,10 @@ def build_parser():
     export = commands.add_parser(
         "export",
         help="turn a recipe run's best checkpoint into a model folder",
-        description="Writes a self-contained model folder (hyperparams.yaml with a Pretrainer, "
-        "model.ckpt, normalizer.ckpt, label_encoder.txt, custom_interface.py; no optimiser or "
-        "logger state) from a recipe run's best checkpoint (max validation UA) or a given one.",
+        description="Writes a self-contained model folder (model_info.json, model.ckpt, "
+        "normalizer.ckpt, label_encoder.txt, and hyperparams.yaml and custom_interface.py for "
+        "SpeechBrain's own loaders; no optimiser or logger state) from a recipe run's best "
+        "checkpoint (max validation UA) or a given one.",
     )
     add_export_arguments(export)
     export.set_defaults(func=_run_export)

@@ -3,18 +3,21 @@
 A model folder holds what inference needs and nothing else (no optimiser, scheduler or logger
 state)::
 
-    hyperparams.yaml      features, normaliser and model, a ``Pretrainer``, the label list
+    model_info.json       labels, architecture, validation scores, source (plain JSON)
     model.ckpt            the HNSD ``state_dict``
     normalizer.ckpt       SpeakerNormalization statistics (plain tensors and strings)
     label_encoder.txt     the recipe's SpeechBrain ``CategoricalEncoder`` file
-    custom_interface.py   names ``EmotionRecognizer`` for ``foreign_class``
-    model_info.json       labels, validation scores, source (``hnsd_sb.model_info``)
+    hyperparams.yaml      the same pipeline, for SpeechBrain's ``from_hparams`` (trusted use)
+    custom_interface.py   names ``EmotionRecognizer`` for ``foreign_class`` (trusted use)
 
-``export_model`` builds one from a recipe run (its best checkpoint by validation UA);
-``write_model_folder`` from weights in memory. ``load_weights`` (strict), ``load_normalizer`` and
-``transfer_parameters`` (chosen submodules, for fine-tuning) are the ``Pretrainer`` hooks of the
-exported and fine-tuning hparams files; all read with ``torch.load(weights_only=True)``, so no
-arbitrary object is ever unpickled, and their errors name the file.
+``EmotionRecognizer.from_folder`` builds the model from ``model_info.json`` alone (see
+``hnsd_sb.model_info``), so loading a folder runs no code from it; the YAML and Python files
+serve SpeechBrain's own loaders, which do. ``export_model`` builds a folder from a recipe run
+(its best checkpoint by validation UA); ``write_model_folder`` from weights in memory.
+``load_weights`` (strict), ``load_normalizer`` and ``transfer_parameters`` (chosen submodules,
+for fine-tuning) are also the ``Pretrainer`` hooks of the exported and fine-tuning hparams
+files; all read with ``torch.load(weights_only=True)``, so no arbitrary object is ever
+unpickled, and their errors name the file.
 """
 
 import argparse
@@ -36,6 +39,8 @@ from hnsd_sb import __version__
 from hnsd_sb.cli import add_export_arguments
 from hnsd_sb.model_info import (
     MODEL_INFO_FILE,
+    MODULE_CLASSES,
+    check_architecture,
     make_model_info,
     near_chance_warning,
     read_model_info,
@@ -490,6 +495,53 @@ def _check_destination(folder, overwrite):
         raise FileExistsError(f"{folder}: already holds an exported model (pass overwrite)")
 
 
+def architecture_of(modules, model_state, where):
+    """The ``architecture`` entry of ``model_info.json`` from module specs.
+
+    Arguments
+    ---------
+    modules : dict or None
+        ``{"features" | "normalizer" | "model": (class_path, kwargs)}``; missing entries use
+        ``DEFAULT_MODULES``.
+    model_state : dict
+        The HNSD ``state_dict``: its output layer gives ``n_classes`` when the spec omits it.
+    where : str or path-like
+        The file being written, for error messages.
+
+    Returns
+    -------
+    dict
+        ``{"features" | "normalizer" | "model": kwargs}``, checked by ``check_architecture``.
+
+    Raises
+    ------
+    ValueError
+        A module is not hnsd_sb's own class, or an argument is outside the schema.
+
+    Example
+    -------
+    >>> state = {"output.weight": torch.zeros(3, 8)}
+    >>> architecture_of({"model": ("hnsd_sb.HNSD", {"fc_size": 8})}, state, "x")["model"]
+    {'fc_size': 8, 'n_classes': 3}
+    """
+    specs = dict(DEFAULT_MODULES)
+    specs.update(modules or {})
+    architecture = {}
+    for name, (class_path, kwargs) in specs.items():
+        ours = MODULE_CLASSES[name].split(".")[-1]
+        # hnsd_sb.HNSD and hnsd_sb.model.HNSD name the same class.
+        if not (class_path.startswith("hnsd_sb.") and class_path.split(".")[-1] == ours):
+            raise ValueError(
+                f"{where}: modules.{name} is {class_path}; a model folder can only hold "
+                f"hnsd_sb's own {ours}"
+            )
+        architecture[name] = dict(kwargs)
+    architecture["features"].setdefault("sample_rate", 16000)
+    if "n_classes" not in architecture["model"] and "output.weight" in model_state:
+        architecture["model"]["n_classes"] = int(model_state["output.weight"].shape[0])
+    return check_architecture(architecture, where)
+
+
 def write_model_folder(
     folder,
     labels,
@@ -547,6 +599,12 @@ def write_model_folder(
     labels = [str(label) for label in labels]
     if len(set(labels)) != len(labels) or not labels:
         raise ValueError(f"labels must be distinct and non-empty, got {labels}")
+    model_info = make_model_info(
+        labels,
+        version=__version__,
+        architecture=architecture_of(modules, model_state, folder / MODEL_INFO_FILE),
+        **(info or {}),
+    )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / HPARAMS_FILE).write_text(render_hparams(labels, modules, note), encoding="utf-8")
     torch.save(
@@ -559,15 +617,9 @@ def write_model_folder(
     encoder.update_from_iterable(labels)
     encoder.save(folder / LABEL_ENCODER_FILE)
     (folder / INTERFACE_FILE).write_text(INTERFACE_SOURCE, encoding="utf-8")
-    model_info = make_model_info(labels, version=__version__, **(info or {}))
     (folder / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2) + "\n", "utf-8")
     # Loading it back catches any mismatch between the written architecture and the weights.
-    recognizer = EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
-    if len(recognizer.hparams.labels) != recognizer.mods.model.output.out_features:
-        raise ValueError(
-            f"{folder}: {len(labels)} labels but the model has "
-            f"{recognizer.mods.model.output.out_features} outputs"
-        )
+    EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
     return folder
 
 

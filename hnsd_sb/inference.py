@@ -9,6 +9,7 @@ normalised with them, any other speaker with the ``unseen`` fallback of ``Speake
 (by default the utterance's own statistics).
 """
 
+import importlib
 import os
 from pathlib import Path
 
@@ -16,17 +17,19 @@ import torch
 from speechbrain.inference.interfaces import Pretrained
 
 from hnsd_sb.audio import load_audio
-from hnsd_sb.model_info import check_model_folder
+from hnsd_sb.model_info import MODEL_INFO_FILE, MODULE_CLASSES, read_architecture
 
 
 class EmotionRecognizer(Pretrained):
     """Speech emotion recognition with a trained HNSD model folder.
 
-    Load it with ``EmotionRecognizer.from_folder(folder)`` (a local folder only, so nothing is
-    ever fetched from a hub), with SpeechBrain's ``EmotionRecognizer.from_hparams(source=folder)``,
-    or with ``foreign_class(folder, pymodule_file="custom_interface.py",
-    classname="EmotionRecognizer")``. Audio files of any sampling rate and channel count that
-    soundfile reads are resampled to the model's rate and downmixed to mono.
+    Load it with ``EmotionRecognizer.from_folder(folder)``: a local folder only, so nothing is
+    ever fetched from a hub, and no code from the folder runs. SpeechBrain's
+    ``EmotionRecognizer.from_hparams(source=folder)`` and ``foreign_class(folder,
+    pymodule_file="custom_interface.py", classname="EmotionRecognizer")`` also work, but run
+    the folder's YAML and Python: use them only with folders you trust. Audio files of any
+    sampling rate and channel count that soundfile reads are resampled to the model's rate and
+    downmixed to mono.
 
     Arguments
     ---------
@@ -60,18 +63,23 @@ class EmotionRecognizer(Pretrained):
             raise ValueError(f"the hparams' modules lack {missing}")
 
     @classmethod
-    def from_folder(cls, folder, run_opts=None, **kwargs):
-        """Loads a local model folder written by ``hnsd_sb.export``.
+    def from_folder(cls, folder, run_opts=None):
+        """Loads a local model folder written by ``hnsd_sb.export``, running no code from it.
+
+        The labels and the architecture come from the folder's ``model_info.json`` (plain
+        JSON, checked against ``hnsd_sb.model_info.ARCHITECTURE``), only hnsd_sb's own
+        feature, normaliser and model classes are built from them, and the weights are read
+        with ``torch.load(weights_only=True)``. The folder's ``hyperparams.yaml`` and
+        ``custom_interface.py`` are not read: they serve SpeechBrain's ``from_hparams`` and
+        ``foreign_class``, which do run code from the folder.
 
         Arguments
         ---------
         folder : str or path-like
-            The model folder (holding ``hyperparams.yaml``, ``model.ckpt``, ...).
+            The model folder (holding ``model_info.json``, ``model.ckpt``, ...).
         run_opts : dict or None
             SpeechBrain run options, e.g. ``{"device": "cuda:0"}``; the default device is the
             one SpeechBrain infers.
-        **kwargs
-            Passed to ``from_hparams`` (e.g. ``overrides``).
 
         Returns
         -------
@@ -82,19 +90,36 @@ class EmotionRecognizer(Pretrained):
         ------
         FileNotFoundError
             When ``folder`` is not a local model folder.
+        ValueError
+            When a file of the folder is invalid, tampered with, or from an older export; the
+            message names the file and the field.
 
         Example
         -------
         >>> EmotionRecognizer.from_folder("/no/such/model")
         Traceback (most recent call last):
         ...
-        FileNotFoundError: /no/such/model: not a model folder (no hyperparams.yaml); ...
+        FileNotFoundError: /no/such/model: not a model folder (no model_info.json); ...
         """
-        check_model_folder(folder)
+        from hnsd_sb.export import MODEL_FILE, NORMALIZER_FILE, load_normalizer, load_weights
+
         path = Path(os.path.abspath(os.path.expanduser(str(folder))))
-        # An existing absolute folder is always a local source for SpeechBrain's fetch, and
-        # without a savedir nothing is copied or linked.
-        return cls.from_hparams(source=str(path), run_opts=run_opts, **kwargs)
+        labels, architecture = read_architecture(path)
+        modules = {}
+        for name, kwargs in architecture.items():
+            module_name, class_name = MODULE_CLASSES[name].rsplit(".", 1)
+            module_class = getattr(importlib.import_module(module_name), class_name)
+            try:
+                modules[name] = module_class(**kwargs)
+            except (ValueError, TypeError, RuntimeError) as err:
+                raise ValueError(
+                    f"{path / MODEL_INFO_FILE}: architecture.{name} cannot be built: {err}"
+                ) from None
+        load_weights(modules["model"], path / MODEL_FILE)
+        load_normalizer(modules["normalizer"], path / NORMALIZER_FILE)
+        sample_rate = architecture["features"]["sample_rate"]
+        hparams = {"labels": labels, "sample_rate": sample_rate}
+        return cls(modules=modules, hparams=hparams, run_opts=run_opts)
 
     @property
     def labels(self):

@@ -1,24 +1,82 @@
-"""What a model folder says about itself: ``model_info.json``, read without torch.
+"""What a model folder says about itself: ``model_info.json``, plain data.
 
-``hnsd export`` writes the file next to the weights: the labels, the validation scores of the
-exported checkpoint and where it came from. ``hnsd info`` prints it and ``hnsd predict`` warns
-from it, both without loading torch or SpeechBrain, so they answer at once. A model whose
-validation UA is within ``NEAR_CHANCE_MARGIN`` points of chance has barely learned, and its
-labels mean little: the warning says so rather than letting such a model pass for a result.
+``hnsd export`` writes the file next to the weights: the labels, the architecture (the keyword
+arguments of the three modules), the validation scores of the exported checkpoint and where it
+came from. ``hnsd info`` prints it and ``hnsd predict`` warns from it, both without loading
+torch or SpeechBrain, so they answer at once. A model whose validation UA is within
+``NEAR_CHANCE_MARGIN`` points of chance has barely learned, and its labels mean little: the
+warning says so rather than letting such a model pass for a result.
+
+Loading a model folder builds it from this file alone, so that a folder from a stranger runs no
+code: ``check_architecture`` accepts only the keys of ``ARCHITECTURE``, with their types and
+ranges (sizes are bounded, so a tampered file cannot ask for terabytes either), and
+``hnsd_sb.inference`` builds only hnsd_sb's own three classes from it.
 """
 
+import importlib
 import json
+import math
 import os
 from pathlib import Path
 
 MODEL_INFO_FILE = "model_info.json"
 FORMAT_VERSION = 1
+# The modules of a model folder: the class built for each, and its arguments as
+# (key, allowed types, bounds or choices). Bounds are inclusive; None as a type allows None;
+# choices are named by the class attribute that lists them.
+MODULE_CLASSES = {
+    "features": "hnsd_sb.features.StaticDynamicFeatures",
+    "normalizer": "hnsd_sb.normalization.SpeakerNormalization",
+    "model": "hnsd_sb.model.HNSD",
+}
+_INT, _NUM = (int,), (int, float)
+ARCHITECTURE = {
+    "features": {
+        "sample_rate": (_INT, (1000, 384000)),
+        "n_mels": (_INT, (1, 512)),
+        "win_length": (_NUM, (1, 1000)),
+        "hop_length": (_NUM, (1, 1000)),
+        "n_fft": (_INT, (16, 65536)),
+        "delta_window": (_INT, (3, 99)),
+        "f_min": (_NUM, (0, 192000)),
+        "f_max": (_NUM + (type(None),), (1, 192000)),
+        "trim_db": (_NUM + (type(None),), (1, 300)),
+    },
+    "normalizer": {
+        "unseen": ((str,), "hnsd_sb.normalization.UNSEEN_POLICIES"),
+        "std_floor": (_NUM, (1e-12, 1)),
+    },
+    "model": {
+        "n_static": (_INT, (1, 4096)),
+        "n_dynamic": (_INT, (1, 4096)),
+        "hidden_size": (_INT, (1, 8192)),
+        "attention_size": (_INT, (1, 4096)),
+        "fc_size": (_INT, (1, 8192)),
+        "n_classes": (_INT, (2, 10000)),
+        "fusion_size": (_INT + (type(None),), (1, 8192)),
+        "num_layers": (_INT, (1, 16)),
+        "bidirectional": ((bool,), None),
+        "dropout": (_NUM, (0, 1)),
+        "streams": ((str,), "hnsd_sb.model.STREAMS"),
+        "fusion": ((str,), "hnsd_sb.model.FUSIONS"),
+        "pooling": ((str,), "hnsd_sb.model.POOLINGS"),
+    },
+}
 # Points of UA above chance (100 / number of classes) below which a model is "near chance".
 NEAR_CHANCE_MARGIN = 10.0
 
 
+OLD_EXPORT_HELP = (
+    "it was exported by an older hnsd-sb and has no architecture in model_info.json, so "
+    "loading it would run the code in its hyperparams.yaml. Export the run again with "
+    "`hnsd export RUN_DIR MODEL_DIR`; or, only if you trust the folder, load it with "
+    "EmotionRecognizer.from_hparams(source=FOLDER), which runs that code"
+)
+
+
 def check_model_folder(folder):
-    """Raises the error of a path that is no model folder, before anything heavy is imported.
+    """Raises the error of a path that is no loadable model folder, before anything heavy is
+    imported.
 
     Arguments
     ---------
@@ -28,23 +86,146 @@ def check_model_folder(folder):
     Raises
     ------
     FileNotFoundError
-        ``folder`` holds no ``hyperparams.yaml``; the message names it.
+        ``folder`` holds neither ``model_info.json`` nor ``hyperparams.yaml``.
+    ValueError
+        ``folder`` is an export of an older hnsd-sb (``hyperparams.yaml`` only): the message
+        says how to export it again.
 
     Example
     -------
     >>> check_model_folder("/no/such/model")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: /no/such/model: not a model folder (no hyperparams.yaml); ...
+    FileNotFoundError: /no/such/model: not a model folder (no model_info.json); ...
     """
     path = Path(os.path.abspath(os.path.expanduser(str(folder))))
-    if not (path / "hyperparams.yaml").is_file():
-        raise FileNotFoundError(
-            f"{folder}: not a model folder (no hyperparams.yaml); make one with `hnsd export`"
+    if (path / MODEL_INFO_FILE).is_file():
+        return
+    if (path / "hyperparams.yaml").is_file():
+        raise ValueError(f"{folder}: {OLD_EXPORT_HELP}")
+    raise FileNotFoundError(
+        f"{folder}: not a model folder (no {MODEL_INFO_FILE}); make one with `hnsd export`"
+    )
+
+
+def read_architecture(folder):
+    """Reads and checks the labels and the architecture of a model folder.
+
+    Arguments
+    ---------
+    folder : str or path-like
+        The model folder.
+
+    Returns
+    -------
+    labels : list of str
+        Emotion of each output index.
+    architecture : dict
+        ``{"features" | "normalizer" | "model": kwargs}``, checked by ``check_architecture``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Naming the file and the field at fault.
+
+    Example
+    -------
+    >>> folder = Path(getfixture("tmpdir"))
+    >>> arch = {"features": {}, "normalizer": {}, "model": {"n_classes": 2}}
+    >>> info = make_model_info(["neg", "pos"], architecture=arch)  # as hnsd export writes it
+    >>> _ = (folder / MODEL_INFO_FILE).write_text(json.dumps(info))
+    >>> read_architecture(folder)[0]
+    ['neg', 'pos']
+    """
+    check_model_folder(folder)
+    info = read_model_info(folder)
+    where = Path(folder) / MODEL_INFO_FILE
+    if info.get("architecture") is None:
+        raise ValueError(f"{folder}: {OLD_EXPORT_HELP}")
+    labels = info["labels"]
+    if not labels or not all(isinstance(label, str) and label for label in labels):
+        raise ValueError(f"{where}: labels must be a non-empty list of non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}: labels are not distinct: {labels}")
+    architecture = check_architecture(info["architecture"], where)
+    n_classes = architecture["model"].get("n_classes")
+    if n_classes != len(labels):
+        raise ValueError(
+            f"{where}: {len(labels)} labels but the model has {n_classes} outputs "
+            "(architecture.model.n_classes)"
         )
+    return labels, architecture
 
 
-def make_model_info(labels, validation=None, source=None, epoch=None, version=None):
+def _choices(name):
+    """The tuple of allowed values named ``module.ATTRIBUTE`` (imported on first use)."""
+    module, attribute = name.rsplit(".", 1)
+    return getattr(importlib.import_module(module), attribute)
+
+
+def check_architecture(architecture, where):
+    """Checks a model folder's architecture against ``ARCHITECTURE``: keys, types and ranges.
+
+    Arguments
+    ---------
+    architecture : object
+        The ``architecture`` entry of ``model_info.json``.
+    where : str
+        The file, for error messages.
+
+    Returns
+    -------
+    dict
+        ``{"features" | "normalizer" | "model": kwargs}``, every value checked.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the offending field.
+
+    Example
+    -------
+    >>> arch = {"features": {"n_mels": 26}, "normalizer": {}, "model": {"n_classes": 4}}
+    >>> check_architecture(arch, "model_info.json")["model"]
+    {'n_classes': 4}
+    >>> check_architecture({**arch, "model": {"hidden_size": 10**9}}, "model_info.json")
+    Traceback (most recent call last):
+    ...
+    ValueError: model_info.json: architecture.model.hidden_size is 1000000000, outside [1, 8192]
+    """
+    if not isinstance(architecture, dict) or set(architecture) != set(ARCHITECTURE):
+        raise ValueError(
+            f"{where}: architecture must be an object with exactly the keys {sorted(ARCHITECTURE)}"
+        )
+    checked = {}
+    for module, schema in ARCHITECTURE.items():
+        kwargs = architecture[module]
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"{where}: architecture.{module} must be an object")
+        for key, value in kwargs.items():
+            field = f"architecture.{module}.{key}"
+            if key not in schema:
+                raise ValueError(f"{where}: unknown field {field} (known: {sorted(schema)})")
+            types, limits = schema[key]
+            # bool is an int in Python: only accept it where bool is meant, and vice versa.
+            if type(value) not in types:
+                names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+                raise ValueError(f"{where}: {field} must be {names}, got {value!r}")
+            if isinstance(limits, str) and value not in _choices(limits):
+                raise ValueError(
+                    f"{where}: {field} is {value!r}, not one of {list(_choices(limits))}"
+                )
+            if isinstance(limits, tuple) and value is not None:
+                low, high = limits
+                if not (math.isfinite(value) and low <= value <= high):
+                    raise ValueError(f"{where}: {field} is {value!r}, outside [{low}, {high}]")
+        checked[module] = dict(kwargs)
+    return checked
+
+
+def make_model_info(
+    labels, validation=None, source=None, epoch=None, version=None, architecture=None
+):
     """Builds the content of ``model_info.json``.
 
     Arguments
@@ -59,6 +240,9 @@ def make_model_info(labels, validation=None, source=None, epoch=None, version=No
         The epoch whose checkpoint was exported.
     version : str or None
         The hnsd-sb version that exported it.
+    architecture : dict or None
+        ``{"features" | "normalizer" | "model": kwargs}`` of the modules (see
+        ``check_architecture``).
 
     Returns
     -------
@@ -80,6 +264,7 @@ def make_model_info(labels, validation=None, source=None, epoch=None, version=No
         "epoch": epoch,
         "exported_from": None if source is None else str(source),
         "hnsd_sb_version": version,
+        "architecture": architecture,
     }
 
 

@@ -172,7 +172,7 @@ def test_info_without_and_with_a_model_folder(model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "labels: ang, hap, neu, sad (chance UA 25.0 %)" in out and "warning" not in out
     assert main(["info", str(tmp_path)]) == 2
-    assert f"{tmp_path}: not a model folder (no hyperparams.yaml)" in capsys.readouterr().err
+    assert f"{tmp_path}: not a model folder (no model_info.json)" in capsys.readouterr().err
     bad = tmp_path / "bad"
     shutil.copytree(model, bad)
     (bad / "model_info.json").write_text("{not json")

@@ -2,8 +2,11 @@
 
 import csv
 import importlib.util
+import json
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 
 from hnsd_sb.audio import AudioError, load_audio
+from hnsd_sb.cli import main as cli_main
 from hnsd_sb.export import FOLDER_FILES, export_model, find_checkpoint, load_weights
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.model_info import read_model_info
@@ -251,3 +255,71 @@ def test_export_refuses_to_clobber_and_names_missing_files(run_folder, model_fol
         export_model(tmp_path, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         EmotionRecognizer.from_folder(tmp_path)
+
+
+def copy_folder(model_folder, destination):
+    shutil.copytree(model_folder, destination)
+    return destination
+
+
+def test_loading_a_model_folder_runs_no_code_from_it(model_folder, tmp_path, capsys):
+    # A stranger's folder whose YAML and Python files would create a marker file if run.
+    folder = copy_folder(model_folder, tmp_path / "stranger")
+    marker = tmp_path / "code_ran"
+    yaml_text = (folder / "hyperparams.yaml").read_text()
+    (folder / "hyperparams.yaml").write_text(
+        f"__payload: !apply:pathlib.Path.touch [!new:pathlib.Path [{str(marker)!r}]]\n" + yaml_text
+    )
+    (folder / "custom_interface.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    recognizer = EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    assert recognizer.labels == ["ang", "hap", "neu", "sad"]
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.random.default_rng(0).normal(0, 0.1, 16000), 16000)
+    assert cli_main(["predict", "--model", str(folder), str(wav)]) == 0
+    assert cli_main(["info", str(folder)]) == 0
+    capsys.readouterr()
+    assert not marker.exists()
+
+
+TAMPERED = [  # (field of model_info.json, its new value, the error's words)
+    ("architecture.model.evil", "x", "unknown field architecture.model.evil"),
+    ("architecture.model.hidden_size", "16", "architecture.model.hidden_size must be int"),
+    ("architecture.model.hidden_size", 10**9, "hidden_size is 1000000000, outside"),
+    ("architecture.model.bidirectional", 1, "bidirectional must be bool"),
+    ("architecture.model.pooling", "os.system", "pooling is 'os.system', not one of"),
+    ("architecture.features.trim_db", float("nan"), "trim_db is nan, outside"),
+    ("architecture.extra", {}, "exactly the keys"),
+    ("labels", ["ang", "hap", "neu"], "3 labels but the model has 4 outputs"),
+    ("labels", ["ang", "ang", "neu", "sad"], "labels are not distinct"),
+    ("architecture", None, "exported by an older hnsd-sb"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", TAMPERED)
+def test_tampered_model_info_is_refused_naming_the_field(
+    model_folder, tmp_path, capsys, field, value, message
+):
+    folder = copy_folder(model_folder, tmp_path / "tampered")
+    info = json.loads((folder / "model_info.json").read_text())
+    *parents, key = field.split(".")
+    node = info
+    for parent in parents:
+        node = node[parent]
+    node[key] = value
+    (folder / "model_info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    assert str(folder) in str(error.value)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000), 16000)
+    assert cli_main(["predict", "--model", str(folder), str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_folder_exported_before_model_info_gets_re_export_instructions(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "old")
+    (folder / "model_info.json").unlink()
+    with pytest.raises(ValueError, match="Export the run again with `hnsd export RUN_DIR"):
+        EmotionRecognizer.from_folder(folder)
+    assert cli_main(["info", str(folder)]) == 2
