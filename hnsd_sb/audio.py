@@ -21,6 +21,12 @@ from speechbrain.utils.data_pipeline import provides, takes
 
 # RIFF data sizes that streaming writers leave in a header they never finalise.
 _UNFINALISED_SIZES = (0, 0xFFFFFFFF)
+# Float audio is nominally within [-1, 1]; real files may overshoot a little, but samples beyond
+# this bound (+36 dB over full scale) are corrupt or mis-scaled, and overflow the features.
+MAX_ABS_AMPLITUDE = 64.0
+# Sampling rates outside these bounds are corrupt headers: at 1 Hz, resampling a 64 KB file to
+# 16 kHz would take gigabytes.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 
 
 class AudioError(ValueError):
@@ -100,11 +106,12 @@ def _wav_missing_frames(path):
     return 0
 
 
-def check_audio_header(path, min_duration=0.025, allow_truncated=False):
+def check_audio_header(path, min_duration=0.025, allow_truncated=False, max_duration=None):
     """Checks an audio file from its header alone, without decoding the samples.
 
-    Catches missing, unreadable, truncated, empty and too short files; non-finite samples need
-    a full decode and are left to ``load_audio``.
+    Catches missing, unreadable, truncated (WAV), empty and too short files and implausible
+    sampling rates; non-finite or absurd samples and compressed streams cut short need a full
+    decode and are left to ``load_audio``.
 
     Arguments
     ---------
@@ -114,6 +121,8 @@ def check_audio_header(path, min_duration=0.025, allow_truncated=False):
         Shortest accepted duration in seconds (default: one 25 ms analysis frame).
     allow_truncated : bool
         Accept a WAV whose header declares more samples than the file holds.
+    max_duration : float or None
+        Longest accepted duration in seconds (None: no limit).
 
     Returns
     -------
@@ -137,7 +146,7 @@ def check_audio_header(path, min_duration=0.025, allow_truncated=False):
     >>> check_audio_header(path)
     Traceback (most recent call last):
     ...
-    hnsd_sb.audio.AudioError: ...a.wav: too short: 0.010 s (80 samples at 8000 Hz), minimum 0.025 s
+    hnsd_sb.audio.AudioError: ...a.wav: too short: 0.01 s (80 samples at 8000 Hz), minimum 0.025 s
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -150,6 +159,12 @@ def check_audio_header(path, min_duration=0.025, allow_truncated=False):
         raise AudioError(path, f"unreadable as audio ({err})") from err
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError(path, "empty file (0 samples)")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            path,
+            f"implausible sampling rate {info.samplerate} Hz (accepted: {MIN_SAMPLE_RATE} to "
+            f"{MAX_SAMPLE_RATE} Hz)",
+        )
     if not allow_truncated:
         missing = _wav_missing_frames(path)
         if missing:
@@ -162,8 +177,14 @@ def check_audio_header(path, min_duration=0.025, allow_truncated=False):
     if info.frames < min_frames:
         raise AudioError(
             path,
-            f"too short: {info.frames / info.samplerate:.3f} s ({info.frames} samples at "
-            f"{info.samplerate} Hz), minimum {min_duration:.3f} s",
+            # 4 significant digits: 399 samples at 16 kHz must not read as the 0.025 s minimum.
+            f"too short: {info.frames / info.samplerate:.4g} s ({info.frames} samples at "
+            f"{info.samplerate} Hz), minimum {min_duration:.4g} s",
+        )
+    if max_duration is not None and info.frames > max_duration * info.samplerate:
+        raise AudioError(
+            path,
+            f"too long: {info.frames / info.samplerate:.4g} s, maximum {max_duration:g} s",
         )
     return AudioInfo(path, info.frames, info.samplerate, info.channels)
 
@@ -197,7 +218,9 @@ def audio_duration(path):
     return check_audio_header(path, min_duration=0.0).duration
 
 
-def load_audio(path, sample_rate=16000, min_duration=0.025, allow_truncated=False):
+def load_audio(
+    path, sample_rate=16000, min_duration=0.025, allow_truncated=False, max_duration=None
+):
     """Loads an audio file as a mono float32 waveform at ``sample_rate``.
 
     Multichannel audio is averaged to mono; other rates are resampled with
@@ -216,6 +239,9 @@ def load_audio(path, sample_rate=16000, min_duration=0.025, allow_truncated=Fals
         samples at 16 kHz).
     allow_truncated : bool
         Return what a truncated WAV holds instead of raising.
+    max_duration : float or None
+        Longest accepted duration in seconds, checked from the header before anything is
+        decoded (None: no limit).
 
     Returns
     -------
@@ -225,7 +251,9 @@ def load_audio(path, sample_rate=16000, min_duration=0.025, allow_truncated=Fals
     Raises
     ------
     AudioError
-        If the file is missing, unreadable, truncated, empty, too short or holds NaN / Inf.
+        If the file is missing, unreadable, truncated, empty, too short, holds NaN / Inf or
+        samples beyond ``MAX_ABS_AMPLITUDE``, or declares a sampling rate outside
+        ``MIN_SAMPLE_RATE`` to ``MAX_SAMPLE_RATE``.
 
     Example
     -------
@@ -239,18 +267,30 @@ def load_audio(path, sample_rate=16000, min_duration=0.025, allow_truncated=Fals
     0.25
     """
     path = os.fspath(path)
-    info = check_audio_header(path, min_duration, allow_truncated)
+    info = check_audio_header(path, min_duration, allow_truncated, max_duration)
     try:
         data, file_rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"cannot decode samples ({err})") from err
     if data.shape[0] == 0:
         raise AudioError(path, "empty file (0 samples)")
+    if data.shape[0] < info.frames and not allow_truncated:
+        # A compressed stream cut short: the header promises more than decodes.
+        raise AudioError(
+            path, f"truncated: the header declares {info.frames} frames but {data.shape[0]} decode"
+        )
     finite = np.isfinite(data)
     if not finite.all():
         bad = data[~finite]
         kinds = " and ".join(k for k, m in (("NaN", np.isnan), ("Inf", np.isinf)) if m(bad).any())
         raise AudioError(path, f"{bad.size} samples are {kinds}")
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_AMPLITUDE:
+        raise AudioError(
+            path,
+            f"samples reach {peak:.3g}: float audio is nominally within [-1, 1], and beyond "
+            f"±{MAX_ABS_AMPLITUDE:g} it is taken as corrupt or mis-scaled",
+        )
     wav = torch.from_numpy(data.mean(axis=1) if info.channels > 1 else data[:, 0])
     if file_rate != sample_rate:
         wav = torchaudio.functional.resample(wav, file_rate, sample_rate)

@@ -39,6 +39,9 @@ AUDIO_EXTENSIONS = frozenset(
 )
 # Name under which --enroll recordings are enrolled when --speaker does not name them.
 ENROLLED_SPEAKER = "reference speaker"
+# Longest recording `hnsd predict` classifies by default: one utterance of 15 minutes takes about
+# 1.4 GB; longer files are refused with an error record rather than exhausting memory.
+DEFAULT_MAX_DURATION = 900.0
 # Packages whose versions `hnsd info` reports.
 STACK = ("torch", "torchaudio", "speechbrain", "hyperpyyaml", "soundfile", "numpy")
 
@@ -110,7 +113,7 @@ def find_audio_files(inputs):
     return files
 
 
-def classify_record(recognizer, path, speaker=None, attention=False):
+def classify_record(recognizer, path, speaker=None, attention=False, max_duration=None):
     """Classifies one file into an output record; failures become error records.
 
     Arguments
@@ -123,6 +126,8 @@ def classify_record(recognizer, path, speaker=None, attention=False):
         Speaker id for the normaliser (None: unseen).
     attention : bool
         Add the attention weights (``{"frame_shift": s, "weights": [...]}``).
+    max_duration : float or None
+        Longest accepted recording in seconds (None: no limit).
 
     Returns
     -------
@@ -133,12 +138,14 @@ def classify_record(recognizer, path, speaker=None, attention=False):
 
     record = dict(path=str(path), label=None, score=None, probabilities=None, duration=None)
     try:
-        wav = recognizer.load_audio(path)
+        wav = recognizer.load_audio(path, max_duration=max_duration)
         log_probs, weights, _ = recognizer.infer_batch(wav.unsqueeze(0), None, speaker)
     except AudioError as err:
         return dict(record, error=str(err))
     except (OSError, RuntimeError, ValueError) as err:
         return dict(record, error=f"{path}: {err}")
+    if not (log_probs.isfinite().all() and weights.isfinite().all()):
+        return dict(record, error=f"{path}: the model's output is not finite")
     probs = log_probs[0].exp().tolist()
     best = max(range(len(probs)), key=probs.__getitem__)
     record.update(
@@ -200,7 +207,8 @@ class RecordWriter:
             As made by ``classify_record``.
         """
         if self.csv is None:
-            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            # allow_nan=False: NaN is not JSON; classify_record never lets one through.
+            self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         else:
             row = {key: record.get(key) for key in ("path", "label", "score", "duration")}
             for lab in self.labels:
@@ -292,7 +300,9 @@ def run_predict(args):
             dynamic_ncols=True,
         )
         for path in progress:
-            record = classify_record(recognizer, path, speaker, args.attention)
+            record = classify_record(
+                recognizer, path, speaker, args.attention, args.max_duration or None
+            )
             failed += record["error"] is not None
             writer.write(record)
     finally:
@@ -446,6 +456,14 @@ def build_parser():
         "--attention",
         action="store_true",
         help="add each file's attention weights over time (jsonl only)",
+    )
+    predict.add_argument(
+        "--max-duration",
+        type=float,
+        default=DEFAULT_MAX_DURATION,
+        metavar="SECONDS",
+        help=f"longest recording to classify; longer files get an error record "
+        f"(default {DEFAULT_MAX_DURATION:g}; 0: no limit)",
     )
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: inferred)")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -136,7 +136,7 @@ class EmotionRecognizer(Pretrained):
         """Time between feature frames in seconds (frame ``t`` is centred at ``t * shift``)."""
         return self.mods.features.hop_samples / self.sample_rate
 
-    def load_audio(self, path, savedir=None):
+    def load_audio(self, path, savedir=None, max_duration=None):
         """Loads an audio file as a mono waveform at the model's sampling rate.
 
         Arguments
@@ -145,6 +145,8 @@ class EmotionRecognizer(Pretrained):
             A local file in any format soundfile reads, any rate, any number of channels.
         savedir : None
             Unused; only local files are read (kept for ``Pretrained`` compatibility).
+        max_duration : float or None
+            Longest accepted recording in seconds, checked before decoding (None: no limit).
 
         Returns
         -------
@@ -155,10 +157,11 @@ class EmotionRecognizer(Pretrained):
         ------
         hnsd_sb.audio.AudioError
             Naming the file, when it is missing, unreadable, empty, truncated, shorter than one
-            analysis frame or holds NaN / Inf samples.
+            analysis frame, longer than ``max_duration``, holds NaN / Inf or absurd samples, or
+            declares an implausible sampling rate.
         """
         del savedir
-        return load_audio(path, self.sample_rate).to(self.device)
+        return load_audio(path, self.sample_rate, max_duration=max_duration).to(self.device)
 
     def _speakers(self, speakers, batch):
         """A per-utterance speaker list (or None) from None, one id, or a list."""

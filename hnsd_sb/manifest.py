@@ -7,6 +7,7 @@ instead of hours later on the first bad file, or writes a cleaned copy without t
 
 import csv
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -20,6 +21,9 @@ from hnsd_sb.audio import AudioError, check_audio_header
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("ID", "duration", "wav", "spk_id", "emo")
+# How far the duration column may be from the audio header's duration: rounding in the
+# manifest, and resampled or re-encoded copies whose length moved by a few samples.
+DURATION_TOLERANCE_S, DURATION_TOLERANCE_REL = 0.1, 0.01
 MAX_LISTED = 20
 _PLACEHOLDER = re.compile(r"\$([\w.]+)")  # same syntax as speechbrain.dataio.dataio.load_data_csv
 
@@ -122,9 +126,22 @@ def _check_row(row, replacements, labels, check_audio, audio_kwargs):
         reasons.append("empty wav path")
     elif check_audio:
         try:
-            check_audio_header(wav, **audio_kwargs)
+            info = check_audio_header(wav, **audio_kwargs)
         except AudioError as err:
             reasons.append(str(err))
+        else:
+            # The sampler batches by this column: a long file listed as short would make a
+            # batch that does not fit in memory.
+            try:
+                listed = float(row.get("duration") or "nan")
+            except ValueError:
+                listed = float("nan")  # reported above
+            tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_REL * info.duration)
+            if 0 < listed < math.inf and abs(listed - info.duration) > tolerance:
+                reasons.append(
+                    f"{wav}: the duration column says {listed:g} s but the file holds "
+                    f"{info.duration:.4g} s"
+                )
     elif not os.path.isfile(wav):
         reasons.append(f"{wav}: file not found")
     return reasons

@@ -1,10 +1,11 @@
 """Checks of a recipe's train / valid / test manifests before anything is trained.
 
 ``check_manifests`` runs ``validate_manifest`` on each manifest (columns, IDs, durations, every
-audio header), then what a header cannot tell: it decodes the floating-point audio files to find
-NaN / Inf samples (integer PCM cannot hold them), checks that the training manifest has
-``n_classes`` emotions and that the validation and test manifests use no emotion the training
-one lacks. Every error names the manifest, the line and the ID of each bad row. With
+audio header, and the duration column against it), then what a header cannot tell: it decodes
+the floating-point audio files to find NaN, Inf or absurd samples (integer PCM cannot hold them)
+and the compressed ones (FLAC, OGG, MP3) to find streams cut short, checks that the training
+manifest has ``n_classes`` emotions and that the validation and test manifests use no emotion
+the training one lacks. Every error names the manifest, the line and the ID of each bad row. With
 ``skip_bad`` the bad rows are left out of cleaned copies instead, and counted.
 """
 
@@ -28,6 +29,8 @@ from hnsd_sb.manifest import (
 logger = logging.getLogger(__name__)
 
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only sample formats that can hold NaN or Inf
+# Containers whose header alone cannot show a stream cut short: only a full decode can.
+DECODED_FORMATS = ("FLAC", "OGG", "MP3", "MPEG")
 _PLACEHOLDER = re.compile(r"\$([\w.]+)")
 
 
@@ -38,10 +41,12 @@ def _read_rows(csv_path):
         return reader.fieldnames, [(reader.line_num, row) for row in reader]
 
 
-def nonfinite_rows(csv_path, replacements=None, progress=True):
-    """Finds the rows whose audio holds NaN or Inf samples.
+def undecodable_rows(csv_path, replacements=None, progress=True):
+    """Finds the rows whose audio fails a full decode: NaN, Inf or absurd samples, or a
+    compressed stream cut short.
 
-    Only files stored as floating-point samples are decoded; rows whose file is missing or
+    Only files stored as floating-point samples (the only ones that can hold such values) and
+    compressed files (``DECODED_FORMATS``) are decoded; rows whose file is missing or
     unreadable are left to ``validate_manifest``.
 
     Arguments
@@ -64,7 +69,7 @@ def nonfinite_rows(csv_path, replacements=None, progress=True):
     >>> tmp = getfixture("tmpdir")
     >>> sf.write(tmp.join("nan.wav").strpath, np.full(800, np.nan), 16000, subtype="FLOAT")
     >>> _ = tmp.join("m.csv").write("ID,wav\\nu1,$root/nan.wav\\n")
-    >>> [str(p) for p in nonfinite_rows(tmp.join("m.csv"), {"root": tmp}, progress=False)]
+    >>> [str(p) for p in undecodable_rows(tmp.join("m.csv"), {"root": tmp}, progress=False)]
     ["line 2 (ID 'u1'): ...nan.wav: 800 samples are NaN"]
     """
     replacements = {k: str(v) for k, v in (replacements or {}).items()}
@@ -72,7 +77,7 @@ def nonfinite_rows(csv_path, replacements=None, progress=True):
     if not os.path.isfile(csv_path):
         return problems  # validate_manifest reports it
     _, rows = _read_rows(csv_path)
-    desc = f"Decoding the float audio of {os.path.basename(csv_path)}"
+    desc = f"Decoding the float and compressed audio of {os.path.basename(csv_path)}"
     for line, row in tqdm(rows, desc=desc, disable=not progress):
         wav = row.get("wav") or ""
         wav = _PLACEHOLDER.sub(lambda m: replacements.get(m[1], m[0]), wav)
@@ -80,10 +85,14 @@ def nonfinite_rows(csv_path, replacements=None, progress=True):
             info = sf.info(wav)
         except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
             continue  # missing or unreadable: validate_manifest says why
-        if info.subtype not in FLOAT_SUBTYPES:
+        if info.subtype not in FLOAT_SUBTYPES and info.format not in DECODED_FORMATS:
             continue
         try:
-            load_audio(wav, sample_rate=info.samplerate, min_duration=0.0, allow_truncated=True)
+            # A truncated WAV is validate_manifest's to report; here only the decode counts.
+            truncated_wav_ok = info.format not in DECODED_FORMATS
+            load_audio(
+                wav, sample_rate=info.samplerate, min_duration=0.0, allow_truncated=truncated_wav_ok
+            )
         except AudioError as err:
             problems.append(ManifestProblem(line, row.get("ID") or "", str(err)))
     return problems
@@ -103,8 +112,8 @@ def _write_without(csv_path, out_path, drop_lines):
 
 
 def _check_one(csv_path, labels, replacements, skip_bad, output_dir, min_duration, progress):
-    """``validate_manifest`` plus the NaN / Inf check, with one list of problems."""
-    nonfinite = nonfinite_rows(csv_path, replacements, progress)
+    """``validate_manifest`` plus the decoding check, with one list of problems."""
+    nonfinite = undecodable_rows(csv_path, replacements, progress)
     try:
         check = validate_manifest(
             csv_path,
@@ -183,13 +192,14 @@ def check_manifests(
     """Checks a recipe's manifests before training, the training one first.
 
     Each manifest gets ``validate_manifest`` (columns, IDs, durations, audio headers: missing,
-    empty, non-audio, truncated and too short files) and a decode of its floating-point audio
-    (NaN / Inf samples). The training manifest must have ``n_classes`` emotions; the others may
-    only use the training manifest's emotions. All manifests are checked before an error is
-    raised, so it lists every problem. With ``skip_bad`` the bad rows of each manifest are left
-    out of a cleaned copy ``<name>.clean.csv`` in ``output_dir`` (and logged) instead of
-    raising; a manifest whose rows are all bad, a missing column or a wrong number of training
-    emotions still raise.
+    empty, non-audio, truncated and too short files, durations that disagree with the column)
+    and a decode of its floating-point and compressed audio (NaN, Inf or absurd samples,
+    compressed streams cut short). The training manifest must have ``n_classes`` emotions; the
+    others may only use the training manifest's emotions. All manifests are checked before an
+    error is raised, so it lists every problem. With ``skip_bad`` the bad rows of each manifest
+    are left out of a cleaned copy ``<name>.clean.csv`` in ``output_dir`` (and logged) instead
+    of raising; a manifest whose rows are all bad, a missing column or a wrong number of
+    training emotions still raise.
 
     Arguments
     ---------

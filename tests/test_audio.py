@@ -183,3 +183,34 @@ def test_truncation_reports_declared_and_present_frames(tmp_path, valid_wav_byte
     # A partial last frame is tolerated.
     path.write_bytes(valid_wav_bytes[:-1])
     assert load_audio(path).shape[0] == 7999
+
+
+def test_implausible_rates_long_files_and_rounding_are_named(tmp_path):
+    one_hertz = tmp_path / "one_hertz.wav"
+    sf.write(str(one_hertz), np.zeros(1000), 1)
+    with pytest.raises(AudioError, match="implausible sampling rate 1 Hz"):
+        load_audio(one_hertz)
+    two_seconds = tmp_path / "two.wav"
+    sf.write(str(two_seconds), np.zeros(32000), 16000)
+    with pytest.raises(AudioError, match=r"too long: 2 s, maximum 1\.5 s"):
+        load_audio(two_seconds, max_duration=1.5)
+    assert load_audio(two_seconds, max_duration=2.0).numel() == 32000
+    almost = tmp_path / "almost.wav"
+    sf.write(str(almost), np.zeros(399), 16000)  # one sample short of 25 ms
+    with pytest.raises(AudioError, match=r"too short: 0\.02494 s .*minimum 0\.025 s"):
+        load_audio(almost)
+
+
+def test_absurd_float_samples_and_cut_compressed_streams_are_refused(tmp_path):
+    loud = tmp_path / "loud.wav"
+    sf.write(str(loud), np.full(1600, 1e29, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"samples reach 1e\+29"):
+        load_audio(loud)
+    overshoot = tmp_path / "overshoot.wav"  # mild overs of float masters are kept
+    sf.write(str(overshoot), np.full(1600, 1.5, dtype=np.float32), 16000, subtype="FLOAT")
+    assert float(load_audio(overshoot).max()) == 1.5
+    half = tmp_path / "half.flac"
+    sf.write(str(half), np.random.default_rng(0).normal(0, 0.1, 32000), 16000)
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])
+    with pytest.raises(AudioError, match="half.flac: cannot decode samples"):
+        load_audio(half)

@@ -55,15 +55,37 @@ def inputs(tmp_path_factory):
     with open(folder / "truncated.wav", "r+b") as f:
         f.truncate(10000)
     (folder / "notes.txt").write_text("not an input")
+    loud = np.full(8000, 1e29, dtype=np.float32)  # finite, but no audio reaches 1e29
+    sf.write(folder / "loud.wav", loud, 16000, subtype="FLOAT")
+    sf.write(folder / "one_hertz.wav", np.zeros(1000), 1)  # would resample to 16 M samples
+    full = synthesize_utterance(rng, VOICE, "sad", 2.0)
+    sf.write(folder / "half.flac", full, 16000)
+    data = (folder / "half.flac").read_bytes()
+    (folder / "half.flac").write_bytes(data[: len(data) // 2])
     return folder
 
 
 GOOD = {"good0.wav", "good1.wav", "stereo44k.flac"}
-BAD = {"empty.wav", "short.wav", "nan.wav", "junk.wav", "truncated.wav"}
+BAD = {"empty.wav", "short.wav", "nan.wav", "junk.wav", "truncated.wav", "loud.wav"}
+BAD |= {"one_hertz.wav", "half.flac"}
+ERRORS = {  # what the error record of some bad files says
+    "loud.wav": "samples reach 1e+29: float audio is nominally within [-1, 1]",
+    "one_hertz.wav": "implausible sampling rate 1 Hz",
+    "half.flac": "cannot decode samples",
+}
+
+
+def strict_json(line):
+    """json.loads that refuses NaN and Infinity, which are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(line, parse_constant=refuse)
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [strict_json(line) for line in Path(path).read_text().splitlines()]
 
 
 def test_predict_folder_with_good_and_bad_files(model, inputs, tmp_path, capsys):
@@ -82,10 +104,19 @@ def test_predict_folder_with_good_and_bad_files(model, inputs, tmp_path, capsys)
             assert record["score"] == max(record["probabilities"].values())
         else:
             assert record["label"] is None and name in record["error"]
+            assert ERRORS.get(name, "") in record["error"]
     durations = {Path(r["path"]).name: r["duration"] for r in records}
     assert durations["good0.wav"] == 1.0 and durations["stereo44k.flac"] == pytest.approx(1.5)
     err = capsys.readouterr().err
-    assert "5 of 8 files failed" in err and "hnsd predict" in err  # summary and progress bar
+    assert "8 of 11 files failed" in err and "hnsd predict" in err  # summary and progress bar
+
+
+def test_predict_refuses_recordings_longer_than_max_duration(model, inputs, capsys):
+    good = str(inputs / "good0.wav")  # 1 s
+    assert main(["predict", "--model", str(model), "--max-duration", "0.5", good]) == 1
+    record = strict_json(capsys.readouterr().out)
+    assert record["error"] == f"{good}: too long: 1 s, maximum 0.5 s"
+    assert main(["predict", "--model", str(model), "--max-duration", "0", good]) == 0
 
 
 def test_predict_csv_exit_zero_when_all_files_are_good(model, inputs, tmp_path):

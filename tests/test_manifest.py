@@ -169,3 +169,21 @@ def test_skip_bad_still_raises_when_nothing_is_left(tmp_path, corpus):
     path = write_csv(tmp_path / "all_bad.csv", [["u1", "1.0", "$data_root/gone.wav", "s", "neu"]])
     with pytest.raises(ManifestError, match="1 of 1 rows are bad"):
         check(path, corpus, skip_bad=True)
+
+
+def test_duration_column_must_agree_with_the_audio_header(tmp_path, corpus):
+    # a.wav holds 1 s: rounding (1.05) passes, a lie (2.0, 0.5) is reported and can be skipped.
+    rows = [
+        ["u1", "1.05", "$data_root/a.wav", "s1", "neu"],
+        ["u2", "2.0", "$data_root/b.wav", "s2", "hap"],
+        ["u3", "0.5", "$data_root/a.wav", "s2", "hap"],
+    ]
+    path = write_csv(tmp_path / "d.csv", rows)
+    with pytest.raises(ManifestError) as err:
+        check(path, corpus)
+    message = str(err.value)
+    assert "2 of 3 rows are bad" in message
+    assert f"line 3 (ID 'u2'): {corpus}/b.wav: the duration column says 2 s but the file " \
+        "holds 1 s" in message  # fmt: skip
+    assert "line 4 (ID 'u3')" in message and "says 0.5 s" in message
+    assert check(path, corpus, skip_bad=True).n_skipped == 2

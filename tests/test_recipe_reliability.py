@@ -34,17 +34,33 @@ BAD_TRAIN_FILES = {
     "not_audio": (lambda p: p.write_text("RIFF? no, a text file\n"), "unreadable as audio"),
     "truncated": (lambda p: p.write_bytes(wav_bytes(16000)[:16000]), "truncated: the WAV header"),
     "no_samples": (lambda p: sf.write(str(p), np.zeros(0), 16000), "empty file (0 samples)"),
-    "too_short": (lambda p: sf.write(str(p), np.zeros(300), 16000), "too short: 0.019 s"),
+    "too_short": (lambda p: sf.write(str(p), np.zeros(300), 16000), "too short: 0.01875 s"),
     "nan": (lambda p: write_float(p, np.nan), "1 samples are NaN"),
     "inf": (lambda p: write_float(p, np.inf), "1 samples are Inf"),
+    "loud": (lambda p: write_float(p, 1e29), "samples reach 1e+29: float audio is nominally"),
+    "half_flac": (lambda p: write_half_flac(p), "cannot decode samples"),
+    "duration_lie": (
+        lambda p: sf.write(str(p), np.zeros(48000), 16000),
+        "the duration column says 0.5 s but the file holds 3 s",
+    ),
     "missing": (lambda p: None, "file not found"),
 }
+# Rows whose duration column lies about their (good) file.
+LISTED_DURATIONS = {"duration_lie": "0.5"}
 
 
 def wav_bytes(n):
     buffer = io.BytesIO()
     sf.write(buffer, np.zeros(n), 16000, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
+
+
+def write_half_flac(path):
+    """The first half of a FLAC file: its header still promises every sample."""
+    samples = np.random.default_rng(0).normal(0, 0.1, 32000)
+    sf.write(str(path), samples, 16000, format="FLAC")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
 
 
 def write_float(path, value):
@@ -95,6 +111,8 @@ def data(tmp_path_factory):
     for name, (write, _) in BAD_TRAIN_FILES.items():
         write(bad / f"{name}.wav")
         bad_rows.append(variant(template, f"bad_{name}", bad / f"{name}.wav"))
+        if name in LISTED_DURATIONS:
+            bad_rows[-1]["duration"] = LISTED_DURATIONS[name]
 
     # Unusual but usable versions of a real utterance.
     source = manifests["test"][1][0]
