@@ -154,7 +154,8 @@ def check_audio_header(path, min_duration=0.025, allow_truncated=False, max_dura
     if not os.path.isfile(path):
         raise AudioError(path, "not a regular file")
     try:
-        info = sf.info(path)
+        # libsndfile gets the name as bytes: a str holding a non-UTF-8 name cannot be encoded.
+        info = sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"unreadable as audio ({err})") from err
     if info.frames <= 0 or info.samplerate <= 0:
@@ -269,7 +270,7 @@ def load_audio(
     path = os.fspath(path)
     info = check_audio_header(path, min_duration, allow_truncated, max_duration)
     try:
-        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+        data, file_rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"cannot decode samples ({err})") from err
     if data.shape[0] == 0:

@@ -76,6 +76,36 @@ for, e.g. a training speaker.
 """
 
 
+def printable(text):
+    """Text that a UTF-8 stream can always take, written losslessly.
+
+    Python keeps the bytes of a file name that are not UTF-8 as lone surrogates, which no UTF-8
+    file can hold; they become ``\\xNN`` escapes of the original bytes, as ``ls -b`` shows them.
+
+    Arguments
+    ---------
+    text : str
+        A path or a message that may hold such a name.
+
+    Returns
+    -------
+    str
+        Valid Unicode; unchanged when ``text`` already is.
+
+    Example
+    -------
+    >>> printable(os.fsdecode(b"caf\\xe9.wav"))
+    'caf\\\\xe9.wav'
+    >>> printable("café.wav")
+    'café.wav'
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that no file name produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def find_audio_files(inputs):
     """Expands files and folders into the list of files to classify.
 
@@ -136,16 +166,17 @@ def classify_record(recognizer, path, speaker=None, attention=False, max_duratio
     """
     from hnsd_sb.audio import AudioError
 
-    record = dict(path=str(path), label=None, score=None, probabilities=None, duration=None)
+    shown = printable(str(path))
+    record = dict(path=shown, label=None, score=None, probabilities=None, duration=None)
     try:
         wav = recognizer.load_audio(path, max_duration=max_duration)
         log_probs, weights, _ = recognizer.infer_batch(wav.unsqueeze(0), None, speaker)
     except AudioError as err:
-        return dict(record, error=str(err))
+        return dict(record, error=printable(str(err)))
     except (OSError, RuntimeError, ValueError) as err:
-        return dict(record, error=f"{path}: {err}")
+        return dict(record, error=printable(f"{path}: {err}"))
     if not (log_probs.isfinite().all() and weights.isfinite().all()):
-        return dict(record, error=f"{path}: the model's output is not finite")
+        return dict(record, error=f"{shown}: the model's output is not finite")
     probs = log_probs[0].exp().tolist()
     best = max(range(len(probs)), key=probs.__getitem__)
     record.update(

@@ -6,6 +6,7 @@ instead of hours later on the first bad file, or writes a cleaned copy without t
 """
 
 import csv
+import io
 import logging
 import math
 import os
@@ -88,6 +89,53 @@ class ManifestCheck:
     def path(self):
         """The manifest to train on: the cleaned copy if one was written, else the original."""
         return self.clean_path or self.csv_path
+
+
+def read_manifest_text(csv_path):
+    """The text of a CSV manifest, with the errors of its bytes named.
+
+    Arguments
+    ---------
+    csv_path : str
+        The manifest.
+
+    Returns
+    -------
+    io.StringIO
+        Its text, ready for ``csv.reader`` (newlines kept as they are).
+
+    Raises
+    ------
+    ManifestError
+        The file starts with a UTF-8 byte-order mark (SpeechBrain's CSV reader would take it
+        as part of the first column's name), or is not UTF-8: the line and byte are named.
+
+    Example
+    -------
+    >>> path = getfixture("tmpdir").join("m.csv")
+    >>> _ = path.write_binary(b"ID,wav\\nu1,caf\\xe9.wav\\n")
+    >>> read_manifest_text(path.strpath)
+    Traceback (most recent call last):
+    ...
+    hnsd_sb.manifest.ManifestError: ...m.csv: line 2 is not UTF-8 (byte 0xe9 at column 7)...
+    """
+    with open(csv_path, "rb") as f:
+        data = f.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise ManifestError(
+            f"{csv_path}: starts with a UTF-8 byte-order mark (BOM), which SpeechBrain's CSV "
+            "reader takes as part of the first column's name; save it as UTF-8 without BOM"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ManifestError(
+            f"{csv_path}: line {line} is not UTF-8 (byte 0x{data[err.start]:02x} at column "
+            f"{column}); save the manifest as UTF-8"
+        ) from None
+    return io.StringIO(text, newline="")
 
 
 def _format_problems(csv_path, problems, n_rows):
@@ -231,19 +279,18 @@ def validate_manifest(
     labels = None if labels is None else {str(label) for label in labels}
     audio_kwargs = {"min_duration": min_duration}
 
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f, skipinitialspace=True)
-        columns = reader.fieldnames
-        if not columns:
-            raise ManifestError(f"{csv_path}: empty file, no header row")
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ManifestError(
-                f"{csv_path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns)})"
-            )
-        rows = []
-        for row in reader:
-            rows.append((reader.line_num, row))
+    reader = csv.DictReader(read_manifest_text(csv_path), skipinitialspace=True)
+    columns = reader.fieldnames
+    if not columns:
+        raise ManifestError(f"{csv_path}: empty file, no header row")
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ManifestError(
+            f"{csv_path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns)})"
+        )
+    rows = [(reader.line_num, row) for row in reader]
+    if not rows:
+        raise ManifestError(f"{csv_path}: no data rows, only the header")
 
     problems, bad_lines, first_line = [], set(), {}
     id_counts = Counter(row.get("ID") for _, row in rows)

@@ -23,6 +23,7 @@ from hnsd_sb.manifest import (
     ManifestError,
     ManifestProblem,
     _format_problems,
+    read_manifest_text,
     validate_manifest,
 )
 
@@ -36,9 +37,8 @@ _PLACEHOLDER = re.compile(r"\$([\w.]+)")
 
 def _read_rows(csv_path):
     """The data rows of a CSV file with their line numbers (the header is line 1)."""
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f, skipinitialspace=True)
-        return reader.fieldnames, [(reader.line_num, row) for row in reader]
+    reader = csv.DictReader(read_manifest_text(csv_path), skipinitialspace=True)
+    return reader.fieldnames, [(reader.line_num, row) for row in reader]
 
 
 def undecodable_rows(csv_path, replacements=None, progress=True):
@@ -158,8 +158,8 @@ def _training_labels(csv_path, n_classes, skipped_lines=()):
     None)`` when the manifest has no usable ``emo`` column."""
     try:
         columns, rows = _read_rows(csv_path)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None, None
+    except (OSError, ManifestError, csv.Error):
+        return None, None  # validate_manifest reports it
     if not columns or "emo" not in columns:
         return None, None
     emotions = [(line, row.get("emo") or "") for line, row in rows if line not in skipped_lines]

@@ -274,3 +274,28 @@ def test_console_script_single_file(model, inputs):
     assert proc.returncode == 0, proc.stderr
     (record,) = [json.loads(line) for line in proc.stdout.splitlines()]
     assert record["label"] in LABELS and proc.stderr == ""
+
+
+def test_non_utf8_file_names_get_their_records_losslessly(model, inputs, tmp_path, capsys):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    good = synthesize_utterance(np.random.default_rng(1), VOICE, "ang", 1.0)
+    names = [b"caf\xe9.wav", b"z_ok.wav"]  # Latin-1 bytes, not UTF-8
+    for name in names:
+        sf.write(os.path.join(os.fsencode(folder), name), good, 16000)
+    (folder / "bad_\udcff.wav").write_bytes(b"junk")  # a bad file with such a name too
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"out.{fmt}"
+        args = ["--format", fmt, "-o", str(out), str(folder)]
+        assert main(["predict", "--model", str(model), *args]) == 1  # the junk file
+        text = out.read_text(encoding="utf-8")  # valid UTF-8
+        if fmt == "csv":
+            paths = [row["path"] for row in csv.DictReader(text.splitlines())]
+        else:
+            paths = [strict_json(line)["path"] for line in text.splitlines()]
+        shown = ("bad_\\xff.wav", "caf\\xe9.wav", "z_ok.wav")  # sorted by the original bytes
+        assert paths == [f"{folder}/{name}" for name in shown]
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["error"] is None for r in records] == [False, True, True]
+    assert "bad_\\xff.wav: unreadable as audio" in records[0]["error"]
+    assert capsys.readouterr().err.count("1 of 3 files failed") == 2

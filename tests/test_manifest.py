@@ -187,3 +187,19 @@ def test_duration_column_must_agree_with_the_audio_header(tmp_path, corpus):
         "holds 1 s" in message  # fmt: skip
     assert "line 4 (ID 'u3')" in message and "says 0.5 s" in message
     assert check(path, corpus, skip_bad=True).n_skipped == 2
+
+
+def test_bom_non_utf8_bytes_and_header_only_manifests_are_named(tmp_path, corpus):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfID,duration,wav,spk_id,emo\nu1,1.0,$data_root/a.wav,s,neu\n")
+    with pytest.raises(ManifestError, match="bom.csv: starts with a UTF-8 byte-order mark"):
+        check(bom, corpus)
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(
+        b"ID,duration,wav,spk_id,emo\nu1,1.0,$data_root/a.wav,s,neu\nu2,1.0,caf\xe9.wav,s,neu\n"
+    )
+    with pytest.raises(ManifestError, match=r"latin1.csv: line 3 is not UTF-8 \(byte 0xe9"):
+        check(latin, corpus)
+    header_only = write_csv(tmp_path / "header.csv", [])
+    with pytest.raises(ManifestError, match="header.csv: no data rows, only the header"):
+        check(header_only, corpus)
