@@ -54,8 +54,9 @@ examples:
   hnsd predict --model hnsd-iemocap --enroll alice_reference/ alice_session/
 
 exit status: predict: 0 every file was classified, 1 some files failed (their records say
-why), 2 bad usage, a model folder that cannot be loaded, or no input files; export: 0 done,
-1 failed (the message names the file at fault); info: 0 done, 2 not a model folder.
+why), 2 bad usage, a model folder that cannot be loaded, no input files, or an output that
+cannot be written; export: 0 done, 1 failed (the message names the file at fault); info: 0
+done, 2 not a model folder.
 """
 
 PREDICT_HELP = """\
@@ -316,29 +317,35 @@ def run_predict(args):
         )
         return EXIT_USAGE
 
-    stream = sys.stdout
-    if args.output and args.output != "-":
-        stream = open(args.output, "w", encoding="utf-8", newline="")
+    to_file = bool(args.output) and args.output != "-"
+    where = args.output if to_file else "standard output"
     failed = 0
     try:
-        writer = RecordWriter(stream, args.format, recognizer.labels)
-        progress = tqdm(
-            files,
-            desc="hnsd predict",
-            unit="file",
-            file=sys.stderr,
-            disable=args.quiet or len(files) < 2,
-            dynamic_ncols=True,
-        )
-        for path in progress:
-            record = classify_record(
-                recognizer, path, speaker, args.attention, args.max_duration or None
+        stream = open(args.output, "w", encoding="utf-8", newline="") if to_file else sys.stdout
+        try:
+            writer = RecordWriter(stream, args.format, recognizer.labels)
+            progress = tqdm(
+                files,
+                desc="hnsd predict",
+                unit="file",
+                file=sys.stderr,
+                disable=args.quiet or len(files) < 2,
+                dynamic_ncols=True,
             )
-            failed += record["error"] is not None
-            writer.write(record)
-    finally:
-        if stream is not sys.stdout:
-            stream.close()
+            for path in progress:
+                record = classify_record(
+                    recognizer, path, speaker, args.attention, args.max_duration or None
+                )
+                failed += record["error"] is not None
+                writer.write(record)
+        finally:
+            if to_file:
+                stream.close()
+    except BrokenPipeError:
+        raise  # the reader went away: main() handles it
+    except OSError as err:  # a missing folder, a full disk: the output, not the input
+        print(f"hnsd predict: cannot write {where}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
     if failed:
         print(f"hnsd predict: {failed} of {len(files)} files failed", file=sys.stderr)
         return EXIT_FILE_ERRORS
@@ -558,8 +565,9 @@ def main(argv=None):
 
 @contextlib.contextmanager
 def _speechbrain_warnings_only():
-    """SpeechBrain logs every loading step at INFO; a command line tool shows only problems.
-    The levels are restored afterwards, for callers that run ``main`` in their own process."""
+    """SpeechBrain logs every loading step at INFO; a command line tool shows only problems,
+    and shows hnsd_sb's own warnings (e.g. a silent enrolment recording) on stderr. The levels
+    and handlers are restored afterwards, for callers that run ``main`` in their own process."""
     loggers = [
         logging.getLogger(name)
         for name in list(logging.root.manager.loggerDict)
@@ -568,9 +576,15 @@ def _speechbrain_warnings_only():
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.WARNING)
+    ours = logging.getLogger("hnsd_sb")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("hnsd: warning: %(message)s"))
+    ours.addHandler(handler)
     try:
         yield
     finally:
+        ours.removeHandler(handler)
         for log, level in zip(loggers, levels):
             log.setLevel(level)
 

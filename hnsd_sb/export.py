@@ -25,7 +25,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -492,7 +494,9 @@ def _check_destination(folder, overwrite):
     if not ours:
         raise FileExistsError(f"{folder}: not empty and not an exported model folder")
     if not overwrite:
-        raise FileExistsError(f"{folder}: already holds an exported model (pass overwrite)")
+        raise FileExistsError(
+            f"{folder}: already holds an exported model (pass --overwrite to replace it)"
+        )
 
 
 def architecture_of(modules, model_state, where):
@@ -558,7 +562,8 @@ def write_model_folder(
     ---------
     folder : str or path-like
         Output folder; created if missing. It must be empty, or hold a previous export and
-        ``overwrite`` be True (only the folder's own files are replaced).
+        ``overwrite`` be True (other files of the user's in it are kept). It is written next
+        to its destination and renamed into place, so a failure leaves nothing half-written.
     labels : list of str
         Emotion of each output index.
     model_state : dict
@@ -605,22 +610,52 @@ def write_model_folder(
         architecture=architecture_of(modules, model_state, folder / MODEL_INFO_FILE),
         **(info or {}),
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / HPARAMS_FILE).write_text(render_hparams(labels, modules, note), encoding="utf-8")
-    torch.save(
-        {key: value.detach().cpu() for key, value in model_state.items()}, folder / MODEL_FILE
-    )
-    if normalizer_state is None:
-        normalizer_state = {"speakers": [], "count": torch.zeros(0), "sum": None, "sumsq": None}
-    torch.save(normalizer_state, folder / NORMALIZER_FILE)
-    encoder = CategoricalEncoder()
-    encoder.update_from_iterable(labels)
-    encoder.save(folder / LABEL_ENCODER_FILE)
-    (folder / INTERFACE_FILE).write_text(INTERFACE_SOURCE, encoding="utf-8")
-    (folder / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2) + "\n", "utf-8")
-    # Loading it back catches any mismatch between the written architecture and the weights.
-    EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    # Written next to its destination, checked, then renamed into place: a failure (a full
+    # disk, a mismatch) leaves no half-written folder, and a previous export stays intact.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        (staging / HPARAMS_FILE).write_text(render_hparams(labels, modules, note), "utf-8")
+        weights = {key: value.detach().cpu() for key, value in model_state.items()}
+        torch.save(weights, staging / MODEL_FILE)
+        if normalizer_state is None:
+            normalizer_state = {"speakers": [], "count": torch.zeros(0), "sum": None}
+            normalizer_state["sumsq"] = None
+        torch.save(normalizer_state, staging / NORMALIZER_FILE)
+        encoder = CategoricalEncoder()
+        encoder.update_from_iterable(labels)
+        encoder.save(staging / LABEL_ENCODER_FILE)
+        (staging / INTERFACE_FILE).write_text(INTERFACE_SOURCE, encoding="utf-8")
+        (staging / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2) + "\n", "utf-8")
+        # Loading it back catches any mismatch between the architecture and the weights.
+        EmotionRecognizer.from_folder(staging, run_opts={"device": "cpu"})
+        _swap_into_place(staging, folder)
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = str(err)
+        if "unexpected pos" in reason:  # how torch.save reports a full disk
+            reason = f"no space left on the device? torch: {reason}"
+        message = f"{folder}: cannot write the model folder ({reason}); nothing was written"
+        raise OSError(message) from err
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return folder
+
+
+def _swap_into_place(staging, folder):
+    """Renames a complete staging folder to ``folder``, replacing a previous export; files of
+    the user's in the previous folder are kept."""
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    for extra in folder.iterdir():
+        if extra.name not in FOLDER_FILES and not (staging / extra.name).exists():
+            os.replace(extra, staging / extra.name)
+    retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    os.replace(folder, retired / folder.name)
+    os.replace(staging, folder)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=False):

@@ -10,6 +10,7 @@ normalised with them, any other speaker with the ``unseen`` fallback of ``Speake
 """
 
 import importlib
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from speechbrain.inference.interfaces import Pretrained
 
 from hnsd_sb.audio import load_audio
 from hnsd_sb.model_info import MODEL_INFO_FILE, MODULE_CLASSES, read_architecture
+
+logger = logging.getLogger(__name__)
+# Peak amplitude below which an enrolment recording is taken as silence (-80 dB full scale).
+SILENCE_PEAK = 1e-4
 
 
 class EmotionRecognizer(Pretrained):
@@ -317,11 +322,21 @@ class EmotionRecognizer(Pretrained):
         True
         """
         total = 0.0
-        for recording in recordings:
+        for i, recording in enumerate(recordings):
             if isinstance(recording, (str, os.PathLike)):
                 wav = self.load_audio(recording)
             else:
                 wav = torch.as_tensor(recording).to(self.device, torch.float32)
+            peak = float(wav.abs().max()) if wav.numel() else 0.0
+            if peak < SILENCE_PEAK:
+                name = recording if isinstance(recording, (str, os.PathLike)) else f"#{i}"
+                logger.warning(
+                    "enrolment recording %s is silent (peak %.1e): its statistics say nothing "
+                    "about %r's voice",
+                    name,
+                    peak,
+                    speaker,
+                )
             with torch.no_grad():
                 static, dynamic, lens = self.mods.features(
                     wav.reshape(1, -1), torch.ones(1, device=self.device), return_lengths=True

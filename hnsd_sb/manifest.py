@@ -205,6 +205,7 @@ def validate_manifest(
     output_dir=None,
     min_duration=0.025,
     progress=True,
+    extra_problems=(),
 ):
     """Checks a SpeechBrain CSV manifest row by row.
 
@@ -239,6 +240,9 @@ def validate_manifest(
         Shortest accepted audio in seconds (with ``check_audio``).
     progress : bool
         Show a tqdm progress bar.
+    extra_problems : iterable of ManifestProblem
+        Bad rows found by other checks (e.g. ``hnsd_sb.preflight.undecodable_rows``): they are
+        reported, or skipped, with this function's own, in one list.
 
     Returns
     -------
@@ -318,6 +322,10 @@ def validate_manifest(
         if reasons:
             bad_lines.add(line)
 
+    for problem in extra_problems:
+        problems.append(problem)
+        bad_lines.add(problem.line)
+    problems.sort(key=lambda p: p.line)  # stable: a row's own problems keep their order
     check = ManifestCheck(csv_path, len(rows), problems=problems)
     if not problems:
         return check

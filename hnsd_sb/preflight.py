@@ -22,7 +22,6 @@ from hnsd_sb.audio import AudioError, load_audio
 from hnsd_sb.manifest import (
     ManifestError,
     ManifestProblem,
-    _format_problems,
     read_manifest_text,
     validate_manifest,
 )
@@ -98,58 +97,18 @@ def undecodable_rows(csv_path, replacements=None, progress=True):
     return problems
 
 
-def _write_without(csv_path, out_path, drop_lines):
-    """Copies a manifest without the rows on ``drop_lines``; returns how many rows it kept."""
-    columns, rows = _read_rows(csv_path)
-    kept = [row for line, row in rows if line not in drop_lines]
-    tmp_path = f"{out_path}.tmp"
-    with open(tmp_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(kept)
-    os.replace(tmp_path, out_path)
-    return len(kept)
-
-
 def _check_one(csv_path, labels, replacements, skip_bad, output_dir, min_duration, progress):
-    """``validate_manifest`` plus the decoding check, with one list of problems."""
-    nonfinite = undecodable_rows(csv_path, replacements, progress)
-    try:
-        check = validate_manifest(
-            csv_path,
-            labels=labels,
-            replacements=replacements,
-            skip_bad=skip_bad,
-            output_dir=output_dir,
-            min_duration=min_duration,
-            progress=progress,
-        )
-    except ManifestError as err:
-        if not nonfinite:
-            raise
-        raise ManifestError(
-            "\n".join(
-                [str(err), f"{csv_path}: {len(nonfinite)} more bad rows:"]
-                + [f"  {p}" for p in nonfinite]
-            )
-        ) from None
-    if not nonfinite:
-        return check
-
-    problems = sorted(check.problems + nonfinite, key=lambda p: p.line)
-    bad_lines = {p.line for p in problems}
-    message = _format_problems(csv_path, problems, check.n_rows)
-    if not skip_bad or len(bad_lines) == check.n_rows:
-        raise ManifestError(message)
-    stem = os.path.splitext(os.path.basename(csv_path))[0]
-    out_dir = os.fspath(output_dir) if output_dir is not None else os.path.dirname(csv_path)
-    os.makedirs(out_dir or ".", exist_ok=True)
-    check.clean_path = os.path.join(out_dir, f"{stem}.clean.csv")
-    _write_without(csv_path, check.clean_path, bad_lines)
-    check.problems = problems
-    check.n_skipped = len(bad_lines)
-    logger.warning("%s\nSkipped them; wrote %s", message, check.clean_path)
-    return check
+    """``validate_manifest`` with the rows that fail a full decode among its problems."""
+    return validate_manifest(
+        csv_path,
+        labels=labels,
+        replacements=replacements,
+        skip_bad=skip_bad,
+        output_dir=output_dir,
+        min_duration=min_duration,
+        progress=progress,
+        extra_problems=undecodable_rows(csv_path, replacements, progress),
+    )
 
 
 def _training_labels(csv_path, n_classes, skipped_lines=()):

@@ -148,6 +148,10 @@ def test_predict_attention_enrolment_and_speakers(model, inputs, capsys):
     assert "enrolled 1 reference files (1.5 s) as speaker 'reference speaker'" in (
         capsys.readouterr().err
     )
+    silent = inputs.parent / "silent.wav"
+    sf.write(silent, np.zeros(16000), 16000)
+    assert main(["predict", "--model", str(model), "--enroll", str(silent), good]) == 0
+    assert f"enrolment recording {silent} is silent (peak 0.0e+00)" in capsys.readouterr().err
     assert main(["predict", "--model", str(model), "--speaker", "nobody", good]) == 2
     assert "no statistics for speaker 'nobody'" in capsys.readouterr().err
 
@@ -210,6 +214,13 @@ def test_info_without_and_with_a_model_folder(model, tmp_path, capsys):
     assert main(["info", str(bad)]) == 2
     assert "model_info.json: not a valid model information file" in capsys.readouterr().err
     assert main(["predict", "--model", str(bad), str(tmp_path)]) == 2
+    (bad / "model_info.json").write_text("")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000), 16000)
+    assert main(["predict", "--model", str(bad), str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert "model_info.json: not a valid model information file" in err
+    assert "Traceback" not in err
 
 
 def test_help_info_and_usage_errors_do_not_import_torch():
@@ -299,3 +310,18 @@ def test_non_utf8_file_names_get_their_records_losslessly(model, inputs, tmp_pat
     assert [r["error"] is None for r in records] == [False, True, True]
     assert "bad_\\xff.wav: unreadable as audio" in records[0]["error"]
     assert capsys.readouterr().err.count("1 of 3 files failed") == 2
+
+
+def test_output_that_cannot_be_written_is_named_with_status_2(model, inputs, tmp_path, capsys):
+    good = str(inputs / "good0.wav")
+    (tmp_path / "a_file").write_text("")
+    targets = {
+        str(tmp_path / "no" / "such" / "out.jsonl"): "No such file or directory",
+        str(tmp_path / "a_file" / "out.jsonl"): "Not a directory",
+        "/dev/full": "No space left on device",
+    }
+    for target, reason in targets.items():
+        assert main(["predict", "--model", str(model), "-o", target, good]) == 2
+        err = capsys.readouterr().err
+        assert f"hnsd predict: cannot write {target}: {reason}" in err and "Traceback" not in err
+    assert not (tmp_path / "no").exists()

@@ -323,3 +323,31 @@ def test_folder_exported_before_model_info_gets_re_export_instructions(model_fol
     with pytest.raises(ValueError, match="Export the run again with `hnsd export RUN_DIR"):
         EmotionRecognizer.from_folder(folder)
     assert cli_main(["info", str(folder)]) == 2
+
+
+def test_export_is_atomic_on_a_full_disk(run_folder, model_folder, tmp_path, monkeypatch):
+    import hnsd_sb.export as export
+
+    def full_disk(obj, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(export.torch, "save", full_disk)
+    with pytest.raises(OSError, match="no space left on the device.*nothing was written"):
+        export_model(run_folder, tmp_path / "new_model")
+    # A previous export is left as it was.
+    before = {p.name: p.read_bytes() for p in model_folder.iterdir()}
+    with pytest.raises(OSError, match="nothing was written"):
+        export_model(run_folder, model_folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in model_folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no partial folder left
+    assert not [p for p in model_folder.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_keeps_the_users_own_files(run_folder, tmp_path, capsys):
+    folder = export_model(run_folder, tmp_path / "model")
+    (folder / "NOTES.md").write_text("mine")
+    assert cli_main(["export", str(run_folder), str(folder)]) == 1
+    assert "(pass --overwrite to replace it)" in capsys.readouterr().err
+    export_model(run_folder, folder, overwrite=True)
+    assert (folder / "NOTES.md").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*FOLDER_FILES, "NOTES.md"])

@@ -34,6 +34,7 @@ from speechbrain.utils.distributed import (
 from tqdm import tqdm
 
 from hnsd_sb.audio import make_audio_pipeline
+from hnsd_sb.manifest import ManifestError
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
 from hnsd_sb.report import save_confusion_matrix
@@ -280,8 +281,13 @@ if __name__ == "__main__":
     # Data prep writes the CSV manifests once, on the main process.
     if hparams["prepare_data"] is not None:
         run_on_main(hparams["prepare_data"])
-    # Every row is checked before anything is trained: a bad one stops the run here, naming it.
-    manifests = validated_manifests(hparams)
+    # Every row is checked before anything is trained: a bad one stops the run here, naming it
+    # (status 2, no traceback: the message is the whole story).
+    try:
+        manifests = validated_manifests(hparams)
+    except ManifestError as err:
+        logger.error("%s", err)
+        sys.exit(2)
     datasets, label_encoder = dataio_prepare(hparams, manifests)
 
     # Fine-tuning (hparams/finetune*.yaml): start from a trained model's weights. A resumed run
