@@ -430,6 +430,14 @@ def add_export_arguments(parser):
     )
 
 
+def _seconds(text):
+    """A finite, non-negative number of seconds for argparse."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
 def _run_export(args):
     """``hnsd export``: imports the exporter (torch, SpeechBrain) only when it runs."""
     from hnsd_sb.export import run_export
@@ -497,7 +505,7 @@ def build_parser():
     )
     predict.add_argument(
         "--max-duration",
-        type=float,
+        type=_seconds,
         default=DEFAULT_MAX_DURATION,
         metavar="SECONDS",
         help=f"longest recording to classify; longer files get an error record "

@@ -614,6 +614,9 @@ def write_model_folder(
     # disk, a mismatch) leaves no half-written folder, and a previous export stays intact.
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is not
     try:
         (staging / HPARAMS_FILE).write_text(render_hparams(labels, modules, note), "utf-8")
         weights = {key: value.detach().cpu() for key, value in model_state.items()}

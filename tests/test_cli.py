@@ -213,10 +213,11 @@ def test_info_without_and_with_a_model_folder(model, tmp_path, capsys):
     (bad / "model_info.json").write_text("{not json")
     assert main(["info", str(bad)]) == 2
     assert "model_info.json: not a valid model information file" in capsys.readouterr().err
-    assert main(["predict", "--model", str(bad), str(tmp_path)]) == 2
-    (bad / "model_info.json").write_text("")
     wav = tmp_path / "a.wav"
     sf.write(wav, np.zeros(16000), 16000)
+    assert main(["predict", "--model", str(bad), str(wav)]) == 2
+    assert "not a valid model information file" in capsys.readouterr().err
+    (bad / "model_info.json").write_text("")
     assert main(["predict", "--model", str(bad), str(wav)]) == 2
     err = capsys.readouterr().err
     assert "model_info.json: not a valid model information file" in err

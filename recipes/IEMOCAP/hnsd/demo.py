@@ -2,7 +2,7 @@
 """Newcomer demo: the real IEMOCAP recipe, end to end, on a synthetic IEMOCAP-format corpus.
 
 > python demo.py            # 5 folds x 8 epochs of the full-size model
-> python demo.py --quick    # the same flow with a small model, in about a minute
+> python demo.py --quick    # the same flow with a small model, in a few minutes at most
 
 Writes a small corpus in the exact IEMOCAP release layout (10 speakers in 5 sessions; emotions
 that differ in pitch, energy and tempo), then runs data prep, training, testing and the
@@ -11,8 +11,8 @@ exactly as on IEMOCAP. Only the number of epochs is lowered (``--epochs``); ``--
 runs 2 folds only, with a small model (``QUICK_ARGS``: LSTMs of 64 units, lr 1e-3), to show the
 flow rather than the model's figures. Everything lands in
 ``--workdir`` (default ``demo_run/``, or ``demo_quick/`` with ``--quick``, so the two never mix);
-running again reuses what is finished. The closing line gives the wall time and the CPU time,
-which, unlike the wall time, hardly depends on what else the machine is doing.
+running again reuses what is finished. The closing line gives the wall and CPU time it took,
+where the results are, and the commands to try next.
 """
 
 import argparse
@@ -36,7 +36,7 @@ def main(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="2 folds x 4 epochs of a small model into demo_quick/ (about a minute)",
+        help="2 folds x 4 epochs of a small model into demo_quick/ (a few minutes at most)",
     )
     parser.add_argument("--workdir", default=None, help="demo_run/ (demo_quick/ with --quick)")
     parser.add_argument("--folds", type=int, nargs="+", default=None, help="1 2 3 4 5 (1 2)")
