@@ -207,3 +207,42 @@ def test_every_hparams_key_is_used():
             used_in_yaml = re.search(rf"<{key}[>\[.]", text)
             used_in_code = re.search(rf"(\[[\"']{key}[\"']\]|\.{key}\b)", code)
             assert used_in_yaml or used_in_code, f"{yaml_file}: {key} is never used"
+
+
+def test_feature_masking_applies_in_training_only():
+    """``time_masks`` (hnsd_improved.yaml): whole normalised frames are zeroed in training, the
+    rest of each frame left alone; evaluation features are never masked."""
+    import importlib.util
+
+    import speechbrain as sb
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.dataio.batch import PaddedBatch
+
+    spec = importlib.util.spec_from_file_location("hnsd_train", os.path.join(RECIPE, "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
+        overrides = {"data_folder": "unused", "time_masks": 3, "lstm_size": 16, "fc_size": 8}
+        hparams = load_hyperpyyaml(f, overrides)
+    del hparams["wav_augment"]  # only the feature masking is random here
+    brain = train.EmotionBrain(
+        modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
+    )
+    gen = torch.Generator().manual_seed(0)
+    batch = PaddedBatch(
+        [{"id": str(i), "sig": torch.randn(16000, generator=gen), "spk_id": "s"} for i in range(4)]
+    )
+    with torch.no_grad():
+        clean = torch.cat(brain.compute_features(batch, sb.Stage.VALID)[:2], -1)
+        assert not (clean == 0).all(-1).any()
+        masked_batches = 0
+        for seed in range(8):
+            torch.manual_seed(seed)
+            masked = torch.cat(brain.compute_features(batch, sb.Stage.TRAIN)[:2], -1)
+            dropped = (masked == 0).all(-1)  # (batch, frames)
+            assert torch.equal(masked[~dropped], clean[~dropped])
+            masked_batches += bool(dropped.any())
+            assert (dropped.sum(1) <= 3 * 19).all()  # at most 3 spans of 5-19 frames
+        assert masked_batches >= 4  # 0-3 spans per batch: most batches lose some frames
+        assert torch.equal(torch.cat(brain.compute_features(batch, sb.Stage.TEST)[:2], -1), clean)

@@ -49,7 +49,8 @@ class EmotionBrain(sb.Brain):
 
     def compute_features(self, batch, stage):
         """Returns the speaker-normalised static and dynamic streams of a batch and its relative
-        frame lengths (augmented waveforms in training, where the hparams have ``wav_augment``).
+        frame lengths (in training, augmented waveforms and masked frames where the hparams have
+        ``wav_augment`` and ``feat_augment``).
         """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
@@ -58,6 +59,9 @@ class EmotionBrain(sb.Brain):
         static, dynamic, lens = self.modules.features(wavs, wav_lens, return_lengths=True)
         n_static = static.shape[-1]
         feats = self.modules.normalizer(torch.cat([static, dynamic], -1), lens, batch.spk_id)
+        if stage == sb.Stage.TRAIN and hasattr(self.hparams, "feat_augment"):
+            # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
+            feats = self.hparams.feat_augment(feats)
         return feats[..., :n_static], feats[..., n_static:], lens
 
     def compute_forward(self, batch, stage):
