@@ -27,6 +27,7 @@ from hnsd_sb.model_info import (
     check_model_folder,
     describe,
     near_chance_warning,
+    read_architecture,
     read_model_info,
 )
 
@@ -384,6 +385,7 @@ def run_info(args):
     try:
         check_model_folder(folder)
         info = read_model_info(folder)
+        read_architecture(folder)  # the checks loading would make, without torch
     except (OSError, ValueError) as err:
         print(f"hnsd info: {err}", file=sys.stderr)
         return EXIT_USAGE

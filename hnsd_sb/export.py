@@ -134,9 +134,9 @@ def load_weights(module, path):
         raise ValueError(f"{path} does not fit {type(module).__name__}: {err}") from err
 
 
-def load_normalizer(normalizer, path):
+def load_normalizer(normalizer, path, n_features=None):
     """Loads ``SpeakerNormalization`` statistics (the exported folders' ``Pretrainer`` hook for
-    the normaliser; errors name the file).
+    the normaliser), checking their structure: errors name the file.
 
     Arguments
     ---------
@@ -144,6 +144,14 @@ def load_normalizer(normalizer, path):
         The normaliser to fill.
     path : str or path-like
         A file holding ``SpeakerNormalization.state()``.
+    n_features : int or None
+        The number of features the statistics must have (the model's input), if known.
+
+    Raises
+    ------
+    ValueError
+        The file is not such statistics, or they are inconsistent (lengths, shapes, counts,
+        non-finite values, ``n_features``).
 
     Example
     -------
@@ -155,10 +163,40 @@ def load_normalizer(normalizer, path):
     >>> load_normalizer(b, path)
     >>> b.speakers
     ['spk']
+    >>> load_normalizer(b, path, n_features=4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...normalizer.ckpt: statistics of 3 features, but the model takes 4
     """
     state = _load_state(path)
     if not isinstance(state, dict) or not {"speakers", "count", "sum", "sumsq"} <= set(state):
         raise ValueError(f"{path}: not SpeakerNormalization statistics")
+    speakers, count, total, sumsq = (state[k] for k in ("speakers", "count", "sum", "sumsq"))
+    if not isinstance(speakers, list) or not all(isinstance(s, str) for s in speakers):
+        raise ValueError(f"{path}: speakers must be a list of strings")
+    if len(set(speakers)) != len(speakers):
+        raise ValueError(f"{path}: a speaker is listed twice")
+    if speakers:
+        tensors = (count, total, sumsq)
+        if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors):
+            raise ValueError(f"{path}: count, sum and sumsq must be float tensors")
+        n = len(speakers)
+        if (
+            count.shape != (n,)
+            or total.dim() != 2
+            or total.shape[0] != n
+            or sumsq.shape != total.shape
+        ):
+            raise ValueError(
+                f"{path}: {n} speakers but count {tuple(count.shape)}, sum {tuple(total.shape)}, "
+                f"sumsq {tuple(sumsq.shape)} (expected [{n}], [{n}, F], [{n}, F])"
+            )
+        if not all(bool(torch.isfinite(t).all()) for t in tensors) or bool((count <= 0).any()):
+            raise ValueError(f"{path}: statistics must be finite, with positive frame counts")
+        if n_features is not None and total.shape[1] != n_features:
+            raise ValueError(
+                f"{path}: statistics of {total.shape[1]} features, but the model takes {n_features}"
+            )
     normalizer.load_state(state)
 
 
@@ -533,8 +571,8 @@ def architecture_of(modules, model_state, where):
     architecture = {}
     for name, (class_path, kwargs) in specs.items():
         ours = MODULE_CLASSES[name].split(".")[-1]
-        # hnsd_sb.HNSD and hnsd_sb.model.HNSD name the same class.
-        if not (class_path.startswith("hnsd_sb.") and class_path.split(".")[-1] == ours):
+        # hnsd_sb.HNSD and hnsd_sb.model.HNSD name the same class; nothing else is ours.
+        if class_path not in (MODULE_CLASSES[name], f"hnsd_sb.{ours}"):
             raise ValueError(
                 f"{where}: modules.{name} is {class_path}; a model folder can only hold "
                 f"hnsd_sb's own {ours}"
@@ -630,9 +668,9 @@ def write_model_folder(
         encoder.save(staging / LABEL_ENCODER_FILE)
         (staging / INTERFACE_FILE).write_text(INTERFACE_SOURCE, encoding="utf-8")
         (staging / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2) + "\n", "utf-8")
-        # Loading it back catches any mismatch between the architecture and the weights.
-        EmotionRecognizer.from_folder(staging, run_opts={"device": "cpu"})
-        _swap_into_place(staging, folder)
+        # Loading it back catches any mismatch between the architecture and the weights, and
+        # SpeechBrain's route through hyperparams.yaml must give the same model.
+        _check_both_routes(EmotionRecognizer, staging)
     except (OSError, RuntimeError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(err)
@@ -643,7 +681,34 @@ def write_model_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        _swap_into_place(staging, folder)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(f"{folder}: {err}") from err
     return folder
+
+
+def _check_both_routes(recognizer_class, folder):
+    """Loads a written model folder from ``model_info.json`` and from ``hyperparams.yaml`` (the
+    yaml is the one just rendered from the run's own specs) and checks that both give the same
+    outputs; raises ValueError naming the yaml otherwise."""
+    run_opts = {"device": "cpu"}
+    from_info = recognizer_class.from_folder(folder, run_opts=run_opts)
+    try:
+        from_yaml = recognizer_class.from_hparams(
+            source=str(folder), savedir=str(folder), run_opts=run_opts
+        )
+    except Exception as err:  # hyperpyyaml and the Pretrainer raise many types
+        raise ValueError(
+            f"{folder / HPARAMS_FILE}: the exported file does not load ({err})"
+        ) from err
+    wavs = torch.randn(2, from_info.sample_rate, generator=torch.Generator().manual_seed(0))
+    same = torch.allclose(from_info.infer_batch(wavs)[0], from_yaml.infer_batch(wavs)[0])
+    if not same or from_info.labels != list(from_yaml.labels):
+        raise ValueError(
+            f"{folder / HPARAMS_FILE}: gives another model than {MODEL_INFO_FILE}; please report"
+        )
 
 
 def _swap_into_place(staging, folder):
@@ -652,12 +717,26 @@ def _swap_into_place(staging, folder):
     if not folder.exists():
         os.replace(staging, folder)
         return
-    for extra in folder.iterdir():
-        if extra.name not in FOLDER_FILES and not (staging / extra.name).exists():
-            os.replace(extra, staging / extra.name)
+    # The previous folder is retired whole before the new one takes its place, and the user's
+    # files come over after: whenever this is interrupted, every file is in the previous folder,
+    # the new one, or the retired copy (named in the error), never deleted.
     retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, retired / folder.name)
-    os.replace(staging, folder)
+    old = retired / folder.name
+    os.replace(folder, old)
+    try:
+        os.replace(staging, folder)
+    except OSError as err:
+        os.replace(old, folder)
+        retired.rmdir()
+        raise OSError(f"cannot move the new model into place ({err}); nothing was changed") from err
+    try:
+        for extra in old.iterdir():
+            if extra.name not in FOLDER_FILES and not (folder / extra.name).exists():
+                os.replace(extra, folder / extra.name)
+    except OSError as err:
+        raise OSError(
+            f"the new model is in place, but some of your files stayed in {old} ({err})"
+        ) from err
     shutil.rmtree(retired, ignore_errors=True)
 
 

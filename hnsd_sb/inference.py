@@ -23,6 +23,9 @@ from hnsd_sb.model_info import MODEL_INFO_FILE, MODULE_CLASSES, read_architectur
 logger = logging.getLogger(__name__)
 # Peak amplitude below which an enrolment recording is taken as silence (-80 dB full scale).
 SILENCE_PEAK = 1e-4
+# Largest model a model folder may ask for: 30 times the paper's 3.4 M parameters. The
+# architecture is sized on the meta device (no memory) before anything is allocated.
+MAX_PARAMETERS = 100_000_000
 
 
 class EmotionRecognizer(Pretrained):
@@ -110,18 +113,35 @@ class EmotionRecognizer(Pretrained):
 
         path = Path(os.path.abspath(os.path.expanduser(str(folder))))
         labels, architecture = read_architecture(path)
+        info_file = path / MODEL_INFO_FILE
         modules = {}
         for name, kwargs in architecture.items():
             module_name, class_name = MODULE_CLASSES[name].rsplit(".", 1)
             module_class = getattr(importlib.import_module(module_name), class_name)
             try:
+                if name == "model":
+                    with torch.device("meta"):
+                        size = sum(p.numel() for p in module_class(**kwargs).parameters())
+                    if size > MAX_PARAMETERS:
+                        raise ValueError(
+                            f"{size:,} parameters, more than the {MAX_PARAMETERS:,} allowed"
+                        )
                 modules[name] = module_class(**kwargs)
             except (ValueError, TypeError, RuntimeError) as err:
                 raise ValueError(
-                    f"{path / MODEL_INFO_FILE}: architecture.{name} cannot be built: {err}"
+                    f"{info_file}: architecture.{name} cannot be built: {err}"
                 ) from None
-        load_weights(modules["model"], path / MODEL_FILE)
-        load_normalizer(modules["normalizer"], path / NORMALIZER_FILE)
+        n_params = sum(p.numel() for p in modules["model"].parameters())
+        weights_file = path / MODEL_FILE
+        # a state_dict file is its tensors plus a little pickle: refuse to read far more
+        if weights_file.is_file() and weights_file.stat().st_size > 8 * n_params + (1 << 20):
+            raise ValueError(
+                f"{weights_file}: {weights_file.stat().st_size:,} bytes, far more than the "
+                f"weights of the {n_params:,}-parameter model in {info_file}"
+            )
+        load_weights(modules["model"], weights_file)
+        n_features = modules["model"].n_static + modules["model"].n_dynamic
+        load_normalizer(modules["normalizer"], path / NORMALIZER_FILE, n_features)
         sample_rate = architecture["features"]["sample_rate"]
         hparams = {"labels": labels, "sample_rate": sample_rate}
         return cls(modules=modules, hparams=hparams, run_opts=run_opts)

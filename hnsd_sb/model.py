@@ -199,6 +199,7 @@ class HNSD(torch.nn.Module):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.streams = streams
+        self.n_static, self.n_dynamic = n_static, n_dynamic
         lstm = dict(
             hidden_size=hidden_size,
             num_layers=num_layers,

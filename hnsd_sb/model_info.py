@@ -9,8 +9,10 @@ warning says so rather than letting such a model pass for a result.
 
 Loading a model folder builds it from this file alone, so that a folder from a stranger runs no
 code: ``check_architecture`` accepts only the keys of ``ARCHITECTURE``, with their types and
-ranges (sizes are bounded, so a tampered file cannot ask for terabytes either), and
-``hnsd_sb.inference`` builds only hnsd_sb's own three classes from it.
+ranges, plus the consistency of the fields with each other (sizes are bounded, so a tampered
+file cannot ask for terabytes either), and ``hnsd_sb.inference`` builds only hnsd_sb's own three
+classes from it. Every other field is checked on reading as well, so a malformed file is an
+error that names it and its field, never a traceback.
 """
 
 import importlib
@@ -21,6 +23,11 @@ from pathlib import Path
 
 MODEL_INFO_FILE = "model_info.json"
 FORMAT_VERSION = 1
+MAX_INFO_BYTES = 1 << 20  # a real model_info.json is about 2 kB
+# The STFT of one second of audio may hold at most this many values (n_fft // 2 + 1 bins times
+# 1000 / hop_length frames): 100 times the recipe's 201 x 100, so absurd but in-range n_fft and
+# hop lengths cannot ask for gigabytes per second of audio.
+MAX_STFT_VALUES_PER_SECOND = 2_010_000
 # The modules of a model folder: the class built for each, and its arguments as
 # (key, allowed types, bounds or choices). Bounds are inclusive; None as a type allows None;
 # choices are named by the class attribute that lists them.
@@ -35,8 +42,8 @@ ARCHITECTURE = {
         "sample_rate": (_INT, (1000, 384000)),
         "n_mels": (_INT, (1, 512)),
         "win_length": (_NUM, (1, 1000)),
-        "hop_length": (_NUM, (1, 1000)),
-        "n_fft": (_INT, (16, 65536)),
+        "hop_length": (_NUM, (1, 100)),
+        "n_fft": (_INT, (16, 16384)),
         "delta_window": (_INT, (3, 99)),
         "f_min": (_NUM, (0, 192000)),
         "f_max": (_NUM + (type(None),), (1, 192000)),
@@ -49,12 +56,12 @@ ARCHITECTURE = {
     "model": {
         "n_static": (_INT, (1, 4096)),
         "n_dynamic": (_INT, (1, 4096)),
-        "hidden_size": (_INT, (1, 8192)),
+        "hidden_size": (_INT, (1, 4096)),
         "attention_size": (_INT, (1, 4096)),
-        "fc_size": (_INT, (1, 8192)),
+        "fc_size": (_INT, (1, 4096)),
         "n_classes": (_INT, (2, 10000)),
-        "fusion_size": (_INT + (type(None),), (1, 8192)),
-        "num_layers": (_INT, (1, 16)),
+        "fusion_size": (_INT + (type(None),), (1, 4096)),
+        "num_layers": (_INT, (1, 8)),
         "bidirectional": ((bool,), None),
         "dropout": (_NUM, (0, 1)),
         "streams": ((str,), "hnsd_sb.model.STREAMS"),
@@ -143,10 +150,6 @@ def read_architecture(folder):
     if info.get("architecture") is None:
         raise ValueError(f"{folder}: {OLD_EXPORT_HELP}")
     labels = info["labels"]
-    if not labels or not all(isinstance(label, str) and label for label in labels):
-        raise ValueError(f"{where}: labels must be a non-empty list of non-empty strings")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"{where}: labels are not distinct: {labels}")
     architecture = check_architecture(info["architecture"], where)
     n_classes = architecture["model"].get("n_classes")
     if n_classes != len(labels):
@@ -191,7 +194,7 @@ def check_architecture(architecture, where):
     >>> check_architecture({**arch, "model": {"hidden_size": 10**9}}, "model_info.json")
     Traceback (most recent call last):
     ...
-    ValueError: model_info.json: architecture.model.hidden_size is 1000000000, outside [1, 8192]
+    ValueError: model_info.json: architecture.model.hidden_size is 1000000000, outside [1, 4096]
     """
     if not isinstance(architecture, dict) or set(architecture) != set(ARCHITECTURE):
         raise ValueError(
@@ -217,10 +220,33 @@ def check_architecture(architecture, where):
                 )
             if isinstance(limits, tuple) and value is not None:
                 low, high = limits
-                if not (math.isfinite(value) and low <= value <= high):
+                finite = not isinstance(value, float) or math.isfinite(value)
+                if not (finite and low <= value <= high):
                     raise ValueError(f"{where}: {field} is {value!r}, outside [{low}, {high}]")
         checked[module] = dict(kwargs)
+    _check_consistency(checked, where)
     return checked
+
+
+def _check_consistency(architecture, where):
+    """Checks fields that must agree with each other (where both are given)."""
+    features, model = architecture["features"], architecture["model"]
+    n_mels = features.get("n_mels")
+    expected = {"n_static": n_mels, "n_dynamic": None if n_mels is None else 2 * n_mels}
+    for key, value in expected.items():
+        if value is not None and key in model and model[key] != value:
+            raise ValueError(
+                f"{where}: architecture.model.{key} is {model[key]} but the features give "
+                f"{value} (n_mels {n_mels})"
+            )
+    n_fft, hop = features.get("n_fft", 400), features.get("hop_length", 10)
+    values = (n_fft // 2 + 1) * 1000 / hop
+    if values > MAX_STFT_VALUES_PER_SECOND:
+        raise ValueError(
+            f"{where}: architecture.features n_fft {n_fft} with hop_length {hop} ms gives "
+            f"{values:.3g} STFT values per second of audio (at most "
+            f"{MAX_STFT_VALUES_PER_SECOND:.3g})"
+        )
 
 
 def make_model_info(
@@ -298,13 +324,48 @@ def read_model_info(folder):
     path = Path(folder) / MODEL_INFO_FILE
     if not path.is_file():
         return None
+    if path.stat().st_size > MAX_INFO_BYTES:
+        raise ValueError(
+            f"{path}: {path.stat().st_size} bytes, too large for a model information file"
+        )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, too many digits, too deep
         raise ValueError(f"{path}: not a valid model information file ({err})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("labels"), list):
-        raise ValueError(f"{path}: no list of labels")
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    _check_fields(info, path)
     return info
+
+
+def _check_fields(info, path):
+    """Checks the fields of ``model_info.json`` other than the architecture."""
+    version = info.get("format", FORMAT_VERSION)  # the first exports may lack it
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{path}: format must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: written by a newer hnsd-sb (format {version}; this one reads up to "
+            f"{FORMAT_VERSION}): upgrade hnsd-sb"
+        )
+    labels = info.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise ValueError(f"{path}: labels must be a non-empty list")
+    if not all(isinstance(label, str) and label for label in labels):
+        raise ValueError(f"{path}: labels must be non-empty strings, got {labels!r}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{path}: labels are not distinct: {labels}")
+    validation = info.get("validation") or {}
+    if not isinstance(validation, dict) or not all(
+        type(v) in _NUM and math.isfinite(v) for v in validation.values()
+    ):
+        raise ValueError(f"{path}: validation must map score names to numbers, got {validation!r}")
+    epoch = info.get("epoch")
+    if epoch is not None and (type(epoch) is not int or epoch < 0):
+        raise ValueError(f"{path}: epoch must be a non-negative integer or null, got {epoch!r}")
+    for key in ("exported_from", "hnsd_sb_version"):
+        if not isinstance(info.get(key), (str, type(None))):
+            raise ValueError(f"{path}: {key} must be a string or null, got {info[key]!r}")
 
 
 def near_chance_warning(info):
@@ -360,7 +421,8 @@ def describe(info):
     labels: neg, pos (chance UA 50.0 %)
     validation: UA 80.0 %, WA 79.5 % (epoch 7)
     """
-    lines = [f"labels: {', '.join(info['labels'])} (chance UA {info['chance_UA']} %)"]
+    chance = round(100.0 / len(info["labels"]), 2)  # from the labels, whatever the file says
+    lines = [f"labels: {', '.join(info['labels'])} (chance UA {chance} %)"]
     scores = ", ".join(f"{k} {v:.1f} %" for k, v in (info.get("validation") or {}).items())
     if scores:
         epoch = info.get("epoch")

@@ -292,6 +292,15 @@ TAMPERED = [  # (field of model_info.json, its new value, the error's words)
     ("labels", ["ang", "hap", "neu"], "3 labels but the model has 4 outputs"),
     ("labels", ["ang", "ang", "neu", "sad"], "labels are not distinct"),
     ("architecture", None, "exported by an older hnsd-sb"),
+    ("architecture.model.hidden_size", 10**400, "hidden_size is 1000"),  # no float overflow
+    ("architecture.model.n_static", 30, "n_static is 30 but the features give 26"),
+    ("architecture.features.hop_length", 0.2, "hop_length is 0.2, outside [1, 100]"),
+    ("format", 2, "written by a newer hnsd-sb (format 2"),
+    ("labels", [1, 2, 3, 4], "labels must be non-empty strings"),
+    ("labels", [], "labels must be a non-empty list"),
+    ("validation", {"UA": "high"}, "validation must map score names to numbers"),
+    ("epoch", "3", "epoch must be a non-negative integer or null"),
+    ("exported_from", ["x"], "exported_from must be a string or null"),
 ]
 
 
@@ -315,6 +324,138 @@ def test_tampered_model_info_is_refused_naming_the_field(
     assert cli_main(["predict", "--model", str(folder), str(wav)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert cli_main(["info", str(folder)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def write_info(folder, edit):
+    """Applies ``edit`` to the folder's parsed model_info.json and writes it back."""
+    info = json.loads((folder / "model_info.json").read_text())
+    edit(info)
+    (folder / "model_info.json").write_text(json.dumps(info))
+
+
+def test_an_oversized_architecture_is_refused_before_any_memory_is_taken(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "huge")
+    big = {"hidden_size": 4096, "num_layers": 8, "bidirectional": True, "fc_size": 4096}
+    write_info(folder, lambda info: info["architecture"]["model"].update(big))
+    with pytest.raises(ValueError, match="architecture.model cannot be built: .* parameters, more"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+
+
+def test_features_too_costly_per_second_are_refused(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "costly")
+    costly = {"n_fft": 16384, "hop_length": 2}  # each in range, 200 times the recipe's STFT
+    write_info(folder, lambda info: info["architecture"]["features"].update(costly))
+    with pytest.raises(ValueError, match="4.1e\\+06 STFT values per second of audio"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+
+
+def test_an_oversized_weights_file_is_not_read(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "padded")
+    with open(folder / "model.ckpt", "ab") as f:
+        f.truncate(64 << 20)
+    with pytest.raises(ValueError, match=r"model.ckpt: 67,108,864 bytes, far more than"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "not a valid model information file"),
+        ('{"labels": ["a", "b"], "epoch": ' + "9" * 5000 + "}", "not a valid model information"),
+        (" " * (2 << 20), "too large for a model information file"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+    ids=["deep", "digits", "huge", "list"],
+)
+def test_malformed_model_info_is_a_clear_error(model_folder, tmp_path, capsys, content, message):
+    folder = copy_folder(model_folder, tmp_path / "malformed")
+    (folder / "model_info.json").write_text(content)
+    assert cli_main(["info", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(folder) in err and "Traceback" not in err
+
+
+NORMALIZER_DAMAGE = [  # (change to the saved statistics, the error's words)
+    (lambda s: s.update(speakers=s["speakers"] + ["extra"]), "speakers but count"),
+    (lambda s: s.update(speakers=[1] * len(s["speakers"])), "speakers must be a list of strings"),
+    (lambda s: s["count"].fill_(float("nan")), "must be finite, with positive frame counts"),
+    (lambda s: s.update(sum=s["sum"][:, :3], sumsq=s["sumsq"][:, :3]), "statistics of 3 features"),
+    (lambda s: s.update(count=[1, 2]), "must be float tensors"),
+]
+
+
+@pytest.mark.parametrize("damage, message", NORMALIZER_DAMAGE)
+def test_damaged_normalizer_statistics_are_named(model_folder, tmp_path, damage, message):
+    folder = copy_folder(model_folder, tmp_path / "damaged")
+    state = torch.load(folder / "normalizer.ckpt", weights_only=True)
+    assert state["speakers"]  # the export holds the training speakers
+    damage(state)
+    torch.save(state, folder / "normalizer.ckpt")
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    assert "normalizer.ckpt" in str(error.value)
+
+
+def test_export_checks_the_yaml_route_too(run_folder, tmp_path, monkeypatch):
+    """SpeechBrain users load hyperparams.yaml: an export whose yaml would not give the model
+    is refused, and nothing is written."""
+    import hnsd_sb.export as export
+
+    render = export.render_hparams
+
+    def broken(*args):
+        return render(*args).replace("model: !new:hnsd_sb.HNSD", "model: !new:nope.X")
+
+    monkeypatch.setattr(export, "render_hparams", broken)
+    with pytest.raises(ValueError, match="hyperparams.yaml: the exported file does not load"):
+        export_model(run_folder, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_records_only_hnsd_sb_classes(tmp_path):
+    from hnsd_sb.export import architecture_of
+
+    for path in ("hnsd_sb.evil.HNSD", "mypackage.HNSD"):
+        with pytest.raises(ValueError, match=f"modules.model is {path}; a model folder can only"):
+            architecture_of({"model": (path, {"n_classes": 2})}, {}, "x")
+    for path in ("hnsd_sb.HNSD", "hnsd_sb.model.HNSD"):
+        assert architecture_of({"model": (path, {"n_classes": 2})}, {}, "x")["model"]
+
+
+def test_interrupted_overwrite_loses_none_of_the_users_files(run_folder, tmp_path, monkeypatch):
+    import hnsd_sb.export as export
+
+    folder = export_model(run_folder, tmp_path / "model")
+    (folder / "NOTES.md").write_text("mine")
+    real_replace = os.replace
+
+    def fail_on(call):
+        calls = []
+
+        def replace(src, dst):
+            calls.append(src)
+            if len(calls) == call:
+                raise OSError("simulated failure")
+            real_replace(src, dst)
+
+        return replace
+
+    # The new folder cannot be moved into place: the previous export is back, unchanged.
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(export.os, "replace", fail_on(2))
+    with pytest.raises(OSError, match="cannot move the new model into place.*nothing was changed"):
+        export_model(run_folder, folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # The user's file cannot be moved over: the error says where it is, and it is there.
+    monkeypatch.setattr(export.os, "replace", fail_on(3))
+    with pytest.raises(OSError, match="some of your files stayed in") as error:
+        export_model(run_folder, folder, overwrite=True)
+    kept = Path(re.search(r"stayed in (\S+) \(", str(error.value)).group(1))
+    assert (kept / "NOTES.md").read_text() == "mine"
+    assert (folder / "model_info.json").is_file()  # the new export is in place
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["model"]
 
 
 def test_folder_exported_before_model_info_gets_re_export_instructions(model_folder, tmp_path):
