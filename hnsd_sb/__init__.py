@@ -50,7 +50,24 @@ class _DropMessage(logging.Filter):
         self.prefix = prefix
 
     def filter(self, record):
-        """False (drop) for the known notice, True for every other record."""
+        """Tells whether a log record passes.
+
+        Arguments
+        ---------
+        record : logging.LogRecord
+            The record.
+
+        Returns
+        -------
+        bool
+            False (drop) for the known notice, True for every other record.
+
+        Example
+        -------
+        >>> drop = _DropMessage("noise")
+        >>> drop.filter(logging.makeLogRecord({"msg": "noise here"}))
+        False
+        """
         return not str(record.msg).startswith(self.prefix)
 
 
@@ -70,4 +87,16 @@ def __getattr__(name):
 
 
 def __dir__():
+    """The module's names, the lazily imported public classes included (PEP 562).
+
+    Returns
+    -------
+    list of str
+        Sorted names.
+
+    Example
+    -------
+    >>> "HNSD" in __dir__()
+    True
+    """
     return sorted(list(globals()) + __all__)

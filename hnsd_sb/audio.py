@@ -273,13 +273,13 @@ def load_audio(
         data, file_rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"cannot decode samples ({err})") from err
-    if data.shape[0] == 0:
-        raise AudioError(path, "empty file (0 samples)")
     if data.shape[0] < info.frames and not allow_truncated:
         # A compressed stream cut short: the header promises more than decodes.
         raise AudioError(
             path, f"truncated: the header declares {info.frames} frames but {data.shape[0]} decode"
         )
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty file (0 samples)")
     finite = np.isfinite(data)
     if not finite.all():
         bad = data[~finite]

@@ -165,6 +165,24 @@ def classify_record(recognizer, path, speaker=None, attention=False, max_duratio
     -------
     dict
         ``path, label, score, probabilities, duration, error``.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> from hnsd_sb import HNSD
+    >>> from hnsd_sb.export import write_model_folder
+    >>> from hnsd_sb.inference import EmotionRecognizer
+    >>> tmp = getfixture("tmpdir")
+    >>> spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
+    >>> state = HNSD(hidden_size=8, fc_size=4, n_classes=2).state_dict()
+    >>> _ = write_model_folder(tmp.join("model").strpath, ["neg", "pos"], state, modules=spec)
+    >>> recognizer = EmotionRecognizer.from_folder(tmp.join("model").strpath)
+    >>> sf.write(tmp.join("a.wav").strpath, np.zeros(16000), 16000)
+    >>> record = classify_record(recognizer, tmp.join("a.wav").strpath)
+    >>> record["label"] in ("neg", "pos"), record["duration"], record["error"]
+    (True, 1.0, None)
+    >>> classify_record(recognizer, "/no/such.wav")["error"]
+    '/no/such.wav: file not found'
     """
     from hnsd_sb.audio import AudioError
 

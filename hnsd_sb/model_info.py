@@ -148,7 +148,12 @@ def read_architecture(folder):
     info = read_model_info(folder)
     where = Path(folder) / MODEL_INFO_FILE
     if info.get("architecture") is None:
-        raise ValueError(f"{folder}: {OLD_EXPORT_HELP}")
+        if (Path(folder) / "hyperparams.yaml").is_file():
+            raise ValueError(f"{folder}: {OLD_EXPORT_HELP}")
+        raise ValueError(
+            f"{where}: no architecture (an export of an older hnsd-sb, or a damaged file): "
+            "export the run again with `hnsd export RUN_DIR MODEL_DIR`"
+        )
     labels = info["labels"]
     architecture = check_architecture(info["architecture"], where)
     n_classes = architecture["model"].get("n_classes")

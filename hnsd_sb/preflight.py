@@ -18,7 +18,7 @@ from collections import Counter
 import soundfile as sf
 from tqdm import tqdm
 
-from hnsd_sb.audio import AudioError, load_audio
+from hnsd_sb.audio import AudioError, check_audio_header, load_audio
 from hnsd_sb.manifest import (
     ManifestError,
     ManifestProblem,
@@ -82,8 +82,9 @@ def undecodable_rows(csv_path, replacements=None, progress=True):
         wav = _PLACEHOLDER.sub(lambda m: replacements.get(m[1], m[0]), wav)
         try:
             info = sf.info(wav)
-        except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
-            continue  # missing or unreadable: validate_manifest says why
+            check_audio_header(wav, min_duration=0.0, allow_truncated=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError, OSError, AudioError):
+            continue  # missing, unreadable or a bad header: validate_manifest says why, once
         if info.subtype not in FLOAT_SUBTYPES and info.format not in DECODED_FORMATS:
             continue
         try:

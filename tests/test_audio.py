@@ -1,6 +1,7 @@
 """Tests of robust audio loading: every bad file is rejected naming it, good ones load right."""
 
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -72,6 +73,26 @@ def test_truncated_riff_is_rejected_or_read_partially(tmp_path, valid_wav_bytes)
     assert partial.shape[0] == (len(valid_wav_bytes) // 2 - 44) // 2
     full = load_audio(write(tmp_path / "full.wav", sine(440, 0.5, 16000), subtype="PCM_16"))
     torch.testing.assert_close(partial, full[: partial.shape[0]])
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.0], ids=["half", "none"])
+def test_stream_decoding_to_fewer_frames_than_its_header_is_truncated(tmp_path, monkeypatch, kept):
+    """A compressed stream whose decoder stops early (its header, e.g. FLAC's STREAMINFO, keeps
+    the full length) is named truncated, also when nothing decodes; allow_truncated reads it."""
+    import hnsd_sb.audio as audio
+
+    path = write(tmp_path / "cut.flac", sine(440, 1.0, 16000))
+    real_read = audio.sf.read
+
+    def early_stop(*args, **kwargs):
+        data, rate = real_read(*args, **kwargs)
+        return data[: int(len(data) * kept)], rate
+
+    monkeypatch.setattr(audio.sf, "read", early_stop)
+    declared = f"header declares 16000 frames but {int(16000 * kept)} decode"
+    assert_rejected(path, re.escape(f"truncated: the {declared}"))
+    if kept:
+        assert load_audio(path, allow_truncated=True).shape == (8000,)
 
 
 @pytest.mark.parametrize("cut", [4, 20, 40, 44])

@@ -398,6 +398,15 @@ def test_damaged_normalizer_statistics_are_named(model_folder, tmp_path, damage,
     assert "normalizer.ckpt" in str(error.value)
 
 
+def test_folder_without_architecture_or_yaml_says_to_export_again(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "bare")
+    write_info(folder, lambda info: info.update(architecture=None))
+    (folder / "hyperparams.yaml").unlink()
+    with pytest.raises(ValueError, match="no architecture .* export the run again") as error:
+        EmotionRecognizer.from_folder(folder)
+    assert "runs that code" not in str(error.value)  # there is no yaml to run
+
+
 def test_export_checks_the_yaml_route_too(run_folder, tmp_path, monkeypatch):
     """SpeechBrain users load hyperparams.yaml: an export whose yaml would not give the model
     is refused, and nothing is written."""
