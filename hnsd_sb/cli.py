@@ -23,7 +23,9 @@ from importlib import metadata
 from pathlib import Path
 
 from hnsd_sb import __version__
+from hnsd_sb.model_card import CARD_FILE
 from hnsd_sb.model_info import (
+    MODEL_INFO_FILE,
     check_model_folder,
     describe,
     near_chance_warning,
@@ -403,16 +405,27 @@ def run_info(args):
     try:
         check_model_folder(folder)
         info = read_model_info(folder)
-        read_architecture(folder)  # the checks loading would make, without torch
-    except (OSError, ValueError) as err:
+        read_architecture(folder)  # fails fast, before torch is imported
+        from hnsd_sb.inference import EmotionRecognizer
+
+        model = EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"}).mods.model
+        card_file = folder / CARD_FILE
+        card = card_file.read_text(encoding="utf-8") if card_file.is_file() else None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         print(f"hnsd info: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"model folder: {folder}")
     for line in describe(info):
         print(line)
+    n_parameters = sum(p.numel() for p in model.parameters())
+    print(f"loads: yes ({n_parameters:,} parameters, built from {MODEL_INFO_FILE})")
     warning = near_chance_warning(info)
     if warning:
         print(f"warning: {warning}")
+    if card is not None:
+        print(f"\n{card_file}:\n\n{card}", end="")
+    else:
+        print("model card: none (exported before hnsd-sb wrote one; export the run again)")
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from hnsd_sb import __version__
 from hnsd_sb.cli import add_export_arguments
+from hnsd_sb.model_card import CARD_FILE, render_model_card, summarize_run
 from hnsd_sb.model_info import (
     MODEL_INFO_FILE,
     MODULE_CLASSES,
@@ -64,6 +65,7 @@ FOLDER_FILES = (
     LABEL_ENCODER_FILE,
     INTERFACE_FILE,
     MODEL_INFO_FILE,
+    CARD_FILE,
 )
 # The first line of an exported hparams file: how an existing folder is recognised as ours.
 HEADER = "# HNSD speech emotion recognizer exported by hnsd_sb.export"
@@ -593,6 +595,7 @@ def write_model_folder(
     note="",
     overwrite=False,
     info=None,
+    run=None,
 ):
     """Writes a model folder from weights in memory, then loads it back to check it.
 
@@ -618,6 +621,9 @@ def write_model_folder(
     info : dict or None
         Extra ``make_model_info`` arguments for ``model_info.json`` (``validation``,
         ``source``, ``epoch``).
+    run : dict or None
+        ``hnsd_sb.model_card.summarize_run`` of the run the weights come from, for the model
+        card (``README.md``); None: the card says the training is unknown.
 
     Returns
     -------
@@ -632,7 +638,7 @@ def write_model_folder(
     >>> model = HNSD(hidden_size=8, fc_size=4, n_classes=2)
     >>> _ = write_model_folder(folder, ["neg", "pos"], model.state_dict(), modules=spec)
     >>> sorted(p.name for p in folder.iterdir())
-    ['custom_interface.py', 'hyperparams.yaml', 'label_encoder.txt', 'model.ckpt', \
+    ['README.md', 'custom_interface.py', 'hyperparams.yaml', 'label_encoder.txt', 'model.ckpt', \
 'model_info.json', 'normalizer.ckpt']
     """
     from hnsd_sb.inference import EmotionRecognizer  # inference imports this module
@@ -668,6 +674,9 @@ def write_model_folder(
         encoder.save(staging / LABEL_ENCODER_FILE)
         (staging / INTERFACE_FILE).write_text(INTERFACE_SOURCE, encoding="utf-8")
         (staging / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2) + "\n", "utf-8")
+        n_parameters = sum(value.numel() for value in weights.values() if value.is_floating_point())
+        card = render_model_card(model_info, n_parameters, run)
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
         # Loading it back catches any mismatch between the architecture and the weights, and
         # SpeechBrain's route through hyperparams.yaml must give the same model.
         _check_both_routes(EmotionRecognizer, staging)
@@ -738,6 +747,21 @@ def _swap_into_place(staging, folder):
             f"the new model is in place, but some of your files stayed in {old} ({err})"
         ) from err
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _run_summary(run_folder, checkpoint, epoch):
+    """``summarize_run`` of the run, its test scores kept only when they are of the exported
+    checkpoint: the epoch they record, or (runs that did not record it) the best-UA one, which
+    train.py tests."""
+    run = summarize_run(run_folder)
+    tested = (run["test"] or {}).get("epoch")
+    if tested is None:
+        same = find_checkpoint(run_folder, max_key="UA").path == checkpoint.path
+    else:
+        same = str(tested) == epoch
+    if not same:
+        run["test"] = None
+    return run
 
 
 def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=False):
@@ -823,6 +847,7 @@ def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=Fals
             "source": ckpt_dir,
             "epoch": int(epoch) if epoch.isdigit() else None,
         },
+        run=_run_summary(run_folder, checkpoint, epoch),
     )
     logger.info("Exported %s to %s", ckpt_dir, out)
     return out

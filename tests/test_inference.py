@@ -122,6 +122,34 @@ def test_model_info_records_the_exported_checkpoint(model_folder, run_folder):
     assert info["epoch"] == 1 and info["exported_from"] == str(checkpoint.path)
 
 
+def test_model_card_is_filled_from_the_run(model_folder, run_folder, capsys):
+    card = (model_folder / "README.md").read_text()
+    results = json.loads((run_folder / "test_results.json").read_text())
+    with open(run_folder / "train.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    n_params = sum(t.numel() for t in torch.load(model_folder / "model.ckpt").values())
+    assert f"{n_params:,} parameters" in card
+    assert "Corpus: **IEMOCAP**, English (North American)" in card
+    for emo in sorted({row["emo"] for row in rows}):
+        mine = [row for row in rows if row["emo"] == emo]
+        hours = sum(float(row["duration"]) for row in mine) / 3600
+        speakers = len({row["spk_id"] for row in mine})
+        assert f"| {emo} | {len(mine)} | {hours:.2f} | {speakers} |" in card
+    wa, ua = (f"{100 * results[k]:.2f}" for k in ("WA", "UA"))
+    assert f"| test | {wa} | {ua} | {results['n']} |" in card
+    info = read_model_info(model_folder)
+    assert (
+        f"| validation | {info['validation']['WA']:.2f} | {info['validation']['UA']:.2f} |" in card
+    )
+    assert results["epoch"] == info["epoch"]  # the tested checkpoint is the exported one
+    assert f"python {RECIPE / 'train.py'} {RECIPE / 'hparams' / 'hnsd.yaml'}" in card
+    assert "IEMOCAP release agreement" in card and "Not for decisions about people" in card
+    # hnsd info prints it, after checking that the folder loads
+    assert cli_main(["info", str(model_folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"loads: yes ({n_params:,} parameters" in out and out.endswith(card)
+
+
 def test_exported_folder_holds_inference_files_only(model_folder, run_folder):
     assert sorted(p.name for p in model_folder.iterdir()) == sorted(FOLDER_FILES)
     text = (model_folder / "hyperparams.yaml").read_text()

@@ -18,6 +18,7 @@ confusion matrix (CSV and PNG) and ``predictions.csv`` to the output folder.
 import json
 import logging
 import os
+import shlex
 import sys
 
 import speechbrain as sb
@@ -151,6 +152,9 @@ class EmotionBrain(sb.Brain):
                     "labels": labels,
                     "confusion": summary["confusion"].tolist(),
                     "n": summary["n"],
+                    # for the model card of an export: which checkpoint, and how it was trained
+                    "epoch": self.hparams.epoch_counter.current,
+                    "command": shlex.join(["python", *sys.argv]),
                 },
                 f,
                 indent=2,
