@@ -280,19 +280,57 @@ def load_audio(
         )
     if data.shape[0] == 0:
         raise AudioError(path, "empty file (0 samples)")
+    return to_model_rate(path, data, file_rate, sample_rate)
+
+
+def to_model_rate(path, data, file_rate, sample_rate):
+    """Checks decoded samples and turns them into the model's mono waveform.
+
+    ``load_audio`` calls it on a whole file, ``hnsd_sb.segments`` on each span of a long one.
+
+    Arguments
+    ---------
+    path : str
+        The file, for error messages.
+    data : numpy.ndarray
+        ``[frames, channels]`` float32 samples as soundfile decodes them.
+    file_rate : int
+        Their sampling rate.
+    sample_rate : int
+        The rate to return.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[samples]`` float32, channels averaged, resampled to ``sample_rate``.
+
+    Raises
+    ------
+    AudioError
+        The samples hold NaN / Inf or values beyond ``MAX_ABS_AMPLITUDE``.
+
+    Example
+    -------
+    >>> to_model_rate("a.wav", np.full((4800, 2), 0.5, np.float32), 48000, 16000).shape
+    torch.Size([1600])
+    >>> to_model_rate("a.wav", np.full((8, 1), np.nan, np.float32), 16000, 16000)
+    Traceback (most recent call last):
+    ...
+    hnsd_sb.audio.AudioError: a.wav: 8 samples are NaN
+    """
     finite = np.isfinite(data)
     if not finite.all():
         bad = data[~finite]
         kinds = " and ".join(k for k, m in (("NaN", np.isnan), ("Inf", np.isinf)) if m(bad).any())
         raise AudioError(path, f"{bad.size} samples are {kinds}")
-    peak = float(np.abs(data).max())
+    peak = float(np.abs(data).max()) if data.size else 0.0
     if peak > MAX_ABS_AMPLITUDE:
         raise AudioError(
             path,
             f"samples reach {peak:.3g}: float audio is nominally within [-1, 1], and beyond "
             f"±{MAX_ABS_AMPLITUDE:g} it is taken as corrupt or mis-scaled",
         )
-    wav = torch.from_numpy(data.mean(axis=1) if info.channels > 1 else data[:, 0])
+    wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
     if file_rate != sample_rate:
         wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
     return wav.contiguous()

@@ -42,8 +42,8 @@ AUDIO_EXTENSIONS = frozenset(
 )
 # Name under which --enroll recordings are enrolled when --speaker does not name them.
 ENROLLED_SPEAKER = "reference speaker"
-# Longest recording `hnsd predict` classifies by default: one utterance of 15 minutes takes about
-# 1.4 GB; longer files are refused with an error record rather than exhausting memory.
+# Longest recording `hnsd predict` classifies as one utterance by default: 15 minutes take about
+# 1.4 GB; longer files get an error record that points to --segment (bounded memory).
 DEFAULT_MAX_DURATION = 900.0
 # Packages whose versions `hnsd info` reports.
 STACK = ("torch", "torchaudio", "speechbrain", "hyperpyyaml", "soundfile", "numpy")
@@ -55,6 +55,7 @@ examples:
   hnsd predict --model hnsd-iemocap recording.wav
   hnsd predict --model hnsd-iemocap --format csv -o predictions.csv recordings/
   hnsd predict --model hnsd-iemocap --enroll alice_reference/ alice_session/
+  hnsd predict --model hnsd-iemocap --segment --plot timelines/ interview.wav
 
 exit status: predict: 0 every file was classified, 1 some files failed (their records say
 why), 2 bad usage, a model folder that cannot be loaded, no input files, or an output that
@@ -71,6 +72,13 @@ JSON lines (default): {"path", "label", "score", "probabilities": {label: p}, "d
 "error"}; a file that cannot be classified (missing, unreadable, empty, truncated, shorter than
 one 25 ms frame, NaN or Inf samples) gets label, score, probabilities and duration null and an
 "error" naming it. CSV: columns path, label, score, duration, p_<label>..., error.
+
+Emotion over time (--segment [SECONDS], default 4 s windows every --hop 2 s): each file is read
+span by span, in memory bounded by the window, and gets a record per window (with "window",
+"start" and "end" in seconds) and then a summary record ("window": "summary") holding the mean
+of the window probabilities and its label. --plot DIR draws each file's probabilities over time
+above its waveform envelope (DIR/<name>.png). The statistics that normalise a long recording
+come from the recording itself, unless --enroll or --speaker name the speaker.
 
 Speaker normalisation: by default every file is treated as an unseen speaker and normalised
 with its own statistics (the model's "unseen" policy). With --enroll, the statistics of the
@@ -194,7 +202,10 @@ def classify_record(recognizer, path, speaker=None, attention=False, max_duratio
         wav = recognizer.load_audio(path, max_duration=max_duration)
         log_probs, weights, _ = recognizer.infer_batch(wav.unsqueeze(0), None, speaker)
     except AudioError as err:
-        return dict(record, error=printable(str(err)))
+        message = str(err)
+        if max_duration is not None and "too long" in message:
+            message += "; classify it window by window, in bounded memory, with --segment"
+        return dict(record, error=printable(message))
     except (OSError, RuntimeError, ValueError) as err:
         return dict(record, error=printable(f"{path}: {err}"))
     if not (log_probs.isfinite().all() and weights.isfinite().all()):
@@ -227,6 +238,9 @@ class RecordWriter:
         ``"jsonl"`` or ``"csv"``.
     labels : list of str
         The model's labels (the CSV probability columns ``p_<label>``).
+    segments : bool
+        Window records (``--segment``): CSV columns ``window, start, end`` instead of
+        ``duration``.
 
     Example
     -------
@@ -240,13 +254,16 @@ class RecordWriter:
     a.wav,pos,0.7,1.0,0.3,0.7,
     """
 
-    def __init__(self, stream, fmt, labels):
+    def __init__(self, stream, fmt, labels, segments=False):
         self.stream = stream
         self.fmt = fmt
         self.labels = list(labels)
         self.csv = None
+        # window records (hnsd_sb.segments) have a window and a span instead of a duration
+        self.columns = ("path", "window", "start", "end") if segments else ("path",)
+        self.columns += ("label", "score") + (() if segments else ("duration",))
         if fmt == "csv":
-            fields = ["path", "label", "score", "duration"]
+            fields = list(self.columns)
             fields += [f"p_{lab}" for lab in self.labels] + ["error"]
             self.csv = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n")
             self.csv.writeheader()
@@ -257,13 +274,13 @@ class RecordWriter:
         Arguments
         ---------
         record : dict
-            As made by ``classify_record``.
+            As made by ``classify_record`` (or ``hnsd_sb.segments.classify_windows``).
         """
         if self.csv is None:
             # allow_nan=False: NaN is not JSON; classify_record never lets one through.
             self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         else:
-            row = {key: record.get(key) for key in ("path", "label", "score", "duration")}
+            row = {key: record.get(key) for key in self.columns}
             for lab in self.labels:
                 row[f"p_{lab}"] = (record["probabilities"] or {}).get(lab)
             row["error"] = record.get("error")
@@ -287,6 +304,21 @@ def run_predict(args):
     if args.attention and args.format == "csv":
         print("hnsd predict: --attention needs the jsonl format", file=sys.stderr)
         return EXIT_USAGE
+    segmented = args.segment is not None
+    if not segmented and (args.hop is not None or args.plot is not None):
+        print("hnsd predict: --hop and --plot need --segment", file=sys.stderr)
+        return EXIT_USAGE
+    if segmented:
+        if args.attention:
+            print("hnsd predict: --attention and --segment do not go together", file=sys.stderr)
+            return EXIT_USAGE
+        args.hop = args.segment / 2 if args.hop is None else args.hop
+        if not (args.segment >= 0.1 and 0 < args.hop <= args.segment):
+            print(
+                "hnsd predict: --segment must be at least 0.1 s and --hop within (0, segment]",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     files = find_audio_files(args.inputs)
     if not files:
         print("hnsd predict: no input files", file=sys.stderr)
@@ -342,23 +374,32 @@ def run_predict(args):
     where = args.output if to_file else "standard output"
     failed = 0
     try:
+        if args.plot:
+            os.makedirs(args.plot, exist_ok=True)
+    except OSError as err:
+        print(f"hnsd predict: cannot write {args.plot}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         stream = open(args.output, "w", encoding="utf-8", newline="") if to_file else sys.stdout
         try:
-            writer = RecordWriter(stream, args.format, recognizer.labels)
-            progress = tqdm(
-                files,
-                desc="hnsd predict",
-                unit="file",
-                file=sys.stderr,
-                disable=args.quiet or len(files) < 2,
-                dynamic_ncols=True,
-            )
-            for path in progress:
-                record = classify_record(
-                    recognizer, path, speaker, args.attention, args.max_duration or None
+            writer = RecordWriter(stream, args.format, recognizer.labels, segments=segmented)
+            if segmented:
+                failed = _predict_windows(recognizer, files, speaker, writer, args)
+            else:
+                progress = tqdm(
+                    files,
+                    desc="hnsd predict",
+                    unit="file",
+                    file=sys.stderr,
+                    disable=args.quiet or len(files) < 2,
+                    dynamic_ncols=True,
                 )
-                failed += record["error"] is not None
-                writer.write(record)
+                for path in progress:
+                    record = classify_record(
+                        recognizer, path, speaker, args.attention, args.max_duration or None
+                    )
+                    failed += record["error"] is not None
+                    writer.write(record)
         finally:
             if to_file:
                 stream.close()
@@ -371,6 +412,60 @@ def run_predict(args):
         print(f"hnsd predict: {failed} of {len(files)} files failed", file=sys.stderr)
         return EXIT_FILE_ERRORS
     return EXIT_OK
+
+
+def _predict_windows(recognizer, files, speaker, writer, args):
+    """``hnsd predict --segment``: window records and a summary per file, optional plots;
+    returns the number of files that failed."""
+    from tqdm import tqdm
+
+    from hnsd_sb.audio import AudioError, check_audio_header
+    from hnsd_sb.segments import classify_windows, plot_timeline, window_count
+
+    total = 0
+    for path in files:  # headers only: the bar's length
+        try:
+            total += window_count(check_audio_header(path).duration, args.segment, args.hop)
+        except AudioError:
+            pass
+    failed, used_names = 0, set()
+    with tqdm(
+        total=total,
+        desc="hnsd predict",
+        unit="window",
+        file=sys.stderr,
+        disable=args.quiet,
+        dynamic_ncols=True,
+    ) as bar:
+        for path in files:
+            envelope = [] if args.plot else None
+            windows = []
+            for record in classify_windows(
+                recognizer, path, args.segment, args.hop, speaker, progress=bar.update,
+                envelope=envelope,
+            ):  # fmt: skip
+                record["path"] = printable(record["path"])
+                if record["error"] is not None:
+                    record["error"] = printable(record["error"])
+                    failed += 1
+                elif record["window"] != "summary":
+                    windows.append(record)
+                writer.write(record)
+            if args.plot and windows:
+                stem = printable(Path(path).stem)
+                name, n = stem, 1
+                while name in used_names:  # same name in two folders
+                    n += 1
+                    name = f"{stem}_{n}"
+                used_names.add(name)
+                png = os.path.join(args.plot, f"{name}.png")
+                try:
+                    title = printable(str(path))
+                    plot_timeline(windows, envelope[0], recognizer.labels, png, title)
+                except OSError as err:  # its records are written; the plot alone is lost
+                    print(f"hnsd predict: cannot write {png}: {err}", file=sys.stderr)
+                    failed += 1
+    return failed
 
 
 def run_info(args):
@@ -544,6 +639,23 @@ def build_parser():
         help=f"longest recording to classify; longer files get an error record "
         f"(default {DEFAULT_MAX_DURATION:g}; 0: no limit)",
     )
+    predict.add_argument(
+        "--segment",
+        type=_seconds,
+        nargs="?",
+        const=4.0,
+        metavar="SECONDS",
+        help="classify each file window by window, in bounded memory: a record per window "
+        "and a summary per file (windows of 4 s when no value is given)",
+    )
+    predict.add_argument(
+        "--hop", type=_seconds, metavar="SECONDS", help="step between windows (default: half "
+        "the window)"
+    )  # fmt: skip
+    predict.add_argument(
+        "--plot", metavar="DIR", help="with --segment: a PNG per file of the probabilities over "
+        "time above the waveform envelope"
+    )  # fmt: skip
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: inferred)")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=run_predict)

@@ -357,13 +357,27 @@ class EmotionRecognizer(Pretrained):
                     peak,
                     speaker,
                 )
-            with torch.no_grad():
-                static, dynamic, lens = self.mods.features(
-                    wav.reshape(1, -1), torch.ones(1, device=self.device), return_lengths=True
-                )
-            self.mods.normalizer.accumulate(torch.cat([static, dynamic], -1), lens, [speaker])
+            self.accumulate(speaker, wav)
             total += wav.numel() / self.sample_rate
         return total
+
+    def accumulate(self, speaker, wav):
+        """Adds one waveform's feature statistics to a speaker's (``enroll`` without the
+        checks; ``hnsd_sb.segments`` feeds it a long recording span by span).
+
+        Arguments
+        ---------
+        speaker : str
+            Speaker id.
+        wav : torch.Tensor
+            ``[samples]`` at ``sample_rate``, at least one analysis frame long.
+        """
+        wav = wav.to(self.device, torch.float32).reshape(1, -1)
+        with torch.no_grad():
+            static, dynamic, lens = self.mods.features(
+                wav, torch.ones(1, device=self.device), return_lengths=True
+            )
+        self.mods.normalizer.accumulate(torch.cat([static, dynamic], -1), lens, [speaker])
 
     def forward(self, wavs, wav_lens=None, speakers=None):
         """Classifies a batch of waveforms: see ``classify_batch``.
