@@ -7,7 +7,6 @@ checkpointer and ``Pretrainer``.
 """
 
 import torch
-from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
@@ -20,6 +19,10 @@ UNSEEN_POLICIES = ("utterance", "global")
 
 def real_frame_mask(lengths, max_len, device=None):
     """Returns a boolean mask of the real frames of a padded batch.
+
+    Not ``speechbrain.dataio.dataio.length_to_mask``: that calls ``len()`` on the lengths, which
+    fixes the batch size in an exported graph (``torch.onnx.export``); this is the same
+    comparison, broadcast instead.
 
     Arguments
     ---------
@@ -41,7 +44,9 @@ def real_frame_mask(lengths, max_len, device=None):
     [[1, 1, 1, 1], [1, 1, 0, 0]]
     """
     n_frames = torch.round(lengths.float() * max_len).clamp(min=1, max=max_len)
-    return length_to_mask(n_frames, max_len, device=device).bool()
+    frames = torch.arange(max_len, device=lengths.device, dtype=n_frames.dtype)
+    mask = frames.unsqueeze(0) < n_frames.unsqueeze(1)
+    return mask if device is None else mask.to(device)
 
 
 @register_checkpoint_hooks
