@@ -27,6 +27,10 @@ MAX_ABS_AMPLITUDE = 64.0
 # Sampling rates outside these bounds are corrupt headers: at 1 Hz, resampling a 64 KB file to
 # 16 kHz would take gigabytes.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+# The exact resampling filter between two rates has (rate_a / gcd) x (rate_b / gcd) phases: 70 k
+# for 44.1 to 16 kHz, but 256 M (4.7 GB, 10 s) for 16001 Hz. Beyond this many, a file is
+# resampled as if recorded at the nearest multiple of 100 Hz (see ``resampling_rate``).
+MAX_RESAMPLING_PHASES = 1_000_000
 
 
 class AudioError(ValueError):
@@ -273,6 +277,12 @@ def load_audio(
         data, file_rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"cannot decode samples ({err})") from err
+    except MemoryError:  # a header declaring billions of frames
+        raise AudioError(
+            path,
+            f"{info.frames} frames ({info.duration:.4g} s) do not fit in memory; classify it "
+            "window by window (hnsd predict --segment)",
+        ) from None
     if data.shape[0] < info.frames and not allow_truncated:
         # A compressed stream cut short: the header promises more than decodes.
         raise AudioError(
@@ -318,6 +328,33 @@ def to_model_rate(path, data, file_rate, sample_rate):
     ...
     hnsd_sb.audio.AudioError: a.wav: 8 samples are NaN
     """
+    check_samples(path, data)
+    wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
+    if file_rate != sample_rate:
+        wav = torchaudio.functional.resample(
+            wav, resampling_rate(file_rate, sample_rate), sample_rate
+        )
+    return wav.contiguous()
+
+
+def check_samples(path, data):
+    """Raises the ``AudioError`` of decoded samples holding NaN / Inf or absurd values.
+
+    Arguments
+    ---------
+    path : str
+        The file, for the message.
+    data : numpy.ndarray
+        Decoded samples.
+
+    Example
+    -------
+    >>> check_samples("a.wav", np.array([0.5, 100.0]))
+    Traceback (most recent call last):
+    ...
+    hnsd_sb.audio.AudioError: a.wav: samples reach 100: float audio is nominally within [-1, 1], \
+and beyond ±64 it is taken as corrupt or mis-scaled
+    """
     finite = np.isfinite(data)
     if not finite.all():
         bad = data[~finite]
@@ -330,10 +367,80 @@ def to_model_rate(path, data, file_rate, sample_rate):
             f"samples reach {peak:.3g}: float audio is nominally within [-1, 1], and beyond "
             f"±{MAX_ABS_AMPLITUDE:g} it is taken as corrupt or mis-scaled",
         )
-    wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
-    if file_rate != sample_rate:
-        wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
-    return wav.contiguous()
+
+
+def check_decodes(path, allow_truncated=False, block=1 << 16):
+    """Decodes a whole file block by block, in bounded memory, and raises the ``AudioError``
+    that ``load_audio`` would for its samples (preflight's check of float and compressed files).
+
+    Arguments
+    ---------
+    path : str
+        Audio file, whose header is assumed checked (``check_audio_header``).
+    allow_truncated : bool
+        Accept fewer decoded frames than the header declares.
+    block : int
+        Frames decoded at a time.
+
+    Example
+    -------
+    >>> import soundfile as sf
+    >>> path = getfixture("tmpdir").join("nan.wav").strpath
+    >>> sf.write(path, np.full(800, np.nan), 16000, subtype="FLOAT")
+    >>> check_decodes(path)
+    Traceback (most recent call last):
+    ...
+    hnsd_sb.audio.AudioError: ...nan.wav: 800 samples are NaN
+    """
+    path = os.fspath(path)
+    frames = 0
+    try:
+        with sf.SoundFile(os.fsencode(path)) as f:
+            declared = f.frames
+            while True:
+                data = f.read(block, dtype="float32", always_2d=True)
+                if not len(data):
+                    break
+                check_samples(path, data)
+                frames += len(data)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(path, f"cannot decode samples ({err})") from err
+    if frames < declared and not allow_truncated:
+        raise AudioError(
+            path, f"truncated: the header declares {declared} frames but {frames} decode"
+        )
+    if frames == 0:
+        raise AudioError(path, "empty file (0 samples)")
+
+
+def resampling_rate(file_rate, sample_rate):
+    """The rate a file is resampled from: its own, unless the exact filter would be huge.
+
+    For an odd rate (16001 Hz, 11127 Hz) the exact filter has billions of taps; such a file is
+    resampled as if recorded at the nearest multiple of 100 Hz, which changes its speed and
+    pitch by at most 0.5 % above 10 kHz (5 % at 1 kHz): far less than speakers differ.
+
+    Arguments
+    ---------
+    file_rate : int
+        The file's sampling rate.
+    sample_rate : int
+        The model's.
+
+    Returns
+    -------
+    int
+        ``file_rate``, or the nearest multiple of 100 Hz.
+
+    Example
+    -------
+    >>> resampling_rate(44100, 16000), resampling_rate(16001, 16000), resampling_rate(11127, 16000)
+    (44100, 16000, 11100)
+    """
+    common = math.gcd(file_rate, sample_rate)
+    if (file_rate // common) * (sample_rate // common) <= MAX_RESAMPLING_PHASES:
+        return file_rate
+    return max(100, round(file_rate / 100) * 100)
 
 
 def make_audio_pipeline(sample_rate=16000, min_duration=0.025, allow_truncated=False):

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import sys
+import unicodedata
 from importlib import metadata
 from pathlib import Path
 
@@ -118,6 +119,31 @@ def printable(text):
     return raw.decode("utf-8", "backslashreplace")
 
 
+def terminal_safe(text):
+    r"""Text from a file made safe to print: control characters other than newlines and tabs
+    (a terminal obeys escape sequences: clearing the screen, faking lines) are escaped.
+
+    Arguments
+    ---------
+    text : str
+        E.g. a model card from a stranger's folder.
+
+    Returns
+    -------
+    str
+        The text, with such characters as ``\xNN`` or ``\uNNNN`` escapes.
+
+    Example
+    -------
+    >>> terminal_safe("UA 70 %\x1b[2J\n")
+    'UA 70 %\\x1b[2J\n'
+    """
+    return "".join(
+        c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs") else ascii(c)[1:-1]
+        for c in text
+    )
+
+
 def find_audio_files(inputs):
     """Expands files and folders into the list of files to classify.
 
@@ -206,7 +232,7 @@ def classify_record(recognizer, path, speaker=None, attention=False, max_duratio
         if max_duration is not None and "too long" in message:
             message += "; classify it window by window, in bounded memory, with --segment"
         return dict(record, error=printable(message))
-    except (OSError, RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError, MemoryError) as err:
         return dict(record, error=printable(f"{path}: {err}"))
     if not (log_probs.isfinite().all() and weights.isfinite().all()):
         return dict(record, error=f"{shown}: the model's output is not finite")
@@ -372,6 +398,16 @@ def run_predict(args):
 
     to_file = bool(args.output) and args.output != "-"
     where = args.output if to_file else "standard output"
+    if to_file and os.path.exists(args.output):
+        for path in files:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(path, args.output):
+                    print(
+                        f"hnsd predict: -o {printable(args.output)} is one of the inputs; "
+                        "writing to it would destroy the recording",
+                        file=sys.stderr,
+                    )
+                    return EXIT_USAGE
     failed = 0
     try:
         if args.plot:
@@ -505,8 +541,13 @@ def run_info(args):
 
         model = EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"}).mods.model
         card_file = folder / CARD_FILE
-        card = card_file.read_text(encoding="utf-8") if card_file.is_file() else None
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+        card = None
+        if card_file.exists():
+            try:
+                card = card_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"{card_file}: not a readable UTF-8 model card ({err})") from None
+    except (OSError, ValueError) as err:
         print(f"hnsd info: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"model folder: {folder}")
@@ -518,7 +559,7 @@ def run_info(args):
     if warning:
         print(f"warning: {warning}")
     if card is not None:
-        print(f"\n{card_file}:\n\n{card}", end="")
+        print(f"\n{card_file}:\n\n{terminal_safe(card)}", end="")
     else:
         print("model card: none (exported before hnsd-sb wrote one; export the run again)")
     return EXIT_OK

@@ -21,13 +21,16 @@ unpickled, and their errors name the file.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -70,6 +73,11 @@ FOLDER_FILES = (
 # The first line of an exported hparams file: how an existing folder is recognised as ours.
 HEADER = "# HNSD speech emotion recognizer exported by hnsd_sb.export"
 
+# Log-Mel energies (dB) and their deltas stay within some hundreds: moments beyond this are a
+# damaged or forged statistics file, and would overflow the normalised float32 features.
+MAX_FEATURE_MOMENT = 1e6
+# Largest normalizer.ckpt read: 64 MiB is some 50 000 speakers of 78 features.
+NORMALIZER_MAX_BYTES = 64 << 20
 # Modules of the inference pipeline, with the classes used when a spec leaves them out.
 DEFAULT_MODULES = {
     "features": ("hnsd_sb.StaticDynamicFeatures", {}),
@@ -91,15 +99,36 @@ __all__ = ["EmotionRecognizer"]
 '''
 
 
-def _load_state(path):
-    """``torch.load`` restricted to tensors and plain containers; errors name the file."""
+def _load_state(path, max_bytes=None):
+    """``torch.load`` restricted to tensors and plain containers; errors name the file.
+
+    With ``max_bytes``, a file whose content would unpack to more is refused before it is read
+    (a zip entry may be compressed, so the file's own size says little)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO would block, a device never end
+        raise ValueError(f"{path}: not a regular file")
+    if max_bytes is not None:
+        size = path.stat().st_size
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                size = sum(entry.file_size for entry in archive.infolist())
+        if size > max_bytes:
+            raise ValueError(
+                f"{path}: unpacks to {size:,} bytes, more than the {max_bytes:,} expected"
+            )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path}: file not found") from err
     except Exception as err:  # unpickling errors have many types
+        reason = str(err)
+        if "Weights only load failed" in reason:  # torch's advice to unpickle is not ours
+            found = re.search(r"WeightsUnpickler error: ([^\n]*)", reason)
+            reason = "it holds objects that only a full unpickling, which can run code, would " + (
+                f"load: {found[1]}" if found else "load"
+            )
         raise ValueError(
-            f"{path}: not a weights file torch.load(weights_only=True) reads ({err})"
+            f"{path}: not a weights file torch.load(weights_only=True) reads ({reason})"
         ) from err
 
 
@@ -129,11 +158,17 @@ def load_weights(module, path):
     ...
     ValueError: ...lin.ckpt does not fit Linear: ...size mismatch for weight...
     """
-    state = _load_state(path)
+    # 8 bytes a parameter (float64 at most) and some room for the pickle
+    max_bytes = 8 * sum(p.numel() for p in module.state_dict().values()) + (1 << 20)
+    state = _load_state(path, max_bytes)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path} does not fit {type(module).__name__}: {err}") from err
+    if not all(
+        bool(torch.isfinite(p).all()) for p in module.state_dict().values() if p.is_floating_point()
+    ):
+        raise ValueError(f"{path}: the weights hold NaN or Inf")
 
 
 def load_normalizer(normalizer, path, n_features=None):
@@ -170,7 +205,7 @@ def load_normalizer(normalizer, path, n_features=None):
     ...
     ValueError: ...normalizer.ckpt: statistics of 3 features, but the model takes 4
     """
-    state = _load_state(path)
+    state = _load_state(path, NORMALIZER_MAX_BYTES)
     if not isinstance(state, dict) or not {"speakers", "count", "sum", "sumsq"} <= set(state):
         raise ValueError(f"{path}: not SpeakerNormalization statistics")
     speakers, count, total, sumsq = (state[k] for k in ("speakers", "count", "sum", "sumsq"))
@@ -200,6 +235,13 @@ def load_normalizer(normalizer, path, n_features=None):
                 f"{path}: statistics of {total.shape[1]} features, but the model takes {n_features}"
             )
     normalizer.load_state(state)
+    for speaker in normalizer.speakers:  # finite sums can still give absurd moments
+        mean, std = normalizer.speaker_moments(speaker)
+        if not (mean.abs().max() <= MAX_FEATURE_MOMENT and std.max() <= MAX_FEATURE_MOMENT):
+            raise ValueError(
+                f"{path}: the statistics of speaker {speaker!r} overflow or are not those of "
+                f"log-Mel features (mean or standard deviation beyond {MAX_FEATURE_MOMENT:g})"
+            )
 
 
 def transfer_parameters(module, path, include=None, exclude=()):
@@ -530,7 +572,10 @@ def _check_destination(folder, overwrite):
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     hparams = folder / HPARAMS_FILE
-    ours = hparams.is_file() and hparams.read_text(encoding="utf-8").startswith(HEADER)
+    ours = False
+    if hparams.is_file():
+        with contextlib.suppress(OSError), open(hparams, "rb") as f:
+            ours = f.read(len(HEADER)) == HEADER.encode()
     if not ours:
         raise FileExistsError(f"{folder}: not empty and not an exported model folder")
     if not overwrite:
@@ -643,7 +688,13 @@ def write_model_folder(
     """
     from hnsd_sb.inference import EmotionRecognizer  # inference imports this module
 
-    folder = Path(folder)
+    # A link to a folder: write where it points, and keep the link.
+    folder = Path(os.path.realpath(os.path.expanduser(str(folder))))
+    if Path.cwd().resolve().is_relative_to(folder):
+        raise FileExistsError(
+            f"{folder}: is (or holds) the current folder, which cannot be replaced; export to "
+            "another folder"
+        )
     _check_destination(folder, overwrite)
     labels = [str(label) for label in labels]
     if len(set(labels)) != len(labels) or not labels:

@@ -131,15 +131,7 @@ class EmotionRecognizer(Pretrained):
                 raise ValueError(
                     f"{info_file}: architecture.{name} cannot be built: {err}"
                 ) from None
-        n_params = sum(p.numel() for p in modules["model"].parameters())
-        weights_file = path / MODEL_FILE
-        # a state_dict file is its tensors plus a little pickle: refuse to read far more
-        if weights_file.is_file() and weights_file.stat().st_size > 8 * n_params + (1 << 20):
-            raise ValueError(
-                f"{weights_file}: {weights_file.stat().st_size:,} bytes, far more than the "
-                f"weights of the {n_params:,}-parameter model in {info_file}"
-            )
-        load_weights(modules["model"], weights_file)
+        load_weights(modules["model"], path / MODEL_FILE)
         n_features = modules["model"].n_static + modules["model"].n_dynamic
         load_normalizer(modules["normalizer"], path / NORMALIZER_FILE, n_features)
         sample_rate = architecture["features"]["sample_rate"]

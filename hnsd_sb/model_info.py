@@ -19,15 +19,23 @@ import importlib
 import json
 import math
 import os
+import unicodedata
 from pathlib import Path
 
 MODEL_INFO_FILE = "model_info.json"
 FORMAT_VERSION = 1
 MAX_INFO_BYTES = 1 << 20  # a real model_info.json is about 2 kB
 # The STFT of one second of audio may hold at most this many values (n_fft // 2 + 1 bins times
-# 1000 / hop_length frames): 100 times the recipe's 201 x 100, so absurd but in-range n_fft and
-# hop lengths cannot ask for gigabytes per second of audio.
-MAX_STFT_VALUES_PER_SECOND = 2_010_000
+# 1000 / hop_length frames): 10 times the recipe's 201 x 100, so absurd but in-range n_fft and
+# hop lengths cannot ask for gigabytes per file.
+MAX_STFT_VALUES_PER_SECOND = 201_000
+# The defaults of the fields a folder may leave out (the classes' own: a test checks they agree),
+# so that fields are checked against each other whether written out or not.
+DEFAULTS = {
+    "features": {"sample_rate": 16000, "n_mels": 26, "win_length": 25, "hop_length": 10,
+                 "n_fft": 400, "f_min": 0, "f_max": None},
+    "model": {"n_static": 26, "n_dynamic": 52},
+}  # fmt: skip
 # The modules of a model folder: the class built for each, and its arguments as
 # (key, allowed types, bounds or choices). Bounds are inclusive; None as a type allows None;
 # choices are named by the class attribute that lists them.
@@ -106,8 +114,8 @@ def check_model_folder(folder):
     FileNotFoundError: /no/such/model: not a model folder (no model_info.json); ...
     """
     path = Path(os.path.abspath(os.path.expanduser(str(folder))))
-    if (path / MODEL_INFO_FILE).is_file():
-        return
+    if (path / MODEL_INFO_FILE).exists():
+        return  # read_model_info says what is wrong with it, if anything
     if (path / "hyperparams.yaml").is_file():
         raise ValueError(f"{folder}: {OLD_EXPORT_HELP}")
     raise FileNotFoundError(
@@ -234,17 +242,30 @@ def check_architecture(architecture, where):
 
 
 def _check_consistency(architecture, where):
-    """Checks fields that must agree with each other (where both are given)."""
-    features, model = architecture["features"], architecture["model"]
-    n_mels = features.get("n_mels")
-    expected = {"n_static": n_mels, "n_dynamic": None if n_mels is None else 2 * n_mels}
-    for key, value in expected.items():
-        if value is not None and key in model and model[key] != value:
+    """Checks fields that must agree with each other, given or left to their defaults."""
+    features = {**DEFAULTS["features"], **architecture["features"]}
+    model = {**DEFAULTS["model"], **architecture["model"]}
+    n_mels = features["n_mels"]
+    for key, value in (("n_static", n_mels), ("n_dynamic", 2 * n_mels)):
+        if model[key] != value:
             raise ValueError(
                 f"{where}: architecture.model.{key} is {model[key]} but the features give "
                 f"{value} (n_mels {n_mels})"
             )
-    n_fft, hop = features.get("n_fft", 400), features.get("hop_length", 10)
+    rate, n_fft = features["sample_rate"], features["n_fft"]
+    window = features["win_length"] * rate / 1000
+    if window > n_fft:
+        raise ValueError(
+            f"{where}: architecture.features.win_length {features['win_length']} ms is "
+            f"{window:g} samples, more than n_fft {n_fft}"
+        )
+    f_max = rate / 2 if features["f_max"] is None else features["f_max"]
+    if not features["f_min"] < f_max <= rate / 2:
+        raise ValueError(
+            f"{where}: architecture.features needs f_min < f_max <= sample_rate / 2, got "
+            f"f_min {features['f_min']}, f_max {f_max}, sample_rate {rate}"
+        )
+    hop = features["hop_length"]
     values = (n_fft // 2 + 1) * 1000 / hop
     if values > MAX_STFT_VALUES_PER_SECOND:
         raise ValueError(
@@ -327,8 +348,10 @@ def read_model_info(folder):
     ['a', 'b']
     """
     path = Path(folder) / MODEL_INFO_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
+    if not path.is_file():  # a FIFO would block, a folder mislead
+        raise ValueError(f"{path}: not a regular file")
     if path.stat().st_size > MAX_INFO_BYTES:
         raise ValueError(
             f"{path}: {path.stat().st_size} bytes, too large for a model information file"
@@ -341,6 +364,14 @@ def read_model_info(folder):
         raise ValueError(f"{path}: not a JSON object")
     _check_fields(info, path)
     return info
+
+
+def _plain_text(value):
+    """Whether a string is printable as is: valid Unicode, no control characters (a terminal
+    would obey escape sequences in a label or a path)."""
+    return isinstance(value, str) and not any(
+        unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in value
+    )
 
 
 def _check_fields(info, path):
@@ -356,21 +387,29 @@ def _check_fields(info, path):
     labels = info.get("labels")
     if not isinstance(labels, list) or not labels:
         raise ValueError(f"{path}: labels must be a non-empty list")
-    if not all(isinstance(label, str) and label for label in labels):
-        raise ValueError(f"{path}: labels must be non-empty strings, got {labels!r}")
+    if not all(_plain_text(label) and label for label in labels):
+        raise ValueError(
+            f"{path}: labels must be non-empty strings without control characters, got "
+            f"{ascii(labels)}"
+        )
     if len(set(labels)) != len(labels):
         raise ValueError(f"{path}: labels are not distinct: {labels}")
     validation = info.get("validation") or {}
     if not isinstance(validation, dict) or not all(
-        type(v) in _NUM and math.isfinite(v) for v in validation.values()
+        _plain_text(k) and type(v) in _NUM and math.isfinite(v) for k, v in validation.items()
     ):
-        raise ValueError(f"{path}: validation must map score names to numbers, got {validation!r}")
+        raise ValueError(
+            f"{path}: validation must map score names to numbers, got {ascii(validation)}"
+        )
     epoch = info.get("epoch")
     if epoch is not None and (type(epoch) is not int or epoch < 0):
         raise ValueError(f"{path}: epoch must be a non-negative integer or null, got {epoch!r}")
     for key in ("exported_from", "hnsd_sb_version"):
-        if not isinstance(info.get(key), (str, type(None))):
-            raise ValueError(f"{path}: {key} must be a string or null, got {info[key]!r}")
+        if info.get(key) is not None and not _plain_text(info[key]):
+            raise ValueError(
+                f"{path}: {key} must be a string without control characters or null, got "
+                f"{ascii(info[key])}"
+            )
 
 
 def near_chance_warning(info):

@@ -18,7 +18,7 @@ from collections import Counter
 import soundfile as sf
 from tqdm import tqdm
 
-from hnsd_sb.audio import AudioError, check_audio_header, load_audio
+from hnsd_sb.audio import AudioError, check_audio_header, check_decodes
 from hnsd_sb.manifest import (
     ManifestError,
     ManifestProblem,
@@ -81,18 +81,15 @@ def undecodable_rows(csv_path, replacements=None, progress=True):
         wav = row.get("wav") or ""
         wav = _PLACEHOLDER.sub(lambda m: replacements.get(m[1], m[0]), wav)
         try:
-            info = sf.info(wav)
-            check_audio_header(wav, min_duration=0.0, allow_truncated=True)
+            info = check_audio_header(wav, min_duration=0.0, allow_truncated=True)
+            info = sf.info(os.fsencode(wav))  # after the header check: it may be a FIFO
         except (sf.LibsndfileError, RuntimeError, TypeError, OSError, AudioError):
             continue  # missing, unreadable or a bad header: validate_manifest says why, once
         if info.subtype not in FLOAT_SUBTYPES and info.format not in DECODED_FORMATS:
             continue
         try:
             # A truncated WAV is validate_manifest's to report; here only the decode counts.
-            truncated_wav_ok = info.format not in DECODED_FORMATS
-            load_audio(
-                wav, sample_rate=info.samplerate, min_duration=0.0, allow_truncated=truncated_wav_ok
-            )
+            check_decodes(wav, allow_truncated=info.format not in DECODED_FORMATS)
         except AudioError as err:
             problems.append(ManifestProblem(line, row.get("ID") or "", str(err)))
     return problems

@@ -266,10 +266,11 @@ def classify_windows(
             summary = _record(shown, "summary", 0, recording.n_frames, recording.rate, mean, labels)
             summary.update(windows=len(windows), summary=SUMMARY)
             yield summary
-    except AudioError as err:
+    except (AudioError, OSError, RuntimeError, ValueError, MemoryError) as err:
+        message = str(err) if isinstance(err, AudioError) else f"{shown}: {err}"
         yield dict(
             path=shown, window="summary", start=None, end=None, label=None, score=None,
-            probabilities=None, error=str(err),
+            probabilities=None, error=message,
         )  # fmt: skip
 
 

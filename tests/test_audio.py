@@ -14,6 +14,7 @@ from hnsd_sb.audio import (
     AudioError,
     audio_duration,
     check_audio_header,
+    check_decodes,
     load_audio,
     make_audio_pipeline,
 )
@@ -235,3 +236,36 @@ def test_absurd_float_samples_and_cut_compressed_streams_are_refused(tmp_path):
     half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])
     with pytest.raises(AudioError, match="half.flac: cannot decode samples"):
         load_audio(half)
+
+
+def test_odd_sampling_rate_is_resampled_without_a_huge_filter(tmp_path):
+    """16001 Hz would need a 4.7 GB exact filter: it is resampled as 16000 Hz instead."""
+    path = write(tmp_path / "odd.wav", sine(440, 1.0, 16001), rate=16001)
+    wav = load_audio(path)
+    assert wav.shape == (16001,)  # as if recorded at 16000 Hz: no sample dropped or invented
+    assert load_audio(write(tmp_path / "cd.wav", sine(440, 1.0, 44100), rate=44100)).shape == (
+        16000,
+    )
+
+
+def flac_declaring(path, frames):
+    """A valid FLAC file whose STREAMINFO claims ``frames`` samples (36-bit field)."""
+    write(path, sine(440, 0.5, 16000), subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC"
+    info = 8  # "fLaC" + the metadata block header: STREAMINFO follows
+    field = int.from_bytes(data[info + 13 : info + 18], "big")
+    field = (field & ~((1 << 36) - 1)) | frames  # the low 36 bits: total samples
+    data[info + 13 : info + 18] = field.to_bytes(5, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_header_declaring_billions_of_frames_takes_no_memory(tmp_path):
+    path = flac_declaring(tmp_path / "huge.flac", (1 << 36) - 1)
+    with pytest.raises(AudioError, match="cannot decode samples|truncated: the header declares"):
+        check_decodes(path)  # preflight's check: block by block
+    with pytest.raises(AudioError, match="too long"):
+        load_audio(path, max_duration=900)
+    with pytest.raises(AudioError, match="do not fit in memory|cannot decode"):
+        load_audio(path)

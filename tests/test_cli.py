@@ -115,7 +115,10 @@ def test_predict_refuses_recordings_longer_than_max_duration(model, inputs, caps
     good = str(inputs / "good0.wav")  # 1 s
     assert main(["predict", "--model", str(model), "--max-duration", "0.5", good]) == 1
     record = strict_json(capsys.readouterr().out)
-    assert record["error"] == f"{good}: too long: 1 s, maximum 0.5 s"
+    assert record["error"] == (
+        f"{good}: too long: 1 s, maximum 0.5 s; classify it window by window, in bounded "
+        "memory, with --segment"
+    )
     assert main(["predict", "--model", str(model), "--max-duration", "0", good]) == 0
 
 
@@ -326,3 +329,12 @@ def test_output_that_cannot_be_written_is_named_with_status_2(model, inputs, tmp
         err = capsys.readouterr().err
         assert f"hnsd predict: cannot write {target}: {reason}" in err and "Traceback" not in err
     assert not (tmp_path / "no").exists()
+
+
+def test_output_that_is_an_input_is_refused(model, inputs, tmp_path, capsys):
+    victim = tmp_path / "victim.wav"
+    shutil.copy(inputs / "good0.wav", victim)
+    before = victim.read_bytes()
+    assert main(["predict", "--model", str(model), "-o", str(victim), str(victim)]) == 2
+    assert "is one of the inputs; writing to it would destroy" in capsys.readouterr().err
+    assert victim.read_bytes() == before

@@ -328,7 +328,17 @@ TAMPERED = [  # (field of model_info.json, its new value, the error's words)
     ("labels", [], "labels must be a non-empty list"),
     ("validation", {"UA": "high"}, "validation must map score names to numbers"),
     ("epoch", "3", "epoch must be a non-negative integer or null"),
-    ("exported_from", ["x"], "exported_from must be a string or null"),
+    ("exported_from", ["x"], "exported_from must be a string without control characters or null"),
+    (
+        "labels",
+        ["ang", "hap", "\x1b[2J", "sad"],
+        "labels must be non-empty strings without control",
+    ),
+    (
+        "labels",
+        ["ang", "hap", "\ud800", "sad"],
+        "labels must be non-empty strings without control",
+    ),
 ]
 
 
@@ -383,7 +393,7 @@ def test_an_oversized_weights_file_is_not_read(model_folder, tmp_path):
     folder = copy_folder(model_folder, tmp_path / "padded")
     with open(folder / "model.ckpt", "ab") as f:
         f.truncate(64 << 20)
-    with pytest.raises(ValueError, match=r"model.ckpt: 67,108,864 bytes, far more than"):
+    with pytest.raises(ValueError, match=r"model.ckpt: unpacks to 67,108,864 bytes, more than the"):
         EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
 
 
@@ -433,6 +443,121 @@ def test_folder_without_architecture_or_yaml_says_to_export_again(model_folder, 
     with pytest.raises(ValueError, match="no architecture .* export the run again") as error:
         EmotionRecognizer.from_folder(folder)
     assert "runs that code" not in str(error.value)  # there is no yaml to run
+
+
+def test_defaults_of_the_schema_are_the_classes_own():
+    import inspect
+
+    from hnsd_sb.features import StaticDynamicFeatures
+    from hnsd_sb.model import HNSD
+    from hnsd_sb.model_info import DEFAULTS
+
+    for module, cls in (("features", StaticDynamicFeatures), ("model", HNSD)):
+        signature = inspect.signature(cls).parameters
+        assert {k: signature[k].default for k in DEFAULTS[module]} == DEFAULTS[module]
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        ({"n_mels": 40}, "n_static is 26 but the features give 40"),  # model sizes left out
+        ({"win_length": 1000}, "win_length 1000 ms is 16000 samples, more than n_fft 400"),
+        ({"f_min": 9000, "f_max": 100}, "needs f_min < f_max <= sample_rate / 2"),
+        ({"f_max": 12000}, "needs f_min < f_max <= sample_rate / 2"),
+    ],
+)
+def test_fields_left_to_their_defaults_are_checked_too(model_folder, tmp_path, features, message):
+    folder = copy_folder(model_folder, tmp_path / "inconsistent")
+
+    def edit(info):
+        info["architecture"]["features"] = features
+        for key in ("n_static", "n_dynamic"):
+            info["architecture"]["model"].pop(key, None)
+
+    write_info(folder, edit)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+
+
+def test_compressed_weights_are_sized_before_they_are_read(model_folder, tmp_path):
+    import zipfile
+
+    folder = copy_folder(model_folder, tmp_path / "zipbomb")
+    state = torch.load(folder / "model.ckpt", weights_only=True)
+    state["output.bias"] = torch.zeros(4 << 20)  # 16 MiB of zeros: deflates to a few KiB
+    torch.save(state, tmp_path / "plain.ckpt")
+    with (
+        zipfile.ZipFile(tmp_path / "plain.ckpt") as src,
+        zipfile.ZipFile(folder / "model.ckpt", "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for entry in src.infolist():
+            dst.writestr(entry.filename, src.read(entry))
+    assert (folder / "model.ckpt").stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match=r"model.ckpt: unpacks to 16,\d{3},\d{3} bytes, more than"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "normalizer.ckpt", "model_info.json"])
+def test_a_fifo_in_a_model_folder_does_not_block(model_folder, tmp_path, capsys, name):
+    folder = copy_folder(model_folder, tmp_path / "fifo")
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    assert cli_main(["info", str(folder)]) == 2
+    assert f"{folder / name}: not a regular file" in capsys.readouterr().err
+
+
+def test_unsafe_pickles_are_refused_without_advice_to_unpickle(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "pickled")
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"x": Payload()}, folder / "model.ckpt")
+    with pytest.raises(ValueError, match="only a full unpickling, which can run code") as error:
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    assert "weights_only=False" not in str(error.value)
+
+
+def test_non_finite_weights_and_overflowing_statistics_are_named(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "nan")
+    state = torch.load(folder / "model.ckpt", weights_only=True)
+    state["output.bias"][0] = float("nan")
+    torch.save(state, folder / "model.ckpt")
+    with pytest.raises(ValueError, match="model.ckpt: the weights hold NaN or Inf"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    folder = copy_folder(model_folder, tmp_path / "overflow")
+    stats = torch.load(folder / "normalizer.ckpt", weights_only=True)
+    stats["sum"][0] = 3e38
+    torch.save(stats, folder / "normalizer.ckpt")
+    with pytest.raises(ValueError, match="normalizer.ckpt: the statistics of speaker .* overflow"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+
+
+def test_info_escapes_control_characters_of_the_card(model_folder, tmp_path, capsys):
+    folder = copy_folder(model_folder, tmp_path / "escapes")
+    (folder / "README.md").write_text("# card\n\x1b[2Jvalidation: UA 99.9 %\n")
+    assert cli_main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[2Jvalidation: UA 99.9 %" in out
+    (folder / "README.md").write_bytes(b"caf\xe9")
+    assert cli_main(["info", str(folder)]) == 2
+    assert f"{folder / 'README.md'}: not a readable UTF-8 model card" in capsys.readouterr().err
+
+
+def test_export_through_a_link_keeps_it_and_refuses_the_current_folder(
+    run_folder, tmp_path, monkeypatch
+):
+    real = export_model(run_folder, tmp_path / "real")
+    (real / "NOTES.md").write_text("mine")
+    (tmp_path / "link").symlink_to(real)
+    export_model(run_folder, tmp_path / "link", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link" / "model_info.json").is_file()
+    assert (real / "NOTES.md").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # nothing left over
+    monkeypatch.chdir(real)
+    with pytest.raises(FileExistsError, match="is \\(or holds\\) the current folder"):
+        export_model(run_folder, ".", overwrite=True)
 
 
 def test_export_checks_the_yaml_route_too(run_folder, tmp_path, monkeypatch):

@@ -158,3 +158,29 @@ def test_too_long_without_segment_points_to_it(model, tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--max-duration", "5", str(wav)]) == 1
     record = json.loads(capsys.readouterr().out)
     assert "too long" in record["error"] and "with --segment" in record["error"]
+
+
+def test_a_failing_window_becomes_an_error_record_and_the_run_goes_on(
+    model, tmp_path, monkeypatch, capsys
+):
+    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(first, speech_like(6.0), 16000)
+    sf.write(second, speech_like(6.0), 16000)
+    real = EmotionRecognizer.infer_batch
+    calls = []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(EmotionRecognizer, "infer_batch", flaky)
+    out = tmp_path / "o.jsonl"
+    assert main(["predict", "--model", str(model), "--segment", "-q", "-o", str(out),
+                 str(first), str(second)]) == 1  # fmt: skip
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["window"] == "summary"
+    assert records[0]["error"] == f"{first}: DefaultCPUAllocator: not enough memory"
+    assert records[-1]["window"] == "summary" and records[-1]["error"] is None
+    assert "Traceback" not in capsys.readouterr().err
