@@ -21,21 +21,21 @@ CARD_FILE = "README.md"
 CORPUS_FACTS = {
     "IEMOCAP": {
         "language": "English (North American)",
-        "speech": "acted dyadic sessions, scripted and improvised",
+        "speech": "acted speech, scripted and improvised dyadic sessions",
         "terms": "the IEMOCAP release agreement of USC SAIL (research use; the data may not be "
         "redistributed)",
     },
     "RAVDESS": {
         "language": "English (North American)",
-        "speech": "acted, two fixed sentences",
+        "speech": "acted speech, two fixed sentences",
         "terms": "CC BY-NC-SA 4.0 (attribution, non-commercial, share alike)",
     },
     "CREMA-D": {
         "language": "English (North American)",
-        "speech": "acted, twelve fixed sentences",
+        "speech": "acted speech, twelve fixed sentences",
         "terms": "Open Database License (ODbL) 1.0",
     },
-    "EmoDB": {"language": "German", "speech": "acted, ten fixed sentences", "terms": None},
+    "EmoDB": {"language": "German", "speech": "acted speech, ten fixed sentences", "terms": None},
 }
 
 
@@ -165,10 +165,10 @@ def render_model_card(info, n_parameters, run=None):
         f"Output order: {', '.join(f'`{label}`' for label in labels)}. Chance UA "
         f"{100 / len(labels):.2f} %.",
     ]
-    label_map = options.get("label_map")
-    if label_map:
-        merged = ", ".join(f"{raw} → {label}" for raw, label in sorted(label_map.items()))
-        lines.append(f"Corpus labels used: {merged} (others left out).")
+    label_map = options.get("label_map") or {}
+    merged = [f"{raw} → {label}" for raw, label in sorted(label_map.items()) if raw != label]
+    if merged:
+        lines.append(f"Corpus labels merged: {', '.join(merged)}.")
     lines += ["", "## Training data", ""]
     if corpus:
         where = f"fold {options['fold']}" if "fold" in options else ""
@@ -178,7 +178,7 @@ def render_model_card(info, n_parameters, run=None):
             where += f" ({options['protocol']} protocol)"
         lines.append(
             f"Corpus: **{corpus}**"
-            + (f", {facts['language']}, {facts['speech']} speech" if facts else "")
+            + (f" ({facts['speech']}, in {facts['language']})" if facts else "")
             + (f"; label set `{options['label_set']}`" if options.get("label_set") else "")
             + (f"; {where}" if where else "")
             + ". The validation and test speakers are not among the training speakers."
@@ -242,9 +242,9 @@ def render_model_card(info, n_parameters, run=None):
         "- For research on speech emotion recognition and for trying the model on your own "
         "recordings. The labels are emotions as the corpus labelled them (in acted corpora, "
         "what the actors were asked to portray), not what a speaker feels.",
-        f"- Trained on {facts.get('speech', 'its corpus')} speech in {language}: spontaneous "
-        "speech, other languages, accents, ages, microphones and noise will score lower, often "
-        "much lower. Measure on your own data before relying on it.",
+        f"- Trained on {facts.get('speech', 'one corpus')} in {language}: spontaneous speech, "
+        "other languages, accents, ages, microphones and noise will score lower, often much "
+        "lower. Measure on your own data before relying on it.",
         "- Its scores come from a few held-out speakers; across speakers they vary by several "
         "points.",
         "- Not for decisions about people: hiring, credit, insurance, policing, education, "

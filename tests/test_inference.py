@@ -129,7 +129,10 @@ def test_model_card_is_filled_from_the_run(model_folder, run_folder, capsys):
         rows = list(csv.DictReader(f))
     n_params = sum(t.numel() for t in torch.load(model_folder / "model.ckpt").values())
     assert f"{n_params:,} parameters" in card
-    assert "Corpus: **IEMOCAP**, English (North American)" in card
+    assert (
+        "Corpus: **IEMOCAP** (acted speech, scripted and improvised dyadic sessions, in English"
+        in card
+    )
     for emo in sorted({row["emo"] for row in rows}):
         mine = [row for row in rows if row["emo"] == emo]
         hours = sum(float(row["duration"]) for row in mine) / 3600
