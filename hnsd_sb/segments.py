@@ -322,10 +322,23 @@ def plot_timeline(records, envelope, labels, png_path, title=None):
     centres = [(r["start"] + r["end"]) / 2 for r in records]
     duration = max([r["end"] for r in records] + [len(envelope) / ENVELOPE_RATE])
     width = min(24.0, max(8.0, duration / 30))  # long recordings get a wider figure
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(width, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    fig, (top, strip, bottom) = plt.subplots(
+        3, 1, figsize=(width, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 0.35, 1]}
     )
     colours = plt.get_cmap("tab10")
+    # The most likely label over time, readable at a glance on an hour-long recording: each
+    # window's colour reaches halfway to its neighbours' centres.
+    edges = [records[0]["start"]]
+    edges += [(a + b) / 2 for a, b in zip(centres[:-1], centres[1:])] + [records[-1]["end"]]
+    for i, label in enumerate(labels):
+        spans = [
+            (edges[k], edges[k + 1] - edges[k])
+            for k, r in enumerate(records)
+            if max(r["probabilities"], key=r["probabilities"].get) == label
+        ]
+        strip.broken_barh(spans, (0, 1), color=colours(i % 10))
+    strip.set_yticks([])
+    strip.set_ylabel("label", rotation=0, ha="right", va="center")
     for i, label in enumerate(labels):
         values = [r["probabilities"][label] for r in records]
         top.plot(centres, values, marker="o" if len(records) < 40 else None, markersize=3,
