@@ -544,6 +544,8 @@ def run_info(args):
         card = None
         if card_file.exists():
             try:
+                if not card_file.is_file():  # a FIFO would block
+                    raise OSError("not a regular file")
                 card = card_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
                 raise ValueError(f"{card_file}: not a readable UTF-8 model card ({err})") from None

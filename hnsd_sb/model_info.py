@@ -358,6 +358,8 @@ def read_model_info(folder):
         )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, too many digits, too deep
         raise ValueError(f"{path}: not a valid model information file ({err})") from None
     if not isinstance(info, dict):
