@@ -20,7 +20,11 @@ setup(
         "matplotlib>=3.5",
         "tqdm>=4.60",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.6"],
+        # hnsd export --format onnx and hnsd predict --backend onnx (see hnsd_sb/backends.py)
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
+    },
     entry_points={"console_scripts": ["hnsd=hnsd_sb.cli:main"]},
     license="Apache-2.0",
 )

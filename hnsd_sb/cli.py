@@ -365,8 +365,10 @@ def run_predict(args):
 
     run_opts = {"device": args.device} if args.device else None
     try:
-        recognizer = EmotionRecognizer.from_folder(args.model, run_opts=run_opts)
-    except (OSError, ValueError, RuntimeError) as err:
+        recognizer = EmotionRecognizer.from_folder(
+            args.model, run_opts=run_opts, backend=args.backend
+        )
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
         print(f"hnsd predict: cannot load the model: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.unseen:
@@ -599,6 +601,18 @@ def add_export_arguments(parser):
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a previous export in FOLDER"
     )
+    parser.add_argument(
+        "--format",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: also write model.onnx, the network for ONNX Runtime (needs "
+        "hnsd-sb[onnx]; checked against PyTorch)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="with --format onnx: also write model.int8.onnx, its dynamic int8 quantisation",
+    )
 
 
 def _seconds(text):
@@ -699,6 +713,13 @@ def build_parser():
         "--plot", metavar="DIR", help="with --segment: a PNG per file of the probabilities over "
         "time above the waveform envelope"
     )  # fmt: skip
+    predict.add_argument(
+        "--backend",
+        choices=("torch", "torch-int8", "onnx", "onnx-int8"),
+        default="torch",
+        help="what runs the network: torch (default), torch-int8 (int8 LSTMs, quantised at "
+        "load), onnx / onnx-int8 (ONNX Runtime on the folder's model.onnx / model.int8.onnx)",
+    )
     predict.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: inferred)")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=run_predict)

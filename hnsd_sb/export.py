@@ -641,6 +641,8 @@ def write_model_folder(
     overwrite=False,
     info=None,
     run=None,
+    onnx=False,
+    int8=False,
 ):
     """Writes a model folder from weights in memory, then loads it back to check it.
 
@@ -669,6 +671,11 @@ def write_model_folder(
     run : dict or None
         ``hnsd_sb.model_card.summarize_run`` of the run the weights come from, for the model
         card (``README.md``); None: the card says the training is unknown.
+    onnx : bool
+        Also write ``model.onnx``, the network for ONNX Runtime (``hnsd_sb.backends``), checked
+        against PyTorch.
+    int8 : bool
+        With ``onnx``: also write ``model.int8.onnx``, its dynamic int8 quantisation.
 
     Returns
     -------
@@ -731,6 +738,13 @@ def write_model_folder(
         # Loading it back catches any mismatch between the architecture and the weights, and
         # SpeechBrain's route through hyperparams.yaml must give the same model.
         _check_both_routes(EmotionRecognizer, staging)
+        if onnx:
+            from hnsd_sb.backends import ONNX_FILE, ONNX_INT8_FILE, export_onnx, quantize_onnx
+
+            model = EmotionRecognizer.from_folder(staging, run_opts={"device": "cpu"}).mods.model
+            export_onnx(model, staging / ONNX_FILE)
+            if int8:
+                quantize_onnx(staging / ONNX_FILE, staging / ONNX_INT8_FILE)
     except (OSError, RuntimeError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(err)
@@ -815,7 +829,9 @@ def _run_summary(run_folder, checkpoint, epoch):
     return run
 
 
-def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=False):
+def export_model(
+    source, folder, hparams_file=None, max_key="UA", overwrite=False, onnx=False, int8=False
+):
     """Exports a recipe run's best checkpoint (or a given one) to a model folder.
 
     Arguments
@@ -832,6 +848,8 @@ def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=Fals
         Checkpoint meta key that picks the best checkpoint.
     overwrite : bool
         Replace a previous export in ``folder``.
+    onnx, int8 : bool
+        Also write ``model.onnx`` (and its int8 quantisation), see ``write_model_folder``.
 
     Returns
     -------
@@ -899,6 +917,8 @@ def export_model(source, folder, hparams_file=None, max_key="UA", overwrite=Fals
             "epoch": int(epoch) if epoch.isdigit() else None,
         },
         run=_run_summary(run_folder, checkpoint, epoch),
+        onnx=onnx,
+        int8=int8,
     )
     logger.info("Exported %s to %s", ckpt_dir, out)
     return out
@@ -945,13 +965,19 @@ def run_export(args):
     Example
     -------
     >>> args = argparse.Namespace(source="/nowhere", folder="out", hparams=None,
-    ...                           max_key="UA", overwrite=False)
+    ...                           max_key="UA", overwrite=False, format="torch", quantize=None)
     >>> run_export(args)
     1
     """
+    if args.quantize and args.format != "onnx":
+        print("Export failed: --quantize int8 needs --format onnx", file=sys.stderr)
+        return 1
     try:
-        out = export_model(args.source, args.folder, args.hparams, args.max_key, args.overwrite)
-    except (OSError, ValueError) as err:
+        out = export_model(
+            args.source, args.folder, args.hparams, args.max_key, args.overwrite,
+            onnx=args.format == "onnx", int8=args.quantize == "int8",
+        )  # fmt: skip
+    except (OSError, ValueError, ImportError) as err:
         print(f"Export failed: {err}", file=sys.stderr)
         return 1
     print(f"Exported to {out}")

@@ -71,7 +71,7 @@ class EmotionRecognizer(Pretrained):
             raise ValueError(f"the hparams' modules lack {missing}")
 
     @classmethod
-    def from_folder(cls, folder, run_opts=None):
+    def from_folder(cls, folder, run_opts=None, backend="torch"):
         """Loads a local model folder written by ``hnsd_sb.export``, running no code from it.
 
         The labels and the architecture come from the folder's ``model_info.json`` (plain
@@ -88,6 +88,11 @@ class EmotionRecognizer(Pretrained):
         run_opts : dict or None
             SpeechBrain run options, e.g. ``{"device": "cuda:0"}``; the default device is the
             one SpeechBrain infers.
+        backend : str
+            What runs the network (``hnsd_sb.backends.BACKENDS``): ``"torch"``, ``"torch-int8"``,
+            ``"onnx"`` or ``"onnx-int8"`` (CPU; the ONNX files come from ``hnsd export
+            --format onnx``; an ONNX graph is data too: ONNX Runtime runs only its own operators,
+            and ``model.onnx`` is checked against ``model.ckpt`` when loaded).
 
         Returns
         -------
@@ -134,6 +139,8 @@ class EmotionRecognizer(Pretrained):
         load_weights(modules["model"], path / MODEL_FILE)
         n_features = modules["model"].n_static + modules["model"].n_dynamic
         load_normalizer(modules["normalizer"], path / NORMALIZER_FILE, n_features)
+        if backend != "torch":
+            modules["model"] = _backend_network(modules["model"], path, backend)
         sample_rate = architecture["features"]["sample_rate"]
         hparams = {"labels": labels, "sample_rate": sample_rate}
         return cls(modules=modules, hparams=hparams, run_opts=run_opts)
@@ -389,3 +396,21 @@ class EmotionRecognizer(Pretrained):
             ``(probabilities, score, index, label)``.
         """
         return self.classify_batch(wavs, wav_lens, speakers)
+
+
+def _backend_network(model, folder, backend):
+    """The network of a model folder run by another backend (``hnsd_sb.backends``)."""
+    from hnsd_sb import backends
+
+    if backend not in backends.BACKENDS:
+        raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
+    if backend == "torch-int8":
+        return backends.quantize_torch(model)
+    name = backends.ONNX_FILE if backend == "onnx" else backends.ONNX_INT8_FILE
+    network = backends.OnnxNetwork(folder / name)
+    if backend == "onnx":  # the graph must be the network of model.ckpt
+        try:
+            backends.check_onnx(model, folder / name)
+        except Exception as err:  # ONNX Runtime rejects a graph with many exception types
+            raise ValueError(f"{folder / name}: not the network of model.ckpt ({err})") from None
+    return network

@@ -1,0 +1,263 @@
+"""Other ways to run the network: ONNX Runtime, and int8 weights for PyTorch and ONNX Runtime.
+
+The network (normalised features to log-probabilities and attention) is what changes between
+backends; the features and the speaker normalisation stay in PyTorch, so every backend sees the
+same inputs and the parity between them is the network's alone. ``EmotionRecognizer.from_folder``
+takes ``backend=``:
+
+- ``"torch"``: the model as trained (fp32).
+- ``"torch-int8"``: ``torch.ao.quantization.quantize_dynamic`` of the LSTMs and the classifier's
+  linear layers, done at load time (it takes milliseconds, and a quantised state dict would need
+  pickled packed weights, which ``weights_only`` loading refuses). The GMU keeps fp32 weights: it
+  reads them directly for its CPU fast path.
+- ``"onnx"``: ``model.onnx``, written by ``hnsd export --format onnx``, run with ONNX Runtime
+  (``pip install hnsd-sb[onnx]``); dynamic batch and time axes.
+- ``"onnx-int8"``: ``model.int8.onnx``, ONNX Runtime's dynamic quantisation of it (``--quantize
+  int8``): int8 weights of the matrix products, activations quantised on the fly.
+"""
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from hnsd_sb import cpu
+
+BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
+ONNX_FILE, ONNX_INT8_FILE = "model.onnx", "model.int8.onnx"
+# Largest |log-probability| difference an ONNX export may show against PyTorch when it is written.
+ONNX_TOLERANCE = 1e-4
+_INPUTS = ("static", "dynamic", "lengths")
+_OUTPUTS = ("log_probs", "attention")
+
+
+@contextmanager
+def _plain_pytorch():
+    """The CPU fast paths off (they call private ops no exporter knows), restored after."""
+    previous = cpu.set_fast_paths(False)
+    try:
+        yield
+    finally:
+        cpu.set_fast_paths(previous)
+
+
+class _Network(torch.nn.Module):
+    """HNSD with the attention always returned: the exported function."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, static, dynamic, lengths):
+        """Log-probabilities and attention, as ``HNSD(..., return_attention=True)``."""
+        return self.model(static, dynamic, lengths, return_attention=True)
+
+
+def export_onnx(model, path, check=True):
+    """Writes the network (normalised features to log-probabilities and attention) as ONNX.
+
+    Arguments
+    ---------
+    model : hnsd_sb.HNSD
+        The trained model.
+    path : str or path-like
+        The ``.onnx`` file to write.
+    check : bool
+        Run the file with ONNX Runtime on a padded batch and compare with PyTorch (at most
+        ``ONNX_TOLERANCE`` on the log-probabilities).
+
+    Returns
+    -------
+    float
+        The largest log-probability difference found by the check (0.0 without it).
+
+    Raises
+    ------
+    ValueError
+        The export differs from PyTorch by more than ``ONNX_TOLERANCE``.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> tmp = getfixture("tmpdir")
+    >>> model = HNSD(hidden_size=8, fc_size=4, n_classes=2).eval()
+    >>> export_onnx(model, tmp.join("m.onnx")) < 1e-4  # about 20 s: the exporter traces it
+    True
+    >>> quantize_onnx(tmp.join("m.onnx"), tmp.join("m.int8.onnx"))
+    >>> static, dynamic = torch.randn(3, 50, 26), torch.randn(3, 50, 52)
+    >>> lengths = torch.tensor([1.0, 0.6, 0.3])
+    >>> fp32, int8 = OnnxNetwork(tmp.join("m.onnx")), OnnxNetwork(tmp.join("m.int8.onnx"))
+    >>> bool(torch.allclose(fp32(static, dynamic, lengths), model(static, dynamic, lengths),
+    ...                     atol=1e-4))
+    True
+    >>> int8(static, dynamic, lengths).shape
+    torch.Size([3, 2])
+    """
+    model = model.eval()
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=2)
+    example = _example_inputs(model, 2, 40)
+    with _plain_pytorch(), torch.no_grad():
+        program = torch.onnx.export(
+            _Network(model).eval(),
+            example,
+            input_names=list(_INPUTS),
+            output_names=list(_OUTPUTS),
+            dynamic_shapes=({0: batch, 1: time}, {0: batch, 1: time}, {0: batch}),
+            dynamo=True,
+            verbose=False,
+        )
+    program.save(os.fspath(path))
+    return check_onnx(model, path) if check else 0.0
+
+
+def _example_inputs(model, batch, frames, seed=0):
+    """A padded batch of random normalised features (the first utterance full length)."""
+    gen = torch.Generator().manual_seed(seed)
+    static = torch.randn(batch, frames, model.n_static, generator=gen)
+    dynamic = torch.randn(batch, frames, model.n_dynamic, generator=gen)
+    lengths = torch.linspace(1.0, 0.4, batch)
+    return static, dynamic, lengths
+
+
+def check_onnx(model, path):
+    """The largest log-probability difference between an ONNX file and the PyTorch model on
+    padded batches of two shapes; raises ValueError beyond ``ONNX_TOLERANCE``.
+
+    Arguments
+    ---------
+    model : hnsd_sb.HNSD
+        The model it was exported from.
+    path : str or path-like
+        The ``.onnx`` file.
+
+    Returns
+    -------
+    float
+        The difference.
+    """
+    session = OnnxNetwork(path)
+    worst = 0.0
+    with _plain_pytorch(), torch.no_grad():
+        for batch, frames in ((3, 57), (1, 301)):
+            inputs = _example_inputs(model, batch, frames, seed=batch)
+            expected = model(*inputs, return_attention=True)[0]
+            got = session(*inputs, return_attention=True)[0]
+            worst = max(worst, float((expected - got).abs().max()))
+    if not worst <= ONNX_TOLERANCE:
+        raise ValueError(
+            f"{path}: the ONNX network differs from PyTorch by {worst:.3g} in log-probability "
+            f"(at most {ONNX_TOLERANCE:g} allowed)"
+        )
+    return worst
+
+
+def quantize_onnx(source, target):
+    """Writes ONNX Runtime's dynamic int8 quantisation of an ONNX network.
+
+    Arguments
+    ---------
+    source : str or path-like
+        The fp32 ``.onnx`` file.
+    target : str or path-like
+        The int8 file to write.
+
+    Example
+    -------
+    >>> quantize_onnx("missing.onnx", "q.onnx")  # see export_onnx for a real one
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: missing.onnx: no such ONNX file; write it with hnsd export --format onnx
+    """
+    if not Path(source).is_file():
+        raise FileNotFoundError(
+            f"{source}: no such ONNX file; write it with hnsd export --format onnx"
+        )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(os.fspath(source), os.fspath(target), weight_type=QuantType.QInt8)
+
+
+def quantize_torch(model):
+    """The model with int8 LSTMs and classifier layers (dynamic quantisation, CPU only).
+
+    Arguments
+    ---------
+    model : hnsd_sb.HNSD
+        An fp32 model; it is not changed.
+
+    Returns
+    -------
+    torch.nn.Module
+        The quantised copy, in eval mode.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> q = quantize_torch(HNSD(hidden_size=8, fc_size=4, n_classes=2))
+    >>> q(torch.randn(1, 9, 26), torch.randn(1, 9, 52)).shape
+    torch.Size([1, 2])
+    """
+    names = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.LSTM) or name in ("fc", "output")
+    }
+    return torch.ao.quantization.quantize_dynamic(model.eval(), names, dtype=torch.qint8)
+
+
+class OnnxNetwork(torch.nn.Module):
+    """An ONNX network run by ONNX Runtime, called like ``HNSD``.
+
+    Arguments
+    ---------
+    path : str or path-like
+        The ``.onnx`` file.
+    threads : int or None
+        ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``).
+
+    Example
+    -------
+    >>> OnnxNetwork("missing.onnx")  # see export_onnx for a real one
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: missing.onnx: no such ONNX file; write it with hnsd export --format onnx
+    """
+
+    def __init__(self, path, threads=None):
+        super().__init__()
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path}: no such ONNX file; write it with hnsd export --format onnx"
+            )
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ImportError(
+                "the onnx backends need onnxruntime: pip install hnsd-sb[onnx]"
+            ) from err
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3  # its shape-inference notes are not the user's concern
+        self.path = Path(path)
+        try:
+            self.session = onnxruntime.InferenceSession(
+                os.fspath(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # ONNX Runtime's own exception types
+            raise ValueError(f"{path}: not an ONNX graph ONNX Runtime can run ({err})") from None
+        names = [i.name for i in self.session.get_inputs()]
+        if names != list(_INPUTS):
+            raise ValueError(f"{path}: inputs {names}, not those of HNSD's network {list(_INPUTS)}")
+
+    def forward(self, static, dynamic, lengths=None, return_attention=False):
+        """Classifies a batch: see ``hnsd_sb.HNSD.forward``."""
+        if lengths is None:
+            lengths = torch.ones(static.shape[0])
+        feeds = {
+            "static": static.detach().cpu().float().contiguous().numpy(),
+            "dynamic": dynamic.detach().cpu().float().contiguous().numpy(),
+            "lengths": lengths.detach().cpu().float().contiguous().numpy(),
+        }
+        log_probs, attention = (torch.from_numpy(x) for x in self.session.run(None, feeds))
+        return (log_probs, attention) if return_attention else log_probs

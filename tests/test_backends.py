@@ -1,0 +1,121 @@
+"""ONNX Runtime and int8 backends: parity with PyTorch, loading checks, the CLI options."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from hnsd_sb import HNSD
+from hnsd_sb.audio import load_audio
+from hnsd_sb.cli import main
+from hnsd_sb.export import write_model_folder
+from hnsd_sb.inference import EmotionRecognizer
+
+pytest.importorskip("onnxruntime")
+
+RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
+LABELS = ["ang", "hap", "neu", "sad"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A paper-size model folder with model.onnx and model.int8.onnx (one export: ~20 s)."""
+    torch.manual_seed(0)
+    state = HNSD(n_classes=4).state_dict()
+    spec = {"model": ("hnsd_sb.HNSD", {"n_classes": 4})}
+    out = tmp_path_factory.mktemp("backends") / "model"
+    return write_model_folder(out, LABELS, state, modules=spec, onnx=True, int8=True)
+
+
+@pytest.fixture(scope="module")
+def recognizers(folder):
+    return {
+        backend: EmotionRecognizer.from_folder(folder, {"device": "cpu"}, backend=backend)
+        for backend in ("torch", "onnx", "onnx-int8", "torch-int8")
+    }
+
+
+def padded(wavs):
+    """A padded batch and its relative lengths."""
+    longest = max(w.numel() for w in wavs)
+    batch = torch.zeros(len(wavs), longest)
+    for i, w in enumerate(wavs):
+        batch[i, : w.numel()] = w
+    return batch, torch.tensor([w.numel() / longest for w in wavs])
+
+
+def log_probs(recognizer, wavs, lens):
+    return recognizer.infer_batch(wavs, lens)[0]
+
+
+def test_onnx_matches_pytorch_on_padded_batches(recognizers):
+    rng = np.random.default_rng(0)
+    wavs = [
+        torch.from_numpy(rng.normal(0, 0.1, n).astype(np.float32)) for n in (48000, 20000, 7000)
+    ]
+    batch, lens = padded(wavs)
+    expected = log_probs(recognizers["torch"], batch, lens)
+    got = log_probs(recognizers["onnx"], batch, lens)
+    assert float((expected - got).abs().max()) <= 1e-4
+    # each utterance alone gives what it gets in the padded batch
+    alone = torch.cat([log_probs(recognizers["onnx"], w.unsqueeze(0), None) for w in wavs])
+    assert float((alone - got).abs().max()) <= 1e-4
+
+
+@pytest.mark.skipif(not RAVDESS.is_dir(), reason="RAVDESS copy not found at ../shared/data")
+def test_onnx_matches_pytorch_on_real_ravdess_files(recognizers):
+    files = sorted((RAVDESS / "Actor_01").glob("*.wav"))[::10][:8]
+    batch, lens = padded([load_audio(str(f)) for f in files])
+    expected = log_probs(recognizers["torch"], batch, lens)
+    got = log_probs(recognizers["onnx"], batch, lens)
+    assert float((expected - got).abs().max()) <= 1e-4
+
+
+def test_int8_backends_stay_close_to_fp32(recognizers):
+    rng = np.random.default_rng(1)
+    batch = torch.from_numpy(rng.normal(0, 0.1, (4, 32000)).astype(np.float32))
+    reference = log_probs(recognizers["torch"], batch, None).exp()
+    for backend in ("onnx-int8", "torch-int8"):
+        probs = log_probs(recognizers[backend], batch, None).exp()
+        assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-4)
+        assert float((probs - reference).abs().max()) < 0.05, backend  # int8, not another model
+
+
+def test_an_onnx_graph_that_is_not_the_model_is_refused(folder, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    tampered = Path(shutil.copytree(folder, tmp_path / "tampered"))
+    graph = onnx.load(tampered / "model.onnx")
+    weights = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))  # an LSTM's, surely
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.5, weights.name))
+    onnx.save(graph, tampered / "model.onnx")
+    with pytest.raises(ValueError, match="model.onnx: not the network of model.ckpt"):
+        EmotionRecognizer.from_folder(tampered, {"device": "cpu"}, backend="onnx")
+    (tampered / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="model.onnx: not an ONNX graph ONNX Runtime can run"):
+        EmotionRecognizer.from_folder(tampered, {"device": "cpu"}, backend="onnx")
+
+
+def test_predict_with_each_backend(folder, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.random.default_rng(2).normal(0, 0.1, 40000), 16000)
+    labels = {}
+    for backend in ("torch", "onnx", "onnx-int8", "torch-int8"):
+        assert main(["predict", "--model", str(folder), "--backend", backend, str(wav)]) == 0
+        labels[backend] = json.loads(capsys.readouterr().out)["probabilities"]
+    assert labels["onnx"] == pytest.approx(labels["torch"], abs=1e-4)
+    bare = Path(shutil.copytree(folder, tmp_path / "bare"))
+    os.remove(bare / "model.onnx")
+    assert main(["predict", "--model", str(bare), "--backend", "onnx", str(wav)]) == 2
+    assert "no such ONNX file; write it with hnsd export --format onnx" in capsys.readouterr().err
+
+
+def test_quantize_needs_the_onnx_format(tmp_path, capsys):
+    assert main(["export", str(tmp_path), str(tmp_path / "m"), "--quantize", "int8"]) == 1
+    assert "--quantize int8 needs --format onnx" in capsys.readouterr().err
