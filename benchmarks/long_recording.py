@@ -82,8 +82,9 @@ def main():
         blocks = build(args.minutes, args.actors, args.block, wav)
         with open(out / "blocks.csv", "w", newline="") as f:
             csv.writer(f).writerows([("start", "end", "emotion"), *blocks])
+        predictions, plots = str(out / "predictions.jsonl"), str(out / "plots")
         cmd = ["hnsd", "predict", "--model", args.model, "--segment", "-q",
-               "-o", str(out / "predictions.jsonl"), "--plot", str(out / "plots"), str(wav)]  # fmt: skip
+               "-o", predictions, "--plot", plots, str(wav)]  # fmt: skip
         began = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - began

@@ -137,6 +137,7 @@ def check_onnx(model, path):
         The difference.
     """
     session = OnnxNetwork(path)
+    model = model.eval()  # dropout off, as exported
     worst = 0.0
     with _plain_pytorch(), torch.no_grad():
         for batch, frames in ((3, 57), (1, 301)):

@@ -24,10 +24,11 @@ LABELS = ["ang", "hap", "neu", "sad"]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """A paper-size model folder with model.onnx and model.int8.onnx (one export: ~20 s)."""
+    """A paper-size model folder with model.onnx and model.int8.onnx (one export: ~20 s).
+    With dropout: the checks must compare the network in eval mode, as it was exported."""
     torch.manual_seed(0)
-    state = HNSD(n_classes=4).state_dict()
-    spec = {"model": ("hnsd_sb.HNSD", {"n_classes": 4})}
+    state = HNSD(n_classes=4, dropout=0.3).state_dict()
+    spec = {"model": ("hnsd_sb.HNSD", {"n_classes": 4, "dropout": 0.3})}
     out = tmp_path_factory.mktemp("backends") / "model"
     return write_model_folder(out, LABELS, state, modules=spec, onnx=True, int8=True)
 
