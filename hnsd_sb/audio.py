@@ -19,6 +19,8 @@ import torch
 import torchaudio
 from speechbrain.utils.data_pipeline import provides, takes
 
+from hnsd_sb.files import is_plain_file
+
 # RIFF data sizes that streaming writers leave in a header they never finalise.
 _UNFINALISED_SIZES = (0, 0xFFFFFFFF)
 # Float audio is nominally within [-1, 1]; real files may overshoot a little, but samples beyond
@@ -31,6 +33,9 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 # for 44.1 to 16 kHz, but 256 M (4.7 GB, 10 s) for 16001 Hz. Beyond this many, a file is
 # resampled as if recorded at the nearest multiple of 100 Hz (see ``resampling_rate``).
 MAX_RESAMPLING_PHASES = 1_000_000
+# Most samples (frames x channels) decoded into memory at once: 900 s of 48 kHz stereo fit;
+# longer or wider recordings are read span by span (hnsd_sb.segments).
+MAX_DECODED_SAMPLES = 100_000_000
 
 
 class AudioError(ValueError):
@@ -155,7 +160,7 @@ def check_audio_header(path, min_duration=0.025, allow_truncated=False, max_dura
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AudioError(path, "file not found")
-    if not os.path.isfile(path):
+    if not is_plain_file(path):  # a FIFO, a device, /proc/kmsg: reading could block
         raise AudioError(path, "not a regular file")
     try:
         # libsndfile gets the name as bytes: a str holding a non-UTF-8 name cannot be encoded.
@@ -273,11 +278,19 @@ def load_audio(
     """
     path = os.fspath(path)
     info = check_audio_header(path, min_duration, allow_truncated, max_duration)
+    samples = info.frames * info.channels
+    if samples > MAX_DECODED_SAMPLES:  # a few MB of compressed silence can declare this many
+        raise AudioError(
+            path,
+            f"{info.channels} channels of {info.frames} frames are {samples} samples to decode, "
+            f"more than {MAX_DECODED_SAMPLES} at once; classify it window by window "
+            "(hnsd predict --segment)",
+        )
     try:
         data, file_rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"cannot decode samples ({err})") from err
-    except MemoryError:  # a header declaring billions of frames
+    except MemoryError:  # a header declaring billions of frames (see also MAX_DECODED_SAMPLES)
         raise AudioError(
             path,
             f"{info.frames} frames ({info.duration:.4g} s) do not fit in memory; classify it "
@@ -418,7 +431,8 @@ def resampling_rate(file_rate, sample_rate):
 
     For an odd rate (16001 Hz, 11127 Hz) the exact filter has billions of taps; such a file is
     resampled as if recorded at the nearest multiple of 100 Hz, which changes its speed and
-    pitch by at most 0.5 % above 10 kHz (5 % at 1 kHz): far less than speakers differ.
+    pitch by at most 0.5 % above 10 kHz (5 % at 1 kHz): far less than speakers differ. (With a
+    model at 11025, 22050 or 44100 Hz a few rates need the nearest multiple of 1000 Hz.)
 
     Arguments
     ---------
@@ -437,10 +451,12 @@ def resampling_rate(file_rate, sample_rate):
     >>> resampling_rate(44100, 16000), resampling_rate(16001, 16000), resampling_rate(11127, 16000)
     (44100, 16000, 11100)
     """
-    common = math.gcd(file_rate, sample_rate)
-    if (file_rate // common) * (sample_rate // common) <= MAX_RESAMPLING_PHASES:
-        return file_rate
-    return max(100, round(file_rate / 100) * 100)
+    for step in (1, 100, 1000):  # the first rounding whose filter is small enough
+        rate = max(step, round(file_rate / step) * step)
+        common = math.gcd(rate, sample_rate)
+        if (rate // common) * (sample_rate // common) <= MAX_RESAMPLING_PHASES:
+            return rate
+    return sample_rate  # not reached for the model rates model_info.MODEL_SAMPLE_RATES allows
 
 
 def make_audio_pipeline(sample_rate=16000, min_duration=0.025, allow_truncated=False):

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from hnsd_sb import __version__
+from hnsd_sb.files import is_plain_file
 from hnsd_sb.model_card import CARD_FILE
 from hnsd_sb.model_info import (
     MODEL_INFO_FILE,
@@ -119,7 +120,7 @@ def printable(text):
     return raw.decode("utf-8", "backslashreplace")
 
 
-def terminal_safe(text):
+def terminal_safe(text, keep="\n\t"):
     r"""Text from a file made safe to print: control characters other than newlines and tabs
     (a terminal obeys escape sequences: clearing the screen, faking lines) are escaped.
 
@@ -127,6 +128,8 @@ def terminal_safe(text):
     ---------
     text : str
         E.g. a model card from a stranger's folder.
+    keep : str
+        Control characters written as they are.
 
     Returns
     -------
@@ -139,7 +142,7 @@ def terminal_safe(text):
     'UA 70 %\\x1b[2J\n'
     """
     return "".join(
-        c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs") else ascii(c)[1:-1]
+        c if c in keep or unicodedata.category(c) not in ("Cc", "Cf", "Cs") else ascii(c)[1:-1]
         for c in text
     )
 
@@ -310,6 +313,9 @@ class RecordWriter:
             for lab in self.labels:
                 row[f"p_{lab}"] = (record["probabilities"] or {}).get(lab)
             row["error"] = record.get("error")
+            for key in ("path", "error"):  # CSV does not escape control characters; JSON does
+                if isinstance(row[key], str):
+                    row[key] = terminal_safe(row[key])
             self.csv.writerow(row)
         self.stream.flush()
 
@@ -401,11 +407,12 @@ def run_predict(args):
     to_file = bool(args.output) and args.output != "-"
     where = args.output if to_file else "standard output"
     if to_file and os.path.exists(args.output):
-        for path in files:
+        for path in files + find_audio_files(args.enroll or []):
             with contextlib.suppress(OSError):
                 if os.path.samefile(path, args.output):
                     print(
-                        f"hnsd predict: -o {printable(args.output)} is one of the inputs; "
+                        f"hnsd predict: -o {printable(args.output)} is one of the inputs or "
+                        "enrolment recordings; "
                         "writing to it would destroy the recording",
                         file=sys.stderr,
                     )
@@ -500,7 +507,7 @@ def _predict_windows(recognizer, files, speaker, writer, args):
                 try:
                     title = printable(str(path))
                     plot_timeline(windows, envelope[0], recognizer.labels, png, title)
-                except OSError as err:  # its records are written; the plot alone is lost
+                except (OSError, ValueError) as err:  # its records are written; the plot is lost
                     print(f"hnsd predict: cannot write {png}: {err}", file=sys.stderr)
                     failed += 1
     return failed
@@ -546,7 +553,7 @@ def run_info(args):
         card = None
         if card_file.exists():
             try:
-                if not card_file.is_file():  # a FIFO would block
+                if not is_plain_file(card_file):  # a FIFO would block
                     raise OSError("not a regular file")
                 card = card_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
@@ -770,7 +777,9 @@ def main(argv=None):
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    with _speechbrain_warnings_only():
+    # Messages quote file names and fields of files from others: their escape sequences are
+    # shown, not obeyed (carriage returns stay, for the progress bars).
+    with _speechbrain_warnings_only(), contextlib.redirect_stderr(_SafeStream(sys.stderr)):
         try:
             return args.func(args)
         except BrokenPipeError:
@@ -778,6 +787,20 @@ def main(argv=None):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             return EXIT_FILE_ERRORS
+
+
+class _SafeStream:
+    """A text stream that writes ``terminal_safe`` text (see ``main``)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        """Writes the text with its control characters (but newlines, tabs, CR) escaped."""
+        return self.stream.write(terminal_safe(text, keep="\n\t\r"))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 @contextlib.contextmanager

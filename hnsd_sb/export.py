@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from hnsd_sb import __version__
 from hnsd_sb.cli import add_export_arguments
+from hnsd_sb.files import is_plain_file
 from hnsd_sb.model_card import CARD_FILE, render_model_card, summarize_run
 from hnsd_sb.model_info import (
     MODEL_INFO_FILE,
@@ -107,13 +107,16 @@ def _load_state(path, max_bytes=None):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    if not path.is_file():  # a FIFO would block, a device never end
+    if not is_plain_file(path):  # a FIFO would block, a device never end
         raise ValueError(f"{path}: not a regular file")
     if max_bytes is not None:
         size = path.stat().st_size
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                size = sum(entry.file_size for entry in archive.infolist())
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    size = sum(entry.file_size for entry in archive.infolist())
+            except (zipfile.BadZipFile, OSError, ValueError) as err:
+                raise ValueError(f"{path}: a damaged archive ({err})") from None
         if size > max_bytes:
             raise ValueError(
                 f"{path}: unpacks to {size:,} bytes, more than the {max_bytes:,} expected"
@@ -123,10 +126,7 @@ def _load_state(path, max_bytes=None):
     except Exception as err:  # unpickling errors have many types
         reason = str(err)
         if "Weights only load failed" in reason:  # torch's advice to unpickle is not ours
-            found = re.search(r"WeightsUnpickler error: ([^\n]*)", reason)
-            reason = "it holds objects that only a full unpickling, which can run code, would " + (
-                f"load: {found[1]}" if found else "load"
-            )
+            reason = "it holds objects that only a full unpickling, which can run code, would load"
         raise ValueError(
             f"{path}: not a weights file torch.load(weights_only=True) reads ({reason})"
         ) from err
@@ -401,12 +401,17 @@ def find_checkpoint(source, max_key="UA"):
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such folder")
-    if (source / "CKPT.yaml").is_file():
-        return Checkpointer(source.parent).find_checkpoint(
-            ckpt_predicate=lambda ckpt: ckpt.path.name == source.name
-        )
-    save_folder = _save_folder(source)
-    best = Checkpointer(save_folder).find_checkpoint(max_key=max_key)
+    try:  # SpeechBrain parses every CKPT.yaml of the folder
+        if (source / "CKPT.yaml").is_file():
+            return Checkpointer(source.parent).find_checkpoint(
+                ckpt_predicate=lambda ckpt: ckpt.path.name == source.name
+            )
+        save_folder = _save_folder(source)
+        best = Checkpointer(save_folder).find_checkpoint(max_key=max_key)
+    except OSError:
+        raise
+    except Exception as err:  # YAML and decoding errors of many types
+        raise ValueError(f"{source}: a checkpoint's CKPT.yaml cannot be read ({err})") from None
     if best is None:
         raise FileNotFoundError(f"{save_folder}: no checkpoint records {max_key!r} in its meta")
     return best
@@ -889,8 +894,11 @@ def export_model(
     if not label_file.is_file():
         raise FileNotFoundError(f"{label_file}: the run's label encoder is missing")
     encoder = CategoricalEncoder()
-    encoder.load(label_file)
-    labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    try:
+        encoder.load(label_file)
+        labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    except Exception as err:  # SpeechBrain's parser raises many types
+        raise ValueError(f"{label_file}: not a label encoder file ({err})") from None
     for name in (MODEL_FILE, NORMALIZER_FILE):
         if not (ckpt_dir / name).is_file():
             raise FileNotFoundError(f"{ckpt_dir / name}: missing from the checkpoint")
@@ -901,7 +909,10 @@ def export_model(
     )
     note = f"Exported from {ckpt_dir}" + (f" (validation {scores})" if scores else "")
     counter = ckpt_dir / "counter.ckpt"  # the epoch counter's checkpoint: the epoch number
-    epoch = counter.read_text().strip() if counter.is_file() else ""
+    try:
+        epoch = counter.read_text(encoding="utf-8").strip() if counter.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        epoch = ""  # the card and model_info.json then say the epoch is unknown
     validation = {key: checkpoint.meta[key] for key in ("UA", "WA") if key in checkpoint.meta}
     out = write_model_folder(
         folder,

@@ -18,6 +18,7 @@ from typing import List, Optional
 from tqdm import tqdm
 
 from hnsd_sb.audio import AudioError, check_audio_header
+from hnsd_sb.files import is_plain_file
 
 logger = logging.getLogger(__name__)
 
@@ -277,8 +278,10 @@ def validate_manifest(
     (2, 1, True)
     """
     csv_path = os.fspath(csv_path)
-    if not os.path.isfile(csv_path):
+    if not os.path.exists(csv_path):
         raise ManifestError(f"{csv_path}: manifest not found")
+    if not is_plain_file(csv_path):  # a FIFO would block
+        raise ManifestError(f"{csv_path}: not a regular file")
     replacements = dict(replacements or {})
     labels = None if labels is None else {str(label) for label in labels}
     audio_kwargs = {"min_duration": min_duration}

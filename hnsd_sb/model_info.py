@@ -22,9 +22,14 @@ import os
 import unicodedata
 from pathlib import Path
 
+from hnsd_sb.files import is_plain_file
+
 MODEL_INFO_FILE = "model_info.json"
 FORMAT_VERSION = 1
 MAX_INFO_BYTES = 1 << 20  # a real model_info.json is about 2 kB
+# Rates a model may work at: the usual ones, whose resampling filters from any file rate stay
+# small (see hnsd_sb.audio.resampling_rate); an odd one would make every file cost gigabytes.
+MODEL_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # The STFT of one second of audio may hold at most this many values (n_fft // 2 + 1 bins times
 # 1000 / hop_length frames): 10 times the recipe's 201 x 100, so absurd but in-range n_fft and
 # hop lengths cannot ask for gigabytes per file.
@@ -47,7 +52,7 @@ MODULE_CLASSES = {
 _INT, _NUM = (int,), (int, float)
 ARCHITECTURE = {
     "features": {
-        "sample_rate": (_INT, (1000, 384000)),
+        "sample_rate": (_INT, "hnsd_sb.model_info.MODEL_SAMPLE_RATES"),
         "n_mels": (_INT, (1, 512)),
         "win_length": (_NUM, (1, 1000)),
         "hop_length": (_NUM, (1, 100)),
@@ -350,7 +355,7 @@ def read_model_info(folder):
     path = Path(folder) / MODEL_INFO_FILE
     if not path.exists():
         return None
-    if not path.is_file():  # a FIFO would block, a folder mislead
+    if not is_plain_file(path):  # a FIFO would block, a folder mislead
         raise ValueError(f"{path}: not a regular file")
     if path.stat().st_size > MAX_INFO_BYTES:
         raise ValueError(

@@ -19,6 +19,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from hnsd_sb.audio import AudioError, check_audio_header, check_decodes
+from hnsd_sb.files import is_plain_file
 from hnsd_sb.manifest import (
     ManifestError,
     ManifestProblem,
@@ -73,7 +74,7 @@ def undecodable_rows(csv_path, replacements=None, progress=True):
     """
     replacements = {k: str(v) for k, v in (replacements or {}).items()}
     problems = []
-    if not os.path.isfile(csv_path):
+    if not is_plain_file(csv_path):
         return problems  # validate_manifest reports it
     _, rows = _read_rows(csv_path)
     desc = f"Decoding the float and compressed audio of {os.path.basename(csv_path)}"
@@ -113,6 +114,8 @@ def _training_labels(csv_path, n_classes, skipped_lines=()):
     """The emotions of the training manifest's rows (leaving out the skipped ones), and a
     ManifestError listing each with its rows if there are not ``n_classes`` of them; ``(None,
     None)`` when the manifest has no usable ``emo`` column."""
+    if not is_plain_file(csv_path):
+        return None, None  # validate_manifest reports it
     try:
         columns, rows = _read_rows(csv_path)
     except (OSError, ManifestError, csv.Error):

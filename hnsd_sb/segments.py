@@ -25,6 +25,9 @@ import torch
 
 from hnsd_sb.audio import AudioError, check_audio_header, to_model_rate
 
+# Most windows per file: a day at the default hop. A header can declare any length, and the
+# window plan is a list.
+MAX_WINDOWS = 50_000
 DEFAULT_SEGMENT = 4.0
 DEFAULT_HOP = 2.0
 ENVELOPE_RATE = 10  # envelope values per second, for plots
@@ -235,6 +238,13 @@ def classify_windows(
     labels = recognizer.labels
     try:
         with Recording(path, recognizer.sample_rate) as recording:
+            count = window_count(recording.duration, segment, hop)
+            if count > MAX_WINDOWS:
+                raise AudioError(
+                    shown,
+                    f"{recording.duration:.4g} s in windows every {hop:g} s make {count} windows, "
+                    f"more than {MAX_WINDOWS}; use a larger --hop or split the file",
+                )
             windows = plan_windows(recording.n_frames, recording.rate, segment, hop)
             own = speaker is None
             if own:  # a key no real speaker id can be
@@ -267,7 +277,10 @@ def classify_windows(
             summary.update(windows=len(windows), summary=SUMMARY)
             yield summary
     except (AudioError, OSError, RuntimeError, ValueError, MemoryError) as err:
-        message = str(err) if isinstance(err, AudioError) else f"{shown}: {err}"
+        if isinstance(err, AudioError):
+            message = str(err)
+        else:  # MemoryError has no text of its own
+            message = f"{shown}: {err or type(err).__name__}"
         yield dict(
             path=shown, window="summary", start=None, end=None, label=None, score=None,
             probabilities=None, error=message,
@@ -318,6 +331,13 @@ def plot_timeline(records, envelope, labels, png_path, title=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context({"text.parse_math": False}):  # "$" in a name is not TeX
+        _draw(plt, records, envelope, labels, png_path, title)
+
+
+def _draw(plt, records, envelope, labels, png_path, title):
+    """``plot_timeline``'s figure."""
 
     centres = [(r["start"] + r["end"]) / 2 for r in records]
     duration = max([r["end"] for r in records] + [len(envelope) / ENVELOPE_RATE])

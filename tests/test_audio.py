@@ -267,5 +267,7 @@ def test_a_header_declaring_billions_of_frames_takes_no_memory(tmp_path):
         check_decodes(path)  # preflight's check: block by block
     with pytest.raises(AudioError, match="too long"):
         load_audio(path, max_duration=900)
-    with pytest.raises(AudioError, match="do not fit in memory|cannot decode"):
+    with pytest.raises(
+        AudioError, match="1 channels of 68719476735 frames are 68719476735 samples"
+    ):
         load_audio(path)

@@ -336,5 +336,9 @@ def test_output_that_is_an_input_is_refused(model, inputs, tmp_path, capsys):
     shutil.copy(inputs / "good0.wav", victim)
     before = victim.read_bytes()
     assert main(["predict", "--model", str(model), "-o", str(victim), str(victim)]) == 2
-    assert "is one of the inputs; writing to it would destroy" in capsys.readouterr().err
+    assert "is one of the inputs or enrolment recordings; writing" in capsys.readouterr().err
+    assert victim.read_bytes() == before
+    other = inputs / "good0.wav"
+    args = ["predict", "--model", str(model), "--enroll", str(victim), "-o", str(victim)]
+    assert main([*args, str(other)]) == 2
     assert victim.read_bytes() == before

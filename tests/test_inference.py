@@ -564,6 +564,49 @@ def test_export_through_a_link_keeps_it_and_refuses_the_current_folder(
         export_model(run_folder, ".", overwrite=True)
 
 
+def test_a_model_at_an_odd_sampling_rate_is_refused(model_folder, tmp_path):
+    folder = copy_folder(model_folder, tmp_path / "odd_rate")
+    write_info(folder, lambda info: info["architecture"]["features"].update(sample_rate=16001))
+    with pytest.raises(ValueError, match="sample_rate is 16001, not one of"):
+        EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+
+
+def test_damaged_archives_and_proc_links_are_named(model_folder, tmp_path, capsys):
+    import struct
+
+    folder = copy_folder(model_folder, tmp_path / "damaged_zip")
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, 46, 0, 0)
+    (folder / "model.ckpt").write_bytes(b"PK\x03\x04" + bytes(100) + end)
+    assert cli_main(["info", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'model.ckpt'}: " in err and "Traceback" not in err
+    folder = copy_folder(model_folder, tmp_path / "proc")
+    (folder / "model_info.json").unlink()
+    (folder / "model_info.json").symlink_to("/proc/self/status")
+    assert cli_main(["info", str(folder)]) == 2
+    assert f"{folder / 'model_info.json'}: not a regular file" in capsys.readouterr().err
+
+
+def test_error_messages_show_escape_sequences_without_obeying_them(model_folder, tmp_path, capfd):
+    folder = copy_folder(model_folder, tmp_path / "escapes_in_fields")
+    write_info(folder, lambda info: info["architecture"]["model"].update({"\x1b[2Jevil": 1}))
+    assert cli_main(["info", str(folder)]) == 2
+    err = capfd.readouterr().err
+    assert "\x1b" not in err and "\\x1b[2Jevil" in err
+
+
+def test_export_names_unreadable_run_files(run_folder, tmp_path):
+    run = Path(shutil.copytree(run_folder, tmp_path / "run"))
+    checkpoint = next((run / "save").glob("CKPT+*"))
+    (checkpoint / "CKPT.yaml").write_text("a: [")
+    with pytest.raises(ValueError, match="a checkpoint's CKPT.yaml cannot be read"):
+        export_model(run, tmp_path / "out")
+    run = Path(shutil.copytree(run_folder, tmp_path / "run2"))
+    (run / "save" / "label_encoder.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="label_encoder.txt: not a label encoder file"):
+        export_model(run, tmp_path / "out")
+
+
 def test_export_checks_the_yaml_route_too(run_folder, tmp_path, monkeypatch):
     """SpeechBrain users load hyperparams.yaml: an export whose yaml would not give the model
     is refused, and nothing is written."""

@@ -203,3 +203,15 @@ def test_bom_non_utf8_bytes_and_header_only_manifests_are_named(tmp_path, corpus
     header_only = write_csv(tmp_path / "header.csv", [])
     with pytest.raises(ManifestError, match="header.csv: no data rows, only the header"):
         check(header_only, corpus)
+
+
+def test_a_fifo_or_proc_file_as_manifest_is_named_not_read(tmp_path):
+    import os
+
+    from hnsd_sb.preflight import check_manifests
+
+    fifo = tmp_path / "train.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/proc/self/status"):
+        with pytest.raises(ManifestError, match=f"{path}: not a regular file"):
+            check_manifests({"train": str(path)}, n_classes=2, progress=False)

@@ -184,3 +184,19 @@ def test_a_failing_window_becomes_an_error_record_and_the_run_goes_on(
     assert records[0]["error"] == f"{first}: DefaultCPUAllocator: not enough memory"
     assert records[-1]["window"] == "summary" and records[-1]["error"] is None
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_segment_bounds_the_window_plan_and_names_plots_with_dollars(model, tmp_path, capsys):
+    from test_audio import flac_declaring
+
+    huge = flac_declaring(tmp_path / "huge.flac", (1 << 36) - 1)
+    records = list(classify_windows(EmotionRecognizer.from_folder(model), str(huge)))
+    assert (
+        len(records) == 1 and "windows, more than 50000; use a larger --hop" in records[0]["error"]
+    )
+    wav = tmp_path / "a$\\frac{$b.wav"
+    sf.write(wav, speech_like(6.0), 16000)
+    plots = tmp_path / "plots"
+    args = ["predict", "--model", str(model), "--segment", "-q", "--plot", str(plots), str(wav)]
+    assert main(args) == 0
+    assert len(list(plots.glob("*.png"))) == 1
