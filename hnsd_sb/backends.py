@@ -17,6 +17,9 @@ takes ``backend=``:
 """
 
 import os
+import subprocess
+import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -95,6 +98,28 @@ def export_onnx(model, path, check=True):
     torch.Size([3, 2])
     """
     model = model.eval()
+    # In a fresh process: after one export, torch's exporter keeps state that fixes the time
+    # axis of every later export in the same process to the first one's length (torch 2.14;
+    # torch.compiler.reset() does not clear it). The check below would catch it; this avoids it.
+    # The model goes to the child through a private temporary folder: our own object, written
+    # and read back by us alone (a process pool would re-run the caller's unguarded script).
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.path.join(tmp, "model.pt")
+        torch.save(model.cpu(), saved)
+        code = (
+            "import sys, torch; from hnsd_sb.backends import _export_here; "
+            "_export_here(torch.load(sys.argv[1], weights_only=False), sys.argv[2])"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, saved, os.fspath(path)], capture_output=True, text=True
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{path}: the ONNX export failed:\n{proc.stderr[-3000:]}")
+    return check_onnx(model, path) if check else 0.0
+
+
+def _export_here(model, path):
+    """``export_onnx``'s work, in the calling process."""
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=2)
     example = _example_inputs(model, 2, 40)
     with _plain_pytorch(), torch.no_grad():
@@ -107,8 +132,7 @@ def export_onnx(model, path, check=True):
             dynamo=True,
             verbose=False,
         )
-    program.save(os.fspath(path))
-    return check_onnx(model, path) if check else 0.0
+    program.save(path)
 
 
 def _example_inputs(model, batch, frames, seed=0):
