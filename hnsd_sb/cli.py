@@ -630,6 +630,17 @@ def _seconds(text):
     return value
 
 
+def _window_seconds(text):
+    """``--segment``'s value: its optional number would otherwise swallow a file name."""
+    try:
+        return _seconds(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"takes an optional number of seconds, got {text!r}: give it (--segment 4) or put "
+            "--segment after the input files"
+        ) from None
+
+
 def _run_export(args):
     """``hnsd export``: imports the exporter (torch, SpeechBrain) only when it runs."""
     from hnsd_sb.export import run_export
@@ -705,7 +716,7 @@ def build_parser():
     )
     predict.add_argument(
         "--segment",
-        type=_seconds,
+        type=_window_seconds,
         nargs="?",
         const=4.0,
         metavar="SECONDS",

@@ -200,3 +200,10 @@ def test_segment_bounds_the_window_plan_and_names_plots_with_dollars(model, tmp_
     args = ["predict", "--model", str(model), "--segment", "-q", "--plot", str(plots), str(wav)]
     assert main(args) == 0
     assert len(list(plots.glob("*.png"))) == 1
+
+
+def test_a_file_name_after_segment_gets_a_clear_message(model, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model", str(model), "--segment", "talk.wav"])
+    assert exit_.value.code == 2
+    assert "put --segment after the input files" in capsys.readouterr().err
