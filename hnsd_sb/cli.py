@@ -470,7 +470,8 @@ def _predict_windows(recognizer, files, speaker, writer, args):
     total = 0
     for path in files:  # headers only: the bar's length
         try:
-            total += window_count(check_audio_header(path).duration, args.segment, args.hop)
+            info = check_audio_header(path)
+            total += window_count(info.frames, info.sample_rate, args.segment, args.hop)
         except AudioError:
             pass
     failed, used_names = 0, set()

@@ -742,12 +742,11 @@ def write_model_folder(
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
         # Loading it back catches any mismatch between the architecture and the weights, and
         # SpeechBrain's route through hyperparams.yaml must give the same model.
-        _check_both_routes(EmotionRecognizer, staging)
+        recognizer = _check_both_routes(EmotionRecognizer, staging)
         if onnx:
             from hnsd_sb.backends import ONNX_FILE, ONNX_INT8_FILE, export_onnx, quantize_onnx
 
-            model = EmotionRecognizer.from_folder(staging, run_opts={"device": "cpu"}).mods.model
-            export_onnx(model, staging / ONNX_FILE)
+            export_onnx(recognizer.mods.model, staging / ONNX_FILE)
             if int8:
                 quantize_onnx(staging / ONNX_FILE, staging / ONNX_INT8_FILE)
     except (OSError, RuntimeError) as err:
@@ -771,7 +770,7 @@ def write_model_folder(
 def _check_both_routes(recognizer_class, folder):
     """Loads a written model folder from ``model_info.json`` and from ``hyperparams.yaml`` (the
     yaml is the one just rendered from the run's own specs) and checks that both give the same
-    outputs; raises ValueError naming the yaml otherwise."""
+    outputs; raises ValueError naming the yaml otherwise. Returns the one from the JSON."""
     run_opts = {"device": "cpu"}
     from_info = recognizer_class.from_folder(folder, run_opts=run_opts)
     try:
@@ -788,6 +787,7 @@ def _check_both_routes(recognizer_class, folder):
         raise ValueError(
             f"{folder / HPARAMS_FILE}: gives another model than {MODEL_INFO_FILE}; please report"
         )
+    return from_info
 
 
 def _swap_into_place(staging, folder):

@@ -16,7 +16,6 @@ enrolled), the statistics come from the recording itself, gathered in a first pa
 the recipe does for each speaker from that speaker's own audio.
 """
 
-import math
 import os
 
 import numpy as np
@@ -64,12 +63,17 @@ def plan_windows(n_frames, rate, segment, hop):
     >>> plan_windows(3, 1, 4.0, 2.0)
     [(0, 3)]
     """
-    length, step = max(1, round(segment * rate)), max(1, round(hop * rate))
+    length, step = _frames(rate, segment, hop)
     if n_frames <= length:
         return [(0, n_frames)]
     starts = list(range(0, n_frames - length, step))
     starts.append(n_frames - length)
     return [(start, start + length) for start in starts]
+
+
+def _frames(rate, segment, hop):
+    """Window length and step in frames."""
+    return max(1, round(segment * rate)), max(1, round(hop * rate))
 
 
 class Recording:
@@ -238,7 +242,7 @@ def classify_windows(
     labels = recognizer.labels
     try:
         with Recording(path, recognizer.sample_rate) as recording:
-            count = window_count(recording.duration, segment, hop)
+            count = window_count(recording.n_frames, recording.rate, segment, hop)
             if count > MAX_WINDOWS:
                 raise AudioError(
                     shown,
@@ -382,26 +386,28 @@ def _draw(plt, records, envelope, labels, png_path, title):
     plt.close(fig)
 
 
-def window_count(duration, segment=DEFAULT_SEGMENT, hop=DEFAULT_HOP):
-    """The number of windows of a recording of ``duration`` seconds, for progress bars.
+def window_count(n_frames, rate, segment=DEFAULT_SEGMENT, hop=DEFAULT_HOP):
+    """The number of windows ``plan_windows`` gives, without building them (a header may
+    declare billions of frames).
 
     Arguments
     ---------
-    duration : float
-        Seconds.
+    n_frames : int
+        Length of the recording in frames.
+    rate : int
+        Its sampling rate.
     segment, hop : float
         Window length and step in seconds.
 
     Returns
     -------
     int
-        As many as ``plan_windows`` gives.
+        ``len(plan_windows(n_frames, rate, segment, hop))``.
 
     Example
     -------
-    >>> window_count(10.0), window_count(3.0)
+    >>> window_count(10, 1, 4.0, 2.0), window_count(3, 1, 4.0, 2.0)
     (4, 1)
     """
-    if duration <= segment:
-        return 1
-    return math.ceil((duration - segment) / hop) + 1
+    length, step = _frames(rate, segment, hop)
+    return 1 if n_frames <= length else len(range(0, n_frames - length, step)) + 1

@@ -54,7 +54,7 @@ def test_windows_cover_the_recording_at_full_length(n_frames, segment, hop):
     starts = [start for start, _ in windows]
     assert all(b - a == step for a, b in zip(starts[:-2], starts[1:-1]))
     assert 0 < starts[-1] - starts[-2] <= step  # the last one, aligned to the end
-    assert len(windows) == segments.window_count(n_frames / 16000, segment, hop)
+    assert len(windows) == segments.window_count(n_frames, 16000, segment, hop)
 
 
 def test_windows_match_the_recognizer_on_the_same_audio(recognizer, tmp_path):
