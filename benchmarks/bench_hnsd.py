@@ -264,6 +264,10 @@ def load_recipe(root, workdir, overrides=None):
     over.update(overrides or {})
     with open(os.path.join(recipe_dir, "hparams", "hnsd.yaml"), encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, over)
+    if hparams.get("cpu_fast_paths", False):  # as train.py does
+        from hnsd_sb.cpu import accelerate
+
+        accelerate(hparams["model"])
     return recipe, hparams
 
 

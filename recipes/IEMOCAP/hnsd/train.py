@@ -35,6 +35,7 @@ from speechbrain.utils.distributed import (
 from tqdm import tqdm
 
 from hnsd_sb.audio import make_audio_pipeline
+from hnsd_sb.cpu import accelerate
 from hnsd_sb.manifest import ManifestError
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
@@ -303,6 +304,11 @@ if __name__ == "__main__":
     if "pretrainer" in hparams:
         run_on_main(hparams["pretrainer"].collect_files)
         hparams["pretrainer"].load_collected()
+
+    # CPU fast paths (hnsd_sb.cpu): the same network with its two streams side by side, opt-in
+    # with cpu_fast_paths; on GPU it runs the plain way.
+    if hparams.get("cpu_fast_paths", False):
+        accelerate(hparams["model"], branch_cores=hparams.get("cpu_branch_cores"))
 
     hnsd_brain = EmotionBrain(
         modules=hparams["modules"],
