@@ -334,14 +334,15 @@ def find_model_file(source):
 
     Arguments
     ---------
-    source : str or path-like
+    source : str or path-like or None
         A model folder (``hnsd export``), a ``CKPT+...`` folder, a run's save folder, a run's
-        output folder, or the ``model.ckpt`` file itself.
+        output folder, or the ``model.ckpt`` file itself. ``None``: nothing to start from (a
+        fine-tuning hparams file then trains from scratch, the baseline a transfer is judged by).
 
     Returns
     -------
-    str
-        Absolute path of the ``model.ckpt`` file.
+    str or None
+        Absolute path of the ``model.ckpt`` file (``None`` for ``None``).
 
     Example
     -------
@@ -354,6 +355,8 @@ def find_model_file(source):
     ...
     FileNotFoundError: .../nowhere: no such file or folder
     """
+    if source is None:
+        return None
     path = Path(os.path.abspath(os.path.expanduser(str(source))))
     if path.is_file():
         return str(path)

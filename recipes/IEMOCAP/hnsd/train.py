@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from hnsd_sb.audio import make_audio_pipeline
 from hnsd_sb.cpu import accelerate
-from hnsd_sb.manifest import ManifestError
+from hnsd_sb.manifest import ManifestError, json_to_csv
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
 from hnsd_sb.report import save_confusion_matrix
@@ -202,14 +202,21 @@ def speaker_sets(hparams, datasets):
 
 def validated_manifests(hparams):
     """Checks every row of the train/valid/test manifests before training (on the main
-    process) and returns the manifests to use: the given ones, or with ``skip_bad_rows`` copies
-    without the bad rows. See ``hnsd_sb.preflight.check_manifests`` for what is checked.
+    process) and returns the manifests to use: the given ones (SpeechBrain JSON annotations
+    converted to CSV), or with ``skip_bad_rows`` copies without the bad rows. See
+    ``hnsd_sb.preflight.check_manifests`` for what is checked.
     """
     manifests = {
         "train": hparams["train_annotation"],
         "valid": hparams["valid_annotation"],
         "test": hparams["test_annotation"],
     }
+    # SpeechBrain JSON annotations (e.g. its tests/samples) become CSV manifests first.
+    for split, path in manifests.items():
+        if str(path).endswith(".json"):
+            csv_path = os.path.join(hparams["output_folder"], f"{split}_from_json.csv")
+            run_on_main(json_to_csv, args=[path, csv_path])
+            manifests[split] = csv_path
     # hparams files without these options get the defaults: check, and stop on a bad row.
     hparams.setdefault("validate_manifests", True)
     hparams.setdefault("skip_bad_rows", False)
@@ -299,9 +306,9 @@ if __name__ == "__main__":
         sys.exit(2)
     datasets, label_encoder = dataio_prepare(hparams, manifests)
 
-    # Fine-tuning (hparams/finetune*.yaml): start from a trained model's weights. A resumed run
-    # then restores its own checkpoint over them.
-    if "pretrainer" in hparams:
+    # Fine-tuning (hparams/finetune.yaml): start from a trained model's weights (with
+    # --pretrained_model=null, from scratch). A resumed run then restores its own checkpoint.
+    if "pretrainer" in hparams and hparams["pretrained_model"] is not None:
         run_on_main(hparams["pretrainer"].collect_files)
         hparams["pretrainer"].load_collected()
 
