@@ -502,16 +502,15 @@ class BareLSTMInference:
 # ----------------------------------------------------------------------------------------------
 def hnsd_pipeline(hparams):
     """Waveforms -> log-probabilities, as the recipe's ``compute_forward`` (eval, no grad)."""
+    from hnsd_sb.pipeline import classify
+
     features = hparams["features"].eval()
     normalizer = hparams["normalizer"].eval()
     model = hparams["model"].eval()
 
     def infer(wavs, wav_lens):
         with torch.no_grad():
-            static, dynamic, lens = features(wavs, wav_lens, return_lengths=True)
-            n_static = static.shape[-1]
-            feats = normalizer(torch.cat([static, dynamic], -1), lens, None)
-            return model(feats[..., :n_static], feats[..., n_static:], lens)
+            return classify(features, normalizer, model, wavs, wav_lens)[0]
 
     return infer
 
