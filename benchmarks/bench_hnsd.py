@@ -236,6 +236,7 @@ def matmul_rates(size, seconds, cores):
         if cores > 1:
 
             def worker(mm=mm, out=many):
+                """One core's share of the concurrent matrix products."""
                 torch.set_num_threads(1)
                 out.append(rate_for(lambda: mm(a, b), flops, seconds))
 
@@ -447,6 +448,7 @@ class LSTMFloor:
         share = max(1, cores // 2)
 
         def worker(lstm, index):
+            """Runs one LSTM on its share of the cores."""
             torch.set_num_threads(share)
             for pair in self.inputs:
                 self._run(lstm, pair[index])
@@ -509,6 +511,7 @@ def hnsd_pipeline(hparams):
     model = hparams["model"].eval()
 
     def infer(wavs, wav_lens):
+        """Log-probabilities of a batch (eval, no grad)."""
         with torch.no_grad():
             return classify(features, normalizer, model, wavs, wav_lens)[0]
 
@@ -551,6 +554,7 @@ def ecapa_pipeline(seed=0):
     mean_var_norm.eval()
 
     def infer(wavs, wav_lens):
+        """ECAPA-TDNN's class scores of a batch (eval, no grad)."""
         with torch.no_grad():
             feats = compute_features(wavs)
             feats = mean_var_norm(feats, wav_lens)
@@ -558,6 +562,7 @@ def ecapa_pipeline(seed=0):
             return classifier(embeddings)
 
     def flops_per_frame():
+        """FLOPs per frame of ECAPA-TDNN (torch's count on 10 s minus 5 s of frames)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         counts = []
@@ -595,6 +600,7 @@ def inference_suite(infer, flops_per_frame, durations, batches, reps, matmul):
         out[f"rtf_{seconds}s"] = t / seconds
 
     def run_all():
+        """One pass over the timed batches."""
         for wavs, lens, _ in batches:
             infer(wavs, lens)
 
@@ -655,6 +661,7 @@ class MemorySampler(threading.Thread):
         self.interval, self.peak_kib, self.stop = interval, 0, threading.Event()
 
     def run(self):
+        """Samples the process tree's PSS until stopped, keeping the peak."""
         pid = os.getpid()
         while not self.stop.is_set():
             total = sum(_proc_kib(p, "Pss", "smaps_rollup") for p in [pid, *_children(pid)])
@@ -870,6 +877,7 @@ def main(argv=None):
     result = {}
 
     def log(msg):
+        """Prints a message with the seconds since the start."""
         print(f"[{time.time() - start_all:6.1f} s] {msg}", flush=True)
 
     import hnsd_sb
@@ -959,6 +967,7 @@ def main(argv=None):
         result["padding_eval_sample"] = padding_waste(sample, test)
 
         def matmul():
+            """The matmul rate on these cores (the floor's reference)."""
             return matmul_rates(1024, 0.5, cores)
 
         _, hp_inf = load_recipe(args.root, workdir, {"output_folder": os.path.join(workdir, "i")})

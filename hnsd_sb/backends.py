@@ -42,7 +42,7 @@ class _Network(torch.nn.Module):
         self.model = model
 
     def forward(self, static, dynamic, lengths):
-        """Log-probabilities and attention, as ``HNSD(..., return_attention=True)``."""
+        """Log-probabilities and attention, as HNSD gives them with ``return_attention``."""
         return self.model(static, dynamic, lengths, return_attention=True)
 
 

@@ -71,6 +71,7 @@ def _onednn_op():
 
 
 def _use_onednn(x, weight):
+    """Whether ``linear`` can take oneDNN for these tensors here."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -90,6 +91,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, n_tanh):
+        """The layer's output, its matrix product through oneDNN."""
         op = _onednn_op()
         y = op(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
         if n_tanh:
@@ -100,6 +102,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        """The gradients of ``x``, ``weight`` and ``bias``, each matrix product through oneDNN."""
         op = _onednn_op()
         x, weight, y = ctx.saved_tensors
         grad = grad.reshape(-1, grad.shape[-1])
@@ -205,11 +208,15 @@ class _Branches(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, *tensors):
+        """Runs the branches side by side, keeping their graphs for the backward."""
         fns, params, threads = plan
         inputs = [x.detach().requires_grad_(x.requires_grad) for x in tensors[: len(fns)]]
 
         def branch(i):
+            """Branch ``i``'s forward, as a call without arguments."""
+
             def call():
+                """Runs the branch with autograd recording."""
                 with torch.enable_grad():
                     return fns[i](inputs[i])
 
@@ -221,11 +228,16 @@ class _Branches(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        """Runs the branches' backward side by side; returns the inputs' and parameters'
+        gradients."""
         _, params, threads = ctx.plan
         inputs, outputs = ctx.inputs, ctx.outputs
 
         def branch(i):
+            """Branch ``i``'s backward, as a call without arguments."""
+
             def call():
+                """The gradients of the branch's input and parameters."""
                 wanted = ([inputs[i]] if inputs[i].requires_grad else []) + list(params[i])
                 if not wanted or not outputs[i].requires_grad:
                     return [None] * len(wanted)
@@ -305,7 +317,7 @@ def _side_by_side_possible(inputs):
 
 
 def run_branches(functions, inputs, parameters):
-    """Computes ``[functions[i](inputs[i]) for i ...]``, the branches side by side on CPU.
+    """Computes ``functions[i](inputs[i])`` for every branch, side by side on CPU.
 
     On CPU with at least two intra-op threads, each branch runs on its own thread with an equal
     share of the threads (one each on a 2-core machine), forward and, under autograd, backward;
@@ -362,6 +374,7 @@ class _GatedCombine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, static_part, dynamic_part):
+        """The fused output and the gate."""
         out = static_part.shape[-1] // 2
         h_s, h_d = static_part[..., :out], dynamic_part[..., :out]
         z = torch.add(static_part[..., out:], dynamic_part[..., out:]).sigmoid_()
@@ -372,6 +385,7 @@ class _GatedCombine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_h, grad_z):
+        """The gradients of the two stream parts, in a few fused elementwise passes."""
         static_part, dynamic_part, z = ctx.saved_tensors
         out = z.shape[-1]
         grad_static = torch.empty_like(static_part)
@@ -486,6 +500,7 @@ def _fast_frames(model, static, dynamic, lengths=None):
 
 
 def _two_stream_models(model):
+    """The two-stream ``HNSD`` instances in ``model`` (itself included)."""
     from hnsd_sb.model import HNSD
 
     return [m for m in model.modules() if isinstance(m, HNSD) and m.streams == "two"]

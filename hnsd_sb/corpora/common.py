@@ -613,6 +613,7 @@ def prepare_coded_corpus(
     )
 
     def collect():
+        """Scans the corpus and returns its utterances with their labels mapped."""
         found = scan_wavs(data_folder, corpus.name_pattern, corpus.name)
         utterances = [corpus.fields(path, match) for path, match in found]
         kept = [utt for utt in utterances if utt is not None]
