@@ -118,7 +118,7 @@ class EmotionRecognizer(Pretrained):
         ...
         FileNotFoundError: /no/such/model: not a model folder (no model_info.json); ...
         """
-        from hnsd_sb.export import MODEL_FILE, NORMALIZER_FILE, load_normalizer, load_weights
+        from hnsd_sb.weights import MODEL_FILE, NORMALIZER_FILE, load_normalizer, load_weights
 
         path = Path(os.path.abspath(os.path.expanduser(str(folder))))
         labels, architecture = read_architecture(path)

@@ -12,9 +12,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from hnsd_sb.export import export_model, find_checkpoint, find_model_file
+from hnsd_sb.checkpoints import find_checkpoint
+from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.synthetic import make_synthetic_iemocap, synthesize_utterance
+from hnsd_sb.weights import find_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"

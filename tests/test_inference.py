@@ -21,11 +21,13 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 
 from hnsd_sb.audio import AudioError, load_audio
+from hnsd_sb.checkpoints import find_checkpoint
 from hnsd_sb.cli import main as cli_main
-from hnsd_sb.export import FOLDER_FILES, export_model, find_checkpoint, load_weights
+from hnsd_sb.export import FOLDER_FILES, export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.model_info import read_model_info
 from hnsd_sb.synthetic import make_synthetic_iemocap
+from hnsd_sb.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"
