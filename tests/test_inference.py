@@ -200,6 +200,26 @@ def test_foreign_class_loads_the_folder_offline(model_folder, recognizer, test_r
     torch.testing.assert_close(loaded.classify_file(path)[0], recognizer.classify_file(path)[0])
 
 
+def test_folders_naming_the_old_hook_module_still_load(model_folder, recognizer, tmp_path):
+    """Folders exported before hnsd_sb.weights name its hooks hnsd_sb.export.*: SpeechBrain's
+    from_hparams still loads them, to the same outputs."""
+    from speechbrain.inference.interfaces import foreign_class
+
+    old = Path(shutil.copytree(model_folder, tmp_path / "old"))
+    yaml_file = old / "hyperparams.yaml"
+    text = yaml_file.read_text()
+    assert "hnsd_sb.weights.load_weights" in text
+    yaml_file.write_text(text.replace("hnsd_sb.weights.", "hnsd_sb.export."))
+    loaded = foreign_class(
+        source=str(old),
+        pymodule_file="custom_interface.py",
+        classname="EmotionRecognizer",
+        run_opts={"device": "cpu"},
+    )
+    wav = torch.randn(1, 16000)
+    torch.testing.assert_close(loaded.classify_batch(wav)[0], recognizer.classify_batch(wav)[0])
+
+
 @pytest.mark.parametrize("fmt,subtype", [("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")])
 def test_44k_stereo_input_is_resampled_and_downmixed(recognizer, test_rows, tmp_path, fmt, subtype):
     mono = load_audio(test_rows[0]["wav"])
