@@ -3,7 +3,10 @@
 SpeechBrain removed ``InputNormalization(norm_type="speaker")`` in 1.0.4; HNSD needs it to remove
 speaker differences, so this module keeps per-speaker statistics itself. Statistics are exact
 sums over the real (unpadded) frames, accumulated in float64, and travel with SpeechBrain's
-checkpointer and ``Pretrainer``.
+checkpointer and ``Pretrainer``. They are sums rather than SpeechBrain's
+``gaussian_statistics`` (a masked mean and standard deviation of one batch) because sums of
+counts, values and squares add up exactly across batches, processes (``merge_state``) and
+enrolment recordings, in any order.
 """
 
 import torch
