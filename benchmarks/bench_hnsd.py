@@ -236,6 +236,7 @@ def matmul_rates(size, seconds, cores):
         if cores > 1:
 
             def worker(mm=mm, out=many):
+                """One core's share of the concurrent matrix products."""
                 torch.set_num_threads(1)
                 out.append(rate_for(lambda: mm(a, b), flops, seconds))
 
@@ -264,6 +265,10 @@ def load_recipe(root, workdir, overrides=None):
     over.update(overrides or {})
     with open(os.path.join(recipe_dir, "hparams", "hnsd.yaml"), encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, over)
+    if hparams.get("cpu_fast_paths", False):  # as train.py does
+        from hnsd_sb.cpu import accelerate
+
+        accelerate(hparams["model"])
     return recipe, hparams
 
 
@@ -443,6 +448,7 @@ class LSTMFloor:
         share = max(1, cores // 2)
 
         def worker(lstm, index):
+            """Runs one LSTM on its share of the cores."""
             torch.set_num_threads(share)
             for pair in self.inputs:
                 self._run(lstm, pair[index])
@@ -498,16 +504,16 @@ class BareLSTMInference:
 # ----------------------------------------------------------------------------------------------
 def hnsd_pipeline(hparams):
     """Waveforms -> log-probabilities, as the recipe's ``compute_forward`` (eval, no grad)."""
+    from hnsd_sb.pipeline import classify
+
     features = hparams["features"].eval()
     normalizer = hparams["normalizer"].eval()
     model = hparams["model"].eval()
 
     def infer(wavs, wav_lens):
+        """Log-probabilities of a batch (eval, no grad)."""
         with torch.no_grad():
-            static, dynamic, lens = features(wavs, wav_lens, return_lengths=True)
-            n_static = static.shape[-1]
-            feats = normalizer(torch.cat([static, dynamic], -1), lens, None)
-            return model(feats[..., :n_static], feats[..., n_static:], lens)
+            return classify(features, normalizer, model, wavs, wav_lens)[0]
 
     return infer
 
@@ -548,6 +554,7 @@ def ecapa_pipeline(seed=0):
     mean_var_norm.eval()
 
     def infer(wavs, wav_lens):
+        """ECAPA-TDNN's class scores of a batch (eval, no grad)."""
         with torch.no_grad():
             feats = compute_features(wavs)
             feats = mean_var_norm(feats, wav_lens)
@@ -555,6 +562,7 @@ def ecapa_pipeline(seed=0):
             return classifier(embeddings)
 
     def flops_per_frame():
+        """FLOPs per frame of ECAPA-TDNN (torch's count on 10 s minus 5 s of frames)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         counts = []
@@ -592,6 +600,7 @@ def inference_suite(infer, flops_per_frame, durations, batches, reps, matmul):
         out[f"rtf_{seconds}s"] = t / seconds
 
     def run_all():
+        """One pass over the timed batches."""
         for wavs, lens, _ in batches:
             infer(wavs, lens)
 
@@ -652,6 +661,7 @@ class MemorySampler(threading.Thread):
         self.interval, self.peak_kib, self.stop = interval, 0, threading.Event()
 
     def run(self):
+        """Samples the process tree's PSS until stopped, keeping the peak."""
         pid = os.getpid()
         while not self.stop.is_set():
             total = sum(_proc_kib(p, "Pss", "smaps_rollup") for p in [pid, *_children(pid)])
@@ -867,6 +877,7 @@ def main(argv=None):
     result = {}
 
     def log(msg):
+        """Prints a message with the seconds since the start."""
         print(f"[{time.time() - start_all:6.1f} s] {msg}", flush=True)
 
     import hnsd_sb
@@ -956,6 +967,7 @@ def main(argv=None):
         result["padding_eval_sample"] = padding_waste(sample, test)
 
         def matmul():
+            """The matmul rate on these cores (the floor's reference)."""
             return matmul_rates(1024, 0.5, cores)
 
         _, hp_inf = load_recipe(args.root, workdir, {"output_folder": os.path.join(workdir, "i")})

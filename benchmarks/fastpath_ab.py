@@ -4,7 +4,7 @@
 > OMP_NUM_THREADS=2 python benchmarks/fastpath_ab.py
 
 Times forward, backward and an Adam step on one random ``[16, 450]``-frame batch (paper-size
-model), alternating plain PyTorch and ``hnsd_sb.cpu`` fast paths twice, and prints the fastest
+model), alternating plain PyTorch and ``hnsd_sb.cpu.accelerate`` twice, and prints the fastest
 of three steps of each; the first pair includes warm-up, so compare the second.
 """
 
@@ -13,7 +13,7 @@ import time
 import torch
 
 from hnsd_sb import HNSD
-from hnsd_sb.cpu import set_fast_paths
+from hnsd_sb.cpu import accelerate
 
 
 def main():
@@ -26,7 +26,7 @@ def main():
     lens = torch.rand(16) * 0.2 + 0.8
     audio_seconds = float(lens.sum()) * 450 / 100
     for fast in (False, True, False, True):
-        set_fast_paths(fast)
+        accelerate(model, enabled=fast)
         times = []
         for _ in range(3):
             start = time.perf_counter()

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,16 +34,6 @@ _INPUTS = ("static", "dynamic", "lengths")
 _OUTPUTS = ("log_probs", "attention")
 
 
-@contextmanager
-def _plain_pytorch():
-    """The CPU fast paths off (they call private ops no exporter knows), restored after."""
-    previous = cpu.set_fast_paths(False)
-    try:
-        yield
-    finally:
-        cpu.set_fast_paths(previous)
-
-
 class _Network(torch.nn.Module):
     """HNSD with the attention always returned: the exported function."""
 
@@ -53,7 +42,7 @@ class _Network(torch.nn.Module):
         self.model = model
 
     def forward(self, static, dynamic, lengths):
-        """Log-probabilities and attention, as ``HNSD(..., return_attention=True)``."""
+        """Log-probabilities and attention, as HNSD gives them with ``return_attention``."""
         return self.model(static, dynamic, lengths, return_attention=True)
 
 
@@ -105,7 +94,8 @@ def export_onnx(model, path, check=True):
     # and read back by us alone (a process pool would re-run the caller's unguarded script).
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "model.pt")
-        torch.save(model.cpu(), saved)
+        with cpu.plain_pytorch(model):  # the accelerated form holds a bound method
+            torch.save(model.cpu(), saved)
         code = (
             "import sys, torch; from hnsd_sb.backends import _export_here; "
             "_export_here(torch.load(sys.argv[1], weights_only=False), sys.argv[2])"
@@ -122,7 +112,7 @@ def _export_here(model, path):
     """``export_onnx``'s work, in the calling process."""
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=2)
     example = _example_inputs(model, 2, 40)
-    with _plain_pytorch(), torch.no_grad():
+    with cpu.plain_pytorch(model), torch.no_grad():
         program = torch.onnx.export(
             _Network(model).eval(),
             example,
@@ -163,7 +153,7 @@ def check_onnx(model, path):
     session = OnnxNetwork(path)
     model = model.eval()  # dropout off, as exported
     worst = 0.0
-    with _plain_pytorch(), torch.no_grad():
+    with cpu.plain_pytorch(model), torch.no_grad():
         for batch, frames in ((3, 57), (1, 301)):
             inputs = _example_inputs(model, batch, frames, seed=batch)
             expected = model(*inputs, return_attention=True)[0]

@@ -121,6 +121,7 @@ class LinearClassifier(torch.nn.Module):
         )
 
         def closure():
+            """L-BFGS's loss evaluation: the penalised loss, with its gradients."""
             optimizer.zero_grad()
             logits = self.linear(z)
             loss = torch.nn.functional.cross_entropy(logits, y, weight=weight)

@@ -201,3 +201,57 @@ class AtomicCheckpointer(Checkpointer):
                 shutil.rmtree(path)
                 removed.append(path)
         return removed
+
+
+def _save_folder(source):
+    """The folder holding the CKPT+ folders of a run given as output or save folder."""
+    for folder in (source, source / "save"):
+        if folder.is_dir() and any(p.name.startswith("CKPT+") for p in folder.iterdir()):
+            return folder
+    raise FileNotFoundError(
+        f"{source}: no checkpoints (CKPT+... folders) in it or in {source / 'save'}"
+    )
+
+
+def find_checkpoint(source, max_key="UA"):
+    """Finds the best checkpoint of a recipe run.
+
+    Arguments
+    ---------
+    source : str or path-like
+        A run's output folder, its save folder, or a ``CKPT+...`` folder (returned as is).
+    max_key : str
+        Checkpoint meta key to maximise (the recipe records ``UA`` and ``WA``).
+
+    Returns
+    -------
+    speechbrain.utils.checkpoints.Checkpoint
+        With ``path`` (the ``CKPT+...`` folder) and ``meta``.
+
+    Example
+    -------
+    >>> import torch
+    >>> save = pathlib.Path(getfixture("tmpdir"))
+    >>> ckpt = Checkpointer(save, {"lin": torch.nn.Linear(1, 1)})
+    >>> for ua in (40.0, 60.0, 50.0):
+    ...     _ = ckpt.save_checkpoint(meta={"UA": ua}, name=f"ua{ua:.0f}")
+    >>> find_checkpoint(save).path.name
+    'CKPT+ua60'
+    """
+    source = pathlib.Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such folder")
+    try:  # SpeechBrain parses every CKPT.yaml of the folder
+        if (source / "CKPT.yaml").is_file():
+            return Checkpointer(source.parent).find_checkpoint(
+                ckpt_predicate=lambda ckpt: ckpt.path.name == source.name
+            )
+        save_folder = _save_folder(source)
+        best = Checkpointer(save_folder).find_checkpoint(max_key=max_key)
+    except OSError:
+        raise
+    except Exception as err:  # YAML and decoding errors of many types
+        raise ValueError(f"{source}: a checkpoint's CKPT.yaml cannot be read ({err})") from None
+    if best is None:
+        raise FileNotFoundError(f"{save_folder}: no checkpoint records {max_key!r} in its meta")
+    return best

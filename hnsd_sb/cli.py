@@ -642,11 +642,45 @@ def _window_seconds(text):
         ) from None
 
 
-def _run_export(args):
-    """``hnsd export``: imports the exporter (torch, SpeechBrain) only when it runs."""
-    from hnsd_sb.export import run_export
+def run_export(args):
+    """``hnsd export``: runs an export from parsed arguments, printing the outcome.
 
-    return run_export(args)
+    Arguments
+    ---------
+    args : argparse.Namespace
+        As parsed with ``add_export_arguments``.
+
+    Returns
+    -------
+    int
+        0 on success, 1 on failure.
+
+    Example
+    -------
+    >>> args = argparse.Namespace(source="/nowhere", folder="out", hparams=None,
+    ...                           max_key="UA", overwrite=False, format="torch", quantize=None)
+    >>> run_export(args)
+    1
+    """
+    from hnsd_sb.export import export_model  # torch and SpeechBrain, only when it runs
+
+    if args.quantize and args.format != "onnx":
+        print("Export failed: --quantize int8 needs --format onnx", file=sys.stderr)
+        return 1
+    try:
+        out = export_model(
+            args.source, args.folder, args.hparams, args.max_key, args.overwrite,
+            onnx=args.format == "onnx", int8=args.quantize == "int8",
+        )  # fmt: skip
+    except (OSError, ValueError, ImportError) as err:
+        print(f"Export failed: {err}", file=sys.stderr)
+        return 1
+    print(f"Exported to {out}")
+    warning = near_chance_warning(read_model_info(out))
+    if warning:
+        print(f"hnsd export: warning: {warning}", file=sys.stderr)
+    print(f"Classify recordings with: hnsd predict --model {out} FILE_OR_DIR...")
+    return 0
 
 
 def build_parser():
@@ -752,7 +786,7 @@ def build_parser():
         "checkpoint (max validation UA) or a given one.",
     )
     add_export_arguments(export)
-    export.set_defaults(func=_run_export)
+    export.set_defaults(func=run_export)
 
     info = commands.add_parser(
         "info",

@@ -1,7 +1,8 @@
-"""CPU fast paths: oneDNN matrix products and HNSD's two streams side by side.
+"""CPU fast paths for HNSD, opt-in: ``accelerate(model)``.
 
-Two things keep HNSD's CPU cost close to that of its two LSTMs, which PyTorch already runs
-through oneDNN's fused LSTM:
+The model itself (``hnsd_sb.model``, ``hnsd_sb.fusion``) is plain PyTorch. ``accelerate`` swaps in,
+on a built model, an equivalent computation of its two streams that keeps HNSD's CPU cost close
+to that of its two LSTMs, which PyTorch already runs through oneDNN's fused LSTM:
 
 - ``linear``: a fp32 linear layer through oneDNN instead of the default BLAS. On some CPUs
   (AMD Zen among them) MKL's sgemm runs at well under half the speed of oneDNN's, and the GMU's
@@ -13,72 +14,34 @@ through oneDNN's fused LSTM:
   it across cores costs a thread barrier per time step, and on a machine shared with other jobs
   a barrier waits for whichever core was taken away (we measured 2-thread LSTMs running 5 to 12
   times slower than 1-thread ones under load). A core per stream needs no barrier at all.
+- The GMU in split form: each stream's two projections are one matrix product
+  (``W_c [f_s, f_d] = W_c,s f_s + W_c,d f_d``) with ``tanh`` applied in place, and the gate's
+  combination has a written-out backward (autograd's slices would each cost a zero-filled copy).
 
 By default the branches share the intra-op threads (``torch.get_num_threads()``; on 2 cores, one
 each) and everything else uses them all. On a machine shared with other jobs, every multi-threaded
-operation waits at its barriers for the slowest thread; there, ``OMP_NUM_THREADS=1`` with
-``HNSD_BRANCH_CORES=2`` (or ``torch.set_num_threads(1)`` and ``set_branch_cores(2)``) keeps the
-two LSTMs on two cores and runs everything else on one thread, with no barrier anywhere.
+operation waits at its barriers for the slowest thread; there, ``torch.set_num_threads(1)`` with
+``accelerate(model, branch_cores=2)`` (the recipe's ``--cpu_branch_cores=2`` with
+``OMP_NUM_THREADS=1``) keeps the two LSTMs on two cores and runs everything else on one thread,
+with no barrier anywhere.
 
-Set the environment variable ``HNSD_CPU_FASTPATH=0`` (or call ``set_fast_paths(False)``) to run
-everything the plain PyTorch way.
+This module is the only one that uses PyTorch's private operators (``mkldnn._linear_pointwise``,
+``tanh_backward``, ``sigmoid_backward``); oneDNN's is checked against ``F.linear`` before its
+first use and not used where the check fails. Off CPU, under autocast, scripting, tracing or
+compilation, the accelerated model computes the plain way.
 """
 
 import os
 import threading
+import types
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 import torch
 
-_STATE = {
-    "enabled": os.environ.get("HNSD_CPU_FASTPATH", "1") != "0",
-    "onednn": None,
-    "cores": int(os.environ["HNSD_BRANCH_CORES"]) if os.environ.get("HNSD_BRANCH_CORES") else None,
-}
+_STATE = {"onednn": None, "cores": None}
 _POOL = {"executor": None, "pid": None, "size": 0}
 _POOL_LOCK = threading.Lock()
-
-
-def set_fast_paths(enabled):
-    """Turns the oneDNN linear layer and the side-by-side streams on or off (process-wide).
-
-    Arguments
-    ---------
-    enabled : bool
-        False makes ``linear`` plain ``torch.nn.functional.linear`` and ``run_branches`` run the
-        branches one after the other.
-
-    Returns
-    -------
-    bool
-        The previous setting.
-
-    Example
-    -------
-    >>> previous = set_fast_paths(False)
-    >>> fast_paths_enabled()
-    False
-    >>> _ = set_fast_paths(previous)
-    """
-    previous = _STATE["enabled"]
-    _STATE["enabled"] = bool(enabled)
-    return previous
-
-
-def fast_paths_enabled():
-    """Whether the CPU fast paths are on (see ``set_fast_paths``).
-
-    Returns
-    -------
-    bool
-        The current setting.
-
-    Example
-    -------
-    >>> isinstance(fast_paths_enabled(), bool)
-    True
-    """
-    return _STATE["enabled"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,9 +71,9 @@ def _onednn_op():
 
 
 def _use_onednn(x, weight):
+    """Whether ``linear`` can take oneDNN for these tensors here."""
     return (
-        _STATE["enabled"]
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.numel() > 0
@@ -128,6 +91,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, n_tanh):
+        """The layer's output, its matrix product through oneDNN."""
         op = _onednn_op()
         y = op(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
         if n_tanh:
@@ -138,6 +102,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        """The gradients of ``x``, ``weight`` and ``bias``, each matrix product through oneDNN."""
         op = _onednn_op()
         x, weight, y = ctx.saved_tensors
         grad = grad.reshape(-1, grad.shape[-1])
@@ -243,11 +208,15 @@ class _Branches(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, *tensors):
+        """Runs the branches side by side, keeping their graphs for the backward."""
         fns, params, threads = plan
         inputs = [x.detach().requires_grad_(x.requires_grad) for x in tensors[: len(fns)]]
 
         def branch(i):
+            """Branch ``i``'s forward, as a call without arguments."""
+
             def call():
+                """Runs the branch with autograd recording."""
                 with torch.enable_grad():
                     return fns[i](inputs[i])
 
@@ -259,11 +228,16 @@ class _Branches(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        """Runs the branches' backward side by side; returns the inputs' and parameters'
+        gradients."""
         _, params, threads = ctx.plan
         inputs, outputs = ctx.inputs, ctx.outputs
 
         def branch(i):
+            """Branch ``i``'s backward, as a call without arguments."""
+
             def call():
+                """The gradients of the branch's input and parameters."""
                 wanted = ([inputs[i]] if inputs[i].requires_grad else []) + list(params[i])
                 if not wanted or not outputs[i].requires_grad:
                     return [None] * len(wanted)
@@ -333,8 +307,7 @@ def branch_cores():
 def _side_by_side_possible(inputs):
     """Whether ``run_branches`` may use threads: CPU tensors, cores to share, plain eager."""
     return (
-        _STATE["enabled"]
-        and branch_cores() >= 2
+        branch_cores() >= 2
         and all(x.device.type == "cpu" for x in inputs)
         and not torch.is_autocast_enabled("cpu")
         and not torch.jit.is_scripting()
@@ -344,11 +317,11 @@ def _side_by_side_possible(inputs):
 
 
 def run_branches(functions, inputs, parameters):
-    """Computes ``[functions[i](inputs[i]) for i ...]``, the branches side by side on CPU.
+    """Computes ``functions[i](inputs[i])`` for every branch, side by side on CPU.
 
     On CPU with at least two intra-op threads, each branch runs on its own thread with an equal
     share of the threads (one each on a 2-core machine), forward and, under autograd, backward;
-    anywhere else (GPU, one thread, autocast, scripting, fast paths off) the branches run one
+    anywhere else (GPU, one thread, autocast, scripting) the branches run one
     after the other. The results and gradients are the same either way.
 
     Arguments
@@ -388,3 +361,248 @@ def run_branches(functions, inputs, parameters):
     plan = (functions, params, threads)
     flat = [p for group in params for p in group]
     return list(_Branches.apply(plan, *inputs, *flat))
+
+
+# ----------------------------------------------------------------------------------------------
+# the GMU in split form, and HNSD's streams side by side
+# ----------------------------------------------------------------------------------------------
+class _GatedCombine(torch.autograd.Function):
+    """``h = z h_s + (1 - z) h_d``, ``z = sigmoid(c_s + c_d)`` from the stream parts
+    ``[h_s, c_s]`` and ``[h_d, c_d]``, returning ``(h, z)``. The backward is written out: a few
+    fused elementwise passes straight into the two gradients, instead of autograd's zero-filled
+    copies for every slice (the GMU's elementwise work is memory-bound, so passes are time)."""
+
+    @staticmethod
+    def forward(ctx, static_part, dynamic_part):
+        """The fused output and the gate."""
+        out = static_part.shape[-1] // 2
+        h_s, h_d = static_part[..., :out], dynamic_part[..., :out]
+        z = torch.add(static_part[..., out:], dynamic_part[..., out:]).sigmoid_()
+        h = torch.addcmul(h_d, z, h_s - h_d)  # z h_s + (1 - z) h_d, faster than lerp on CPU
+        ctx.save_for_backward(static_part, dynamic_part, z)
+        ctx.set_materialize_grads(False)
+        return h, z
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_z):
+        """The gradients of the two stream parts, in a few fused elementwise passes."""
+        static_part, dynamic_part, z = ctx.saved_tensors
+        out = z.shape[-1]
+        grad_static = torch.empty_like(static_part)
+        grad_dynamic = torch.empty_like(dynamic_part)
+        if grad_h is None:
+            grad_h = torch.zeros_like(z)
+        torch.mul(grad_h, z, out=grad_static[..., :out])
+        torch.sub(grad_h, grad_static[..., :out], out=grad_dynamic[..., :out])
+        gate = torch.sub(static_part[..., :out], dynamic_part[..., :out]).mul_(grad_h)
+        if grad_z is not None:
+            gate.add_(grad_z)
+        torch.ops.aten.sigmoid_backward.grad_input(gate, z, grad_input=grad_static[..., out:])
+        grad_dynamic[..., out:].copy_(grad_static[..., out:])
+        return grad_static, grad_dynamic
+
+
+def gmu_stream_part(gmu, x, stream):
+    """One stream's share of a GMU: ``[tanh(W_s f_s), W_c,s f_s]`` for ``"static"``.
+
+    ``W_c [f_s, f_d] = W_c,s f_s + W_c,d f_d``, so each stream's projections are one matrix
+    product that needs nothing from the other stream (``accelerate`` runs it beside the stream's
+    LSTM); ``gmu_combine`` joins the two parts.
+
+    Arguments
+    ---------
+    gmu : hnsd_sb.fusion.GatedMultiFeatureUnit
+        The GMU whose weights are used.
+    x : torch.Tensor
+        ``[..., size]``: the static or the dynamic stream.
+    stream : str
+        ``"static"`` or ``"dynamic"``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[..., 2 * out_size]``: ``h_s`` (or ``h_d``), then that stream's part of the gate's
+        pre-activation (the gate's bias goes with the static part).
+
+    Example
+    -------
+    >>> from hnsd_sb.fusion import GatedMultiFeatureUnit
+    >>> gmu = GatedMultiFeatureUnit(8, 6, 4)
+    >>> f_s, f_d = torch.randn(3, 8), torch.randn(3, 6)
+    >>> parts = gmu_stream_part(gmu, f_s, "static"), gmu_stream_part(gmu, f_d, "dynamic")
+    >>> parts[0].shape
+    torch.Size([3, 8])
+    >>> bool(torch.allclose(gmu_combine(*parts), gmu(f_s, f_d), atol=1e-6))
+    True
+    """
+    n = x.shape[-1]
+    if stream == "static":
+        proj, gate_weight = gmu.static_proj, gmu.gate_proj.weight[:, :n]
+        gate_bias = gmu.gate_proj.bias
+    else:
+        proj, gate_weight = gmu.dynamic_proj, gmu.gate_proj.weight[:, -n:]
+        gate_bias = None if gmu.gate_proj.bias is None else torch.zeros_like(gmu.gate_proj.bias)
+    weight = torch.cat([proj.weight, gate_weight])
+    bias = None if proj.bias is None else torch.cat([proj.bias, gate_bias])
+    return linear(x, weight, bias, n_tanh=gmu.out_size)
+
+
+def gmu_combine(static_part, dynamic_part, return_gate=False):
+    """Fuses the outputs of ``gmu_stream_part`` into the GMU's output.
+
+    Arguments
+    ---------
+    static_part : torch.Tensor
+        ``[..., 2 * out_size]``, the static stream's part.
+    dynamic_part : torch.Tensor
+        ``[..., 2 * out_size]``, the dynamic stream's part.
+    return_gate : bool
+        Also return the gate ``z``.
+
+    Returns
+    -------
+    h : torch.Tensor
+        ``[..., out_size]``.
+    z : torch.Tensor
+        The gate, only when ``return_gate``.
+
+    Example
+    -------
+    >>> static_part = torch.tensor([[1.0, 1.0, 0.0, 0.0]])  # h_s = 1, gate part 0
+    >>> h, z = gmu_combine(static_part, torch.zeros(1, 4), return_gate=True)  # h_d = 0
+    >>> h.tolist(), z.tolist()
+    ([[0.5, 0.5]], [[0.5, 0.5]])
+    """
+    h, z = _GatedCombine.apply(static_part, dynamic_part)
+    return (h, z) if return_gate else h
+
+
+def _fast_frames(model, static, dynamic, lengths=None):
+    """``HNSD.frames`` of a two-stream model, its streams side by side (installed by
+    ``accelerate``): with a GMU, each stream's GMU projections go with its LSTM, so the two
+    streams run apart up to the GMU's elementwise part."""
+    from hnsd_sb.fusion import GatedMultiFeatureUnit
+
+    encoders = (model.static_encoder, model.dynamic_encoder)
+    params = [list(enc.parameters()) for enc in encoders]
+    if isinstance(model.fusion, GatedMultiFeatureUnit):
+        gmu = model.fusion
+        gate_params = list(gmu.gate_proj.parameters())
+        params[0] += list(gmu.static_proj.parameters()) + gate_params
+        params[1] += list(gmu.dynamic_proj.parameters()) + gate_params
+        branches = [
+            lambda x, enc=enc, stream=stream: gmu_stream_part(gmu, enc(x, lengths), stream)
+            for enc, stream in zip(encoders, ("static", "dynamic"))
+        ]
+        return gmu_combine(*run_branches(branches, (static, dynamic), params))
+    branches = [lambda x, enc=enc: enc(x, lengths) for enc in encoders]
+    return model.fusion(*run_branches(branches, (static, dynamic), params))
+
+
+def _two_stream_models(model):
+    """The two-stream ``HNSD`` instances in ``model`` (itself included)."""
+    from hnsd_sb.model import HNSD
+
+    return [m for m in model.modules() if isinstance(m, HNSD) and m.streams == "two"]
+
+
+def accelerate(model, enabled=True, branch_cores=None):
+    """Makes the HNSD models in ``model`` compute their two streams the CPU-fast way.
+
+    Same results as plain PyTorch (within float rounding; the tests compare outputs and
+    gradients) and the same parameters and ``state_dict``: only ``HNSD.frames`` is replaced, on
+    these instances. Models with one stream are left as they are; off CPU the accelerated model
+    computes the plain way.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        An ``hnsd_sb.HNSD``, or a module holding some.
+    enabled : bool
+        False puts the plain computation back.
+    branch_cores : int or None
+        If given, sets the cores the two streams share (``set_branch_cores``, process-wide).
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` itself.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> model = HNSD(hidden_size=8, fc_size=4, n_classes=2).eval()
+    >>> x = torch.randn(2, 9, 26), torch.randn(2, 9, 52)
+    >>> plain = model(*x)
+    >>> is_accelerated(accelerate(model))
+    True
+    >>> bool(torch.allclose(model(*x), plain, atol=1e-6))
+    True
+    >>> is_accelerated(accelerate(model, enabled=False))
+    False
+    """
+    for module in _two_stream_models(model):
+        if enabled:
+            module.frames = types.MethodType(_fast_frames, module)
+        else:
+            module.__dict__.pop("frames", None)
+    if branch_cores is not None:
+        set_branch_cores(branch_cores)
+    return model
+
+
+def is_accelerated(model):
+    """Whether ``accelerate`` is in effect on some HNSD in ``model``.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        An ``hnsd_sb.HNSD``, or a module holding some.
+
+    Returns
+    -------
+    bool
+        True when at least one of its two-stream HNSD models is accelerated.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> is_accelerated(HNSD(hidden_size=8))
+    False
+    """
+    return any("frames" in m.__dict__ for m in _two_stream_models(model))
+
+
+@contextmanager
+def plain_pytorch(model):
+    """Runs ``model`` the plain PyTorch way inside the block (e.g. for an exporter, which knows
+    no private operators), restoring what it was after.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        An ``hnsd_sb.HNSD``, or a module holding some.
+
+    Yields
+    ------
+    torch.nn.Module
+        ``model``, plain inside the block.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> model = accelerate(HNSD(hidden_size=8))
+    >>> with plain_pytorch(model):
+    ...     is_accelerated(model)
+    False
+    >>> is_accelerated(model)
+    True
+    """
+    accelerated = [m for m in _two_stream_models(model) if "frames" in m.__dict__]
+    for module in accelerated:
+        accelerate(module, enabled=False)
+    try:
+        yield model
+    finally:
+        for module in accelerated:
+            accelerate(module)

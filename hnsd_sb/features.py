@@ -155,48 +155,6 @@ class StaticDynamicFeatures(torch.nn.Module):
         )
         self.deltas = Deltas(input_size=n_mels, window_length=delta_window)
 
-    def log_mel(self, wavs):
-        """SpeechBrain's ``Fbank`` (``self.fbank``) of a batch, with the power spectrum computed in
-        two passes over the STFT instead of four (``Fbank`` squares the real and imaginary parts
-        into a new tensor, sums them over a size-2 dimension and raises the sum to the power 1).
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            Waveforms ``[batch, samples]``.
-
-        Returns
-        -------
-        torch.Tensor
-            Log-Mel energies ``[batch, frames, n_mels]``, as ``self.fbank(wavs)``.
-
-        Example
-        -------
-        >>> compute = StaticDynamicFeatures()
-        >>> wavs = torch.randn(2, 8000)
-        >>> bool(torch.allclose(compute.log_mel(wavs), compute.fbank(wavs), atol=1e-4))
-        True
-        """
-        stft = self.fbank.compute_STFT
-        if wavs.dim() != 2 or self.fbank.deltas or self.fbank.context:
-            return self.fbank(wavs)
-        spec = torch.stft(
-            wavs,
-            stft.n_fft,
-            stft.hop_length,
-            stft.win_length,
-            stft.window.to(wavs.device),
-            stft.center,
-            stft.pad_mode,
-            stft.normalized_stft,
-            stft.onesided,
-            return_complex=True,
-        )
-        parts = torch.view_as_real(spec.transpose(1, 2))  # [batch, frames, freqs, 2]
-        real, imag = parts[..., 0], parts[..., 1]
-        power = torch.mul(real, real, out=real.new_empty(real.shape)).addcmul_(imag, imag)
-        return self.fbank.compute_fbanks(power)
-
     def frame_counts(self, wav_lens, n_samples):
         """Returns the number of real (unpadded) frames of each waveform.
 
@@ -246,7 +204,7 @@ class StaticDynamicFeatures(torch.nn.Module):
         """
         if wav_lens is None:
             wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
-        static = self.log_mel(wavs)
+        static = self.fbank(wavs)
         n_frames = self.frame_counts(wav_lens, wavs.shape[1]).clamp(max=static.shape[1])
         if self.trim_db is not None:
             static, n_frames = trim_silence(static, n_frames, self.trim_db)

@@ -1,9 +1,12 @@
 """Running a trained HNSD on recordings: the ``EmotionRecognizer`` SpeechBrain interface.
 
 ``EmotionRecognizer`` is a ``speechbrain.inference.interfaces.Pretrained`` built from a model
-folder written by ``hnsd_sb.export`` (or ``hnsd export``). Like SpeechBrain's
-``EncoderClassifier`` it returns ``(probabilities, score, index, label)``; it also gives the
-attention weights over time, and normalises speakers as the recipe does: a speaker with
+folder written by ``hnsd_sb.export`` (or ``hnsd export``). Its ``classify_batch`` and
+``classify_file`` return a tuple shaped like SpeechBrain's ``EncoderClassifier``'s, ``(out,
+score, index, label)``, with one difference: ``out`` and ``score`` are probabilities (they sum to
+one, and are what a user reads), where ``EncoderClassifier`` gives log-probabilities;
+``infer_batch`` gives the log-probabilities. It also gives the attention weights over time
+(``hnsd_sb.pipeline`` computes them), and normalises speakers as the recipe does: a speaker with
 statistics (from training, or enrolled here from reference recordings with ``enroll``) is
 normalised with them, any other speaker with the ``unseen`` fallback of ``SpeakerNormalization``
 (by default the utterance's own statistics).
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 from speechbrain.inference.interfaces import Pretrained
 
+from hnsd_sb import cpu, pipeline
 from hnsd_sb.audio import load_audio
 from hnsd_sb.model_info import MODEL_INFO_FILE, MODULE_CLASSES, read_architecture
 
@@ -114,7 +118,7 @@ class EmotionRecognizer(Pretrained):
         ...
         FileNotFoundError: /no/such/model: not a model folder (no model_info.json); ...
         """
-        from hnsd_sb.export import MODEL_FILE, NORMALIZER_FILE, load_normalizer, load_weights
+        from hnsd_sb.weights import MODEL_FILE, NORMALIZER_FILE, load_normalizer, load_weights
 
         path = Path(os.path.abspath(os.path.expanduser(str(folder))))
         labels, architecture = read_architecture(path)
@@ -137,6 +141,7 @@ class EmotionRecognizer(Pretrained):
                     f"{info_file}: architecture.{name} cannot be built: {err}"
                 ) from None
         load_weights(modules["model"], path / MODEL_FILE)
+        cpu.accelerate(modules["model"])  # the same network, faster on CPU (hnsd_sb.cpu)
         n_features = modules["model"].n_static + modules["model"].n_dynamic
         load_normalizer(modules["normalizer"], path / NORMALIZER_FILE, n_features)
         if backend != "torch":
@@ -231,13 +236,9 @@ class EmotionRecognizer(Pretrained):
         wav_lens = torch.as_tensor(wav_lens).to(self.device, torch.float32)
         speakers = self._speakers(speakers, wavs.shape[0])
         with torch.no_grad():
-            static, dynamic, lens = self.mods.features(wavs, wav_lens, return_lengths=True)
-            n_static = static.shape[-1]
-            feats = self.mods.normalizer(torch.cat([static, dynamic], -1), lens, speakers)
-            log_probs, attention = self.mods.model(
-                feats[..., :n_static], feats[..., n_static:], lens, return_attention=True
+            return pipeline.classify(
+                self.mods.features, self.mods.normalizer, self.mods.model, wavs, wav_lens, speakers
             )
-        return log_probs, attention, lens
 
     def classify_batch(self, wavs, wav_lens=None, speakers=None):
         """Classifies a batch of waveforms.
@@ -372,11 +373,10 @@ class EmotionRecognizer(Pretrained):
             ``[samples]`` at ``sample_rate``, at least one analysis frame long.
         """
         wav = wav.to(self.device, torch.float32).reshape(1, -1)
-        with torch.no_grad():
-            static, dynamic, lens = self.mods.features(
-                wav, torch.ones(1, device=self.device), return_lengths=True
-            )
-        self.mods.normalizer.accumulate(torch.cat([static, dynamic], -1), lens, [speaker])
+        ones = torch.ones(1, device=self.device)
+        pipeline.accumulate_statistics(
+            self.mods.features, self.mods.normalizer, wav, ones, [speaker]
+        )
 
     def forward(self, wavs, wav_lens=None, speakers=None):
         """Classifies a batch of waveforms: see ``classify_batch``.

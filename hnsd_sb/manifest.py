@@ -1,12 +1,15 @@
-"""Validation of SpeechBrain CSV manifests before training.
+"""Reading and validation of SpeechBrain CSV manifests before training.
 
 ``validate_manifest`` finds every bad row of a manifest in one pass (duplicate IDs, missing or
 unreadable audio, bad durations, unknown labels) so a run fails at start-up with the whole list
 instead of hours later on the first bad file, or writes a cleaned copy without the bad rows.
+``read_rows`` and ``resolve_path`` are the one way the package reads a manifest's rows and their
+``$key`` placeholders; ``json_to_csv`` turns a SpeechBrain JSON annotation into such a manifest.
 """
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -139,6 +142,129 @@ def read_manifest_text(csv_path):
     return io.StringIO(text, newline="")
 
 
+def read_rows(csv_path):
+    """The header and the data rows of a CSV manifest, each row with its line number.
+
+    Arguments
+    ---------
+    csv_path : str
+        The manifest (UTF-8, see ``read_manifest_text``).
+
+    Returns
+    -------
+    columns : list of str or None
+        The header's column names (None for an empty file).
+    rows : list of (int, dict)
+        ``(line, row)`` per data row; the header is line 1. ``csv.DictReader`` files surplus
+        fields under ``None`` and fills missing ones with ``None``.
+
+    Example
+    -------
+    >>> path = getfixture("tmpdir").join("m.csv")
+    >>> _ = path.write("ID,wav\\nu1,a.wav\\n")
+    >>> read_rows(path.strpath)
+    (['ID', 'wav'], [(2, {'ID': 'u1', 'wav': 'a.wav'})])
+    """
+    reader = csv.DictReader(read_manifest_text(csv_path), skipinitialspace=True)
+    columns = reader.fieldnames
+    return columns, [(reader.line_num, row) for row in reader]
+
+
+def resolve_path(value, replacements, keep_unknown=False):
+    """A manifest's ``wav`` value with its ``$key`` placeholders replaced, as SpeechBrain's
+    ``load_data_csv`` does (same syntax: ``$`` then letters, digits, ``_`` or ``.``).
+
+    Arguments
+    ---------
+    value : str
+        E.g. ``"$data_root/Ses01/a.wav"``.
+    replacements : dict
+        Key -> value, e.g. ``{"data_root": "/data/iemocap"}``.
+    keep_unknown : bool
+        Leave placeholders without a replacement as they are instead of raising ``KeyError``.
+
+    Returns
+    -------
+    str
+        The path.
+
+    Example
+    -------
+    >>> resolve_path("$data_root/a.wav", {"data_root": "/data"})
+    '/data/a.wav'
+    >>> resolve_path("$other/a.wav", {}, keep_unknown=True)
+    '$other/a.wav'
+    """
+    if keep_unknown:
+        return _PLACEHOLDER.sub(lambda m: str(replacements.get(m[1], m[0])), value)
+    return _PLACEHOLDER.sub(lambda m: str(replacements[m[1]]), value)
+
+
+def json_to_csv(json_path, csv_path):
+    """Writes a SpeechBrain JSON annotation as a CSV manifest of this recipe.
+
+    SpeechBrain's JSON annotations (``DynamicItemDataset.from_json``) map each utterance ID to
+    its fields and write placeholders as ``{data_root}``; the CSV manifests that this package
+    checks and reads write them as ``$data_root``. The fields ``duration``, ``wav``, ``spk_id``
+    and ``emo`` are kept, in the CSV's ``ID, duration, wav, spk_id, emo`` columns.
+
+    Arguments
+    ---------
+    json_path : str
+        The JSON annotation.
+    csv_path : str
+        The CSV manifest to write (its folder is created).
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Raises
+    ------
+    ManifestError
+        The file is not a JSON object of objects, or an utterance lacks a field; the message
+        names the file and the utterance.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmpdir")
+    >>> entry = {"wav": "{data_root}/a.wav", "duration": 2.5, "spk_id": "s1", "emo": "sad"}
+    >>> _ = tmp.join("a.json").write(json.dumps({"u1": entry}))
+    >>> json_to_csv(tmp.join("a.json").strpath, tmp.join("a.csv").strpath)
+    1
+    >>> print(tmp.join("a.csv").read().strip())
+    ID,duration,wav,spk_id,emo
+    u1,2.5,$data_root/a.wav,s1,sad
+    """
+    json_path = os.fspath(json_path)
+    if not is_plain_file(json_path):
+        raise ManifestError(f"{json_path}: not found, or not a regular file")
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ManifestError(f"{json_path}: not a UTF-8 JSON file ({err})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ManifestError(f"{json_path}: expected an object of utterance ID -> fields")
+    fields = REQUIRED_COLUMNS[1:]
+    rows = []
+    for uid, entry in data.items():
+        missing = [name for name in fields if name not in entry]
+        if missing:
+            raise ManifestError(f"{json_path}: utterance {uid!r} lacks {', '.join(missing)}")
+        values = [str(entry[name]) for name in fields]
+        # {key} placeholders (SpeechBrain's JSON syntax) become $key (its CSV syntax)
+        values[1] = re.sub(r"\{([\w.]+)\}", r"$\1", values[1])
+        rows.append([str(uid), *values])
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    with open(csv_path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REQUIRED_COLUMNS)
+        writer.writerows(rows)
+    return len(rows)
+
+
 def _format_problems(csv_path, problems, n_rows):
     """Error text listing the first ``MAX_LISTED`` problems and how many there are."""
     n_bad = len({p.line for p in problems})
@@ -170,7 +296,7 @@ def _check_row(row, replacements, labels, check_audio, audio_kwargs):
         names = ", ".join(f"${k}" for k in unknown)
         reasons.append(f"no replacement given for {names} in wav {row['wav']!r}")
         return reasons
-    wav = _PLACEHOLDER.sub(lambda m: str(replacements[m[1]]), row["wav"])
+    wav = resolve_path(row["wav"], replacements)
     if not wav:
         reasons.append("empty wav path")
     elif check_audio:
@@ -286,8 +412,7 @@ def validate_manifest(
     labels = None if labels is None else {str(label) for label in labels}
     audio_kwargs = {"min_duration": min_duration}
 
-    reader = csv.DictReader(read_manifest_text(csv_path), skipinitialspace=True)
-    columns = reader.fieldnames
+    columns, rows = read_rows(csv_path)
     if not columns:
         raise ManifestError(f"{csv_path}: empty file, no header row")
     missing = [c for c in required if c not in columns]
@@ -295,7 +420,6 @@ def validate_manifest(
         raise ManifestError(
             f"{csv_path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns)})"
         )
-    rows = [(reader.line_num, row) for row in reader]
     if not rows:
         raise ManifestError(f"{csv_path}: no data rows, only the header")
 

@@ -367,6 +367,7 @@ class EmotionMetrics(MetricStats):
             raise ValueError(f"{path}: {len(names)} label names for {n_classes} classes")
 
         def name(index):
+            """The label name of a class index (the index itself without names)."""
             return names[index] if names is not None else index
 
         with_probs = bool(self.log_probs) and all(p is not None for p in self.log_probs)

@@ -7,7 +7,6 @@ build the variants the paper argues against from the same parts.
 
 import torch
 
-from hnsd_sb.cpu import run_branches
 from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
 from hnsd_sb.normalization import real_frame_mask
 from hnsd_sb.pooling import AdditiveAttentionPooling, MeanPooling
@@ -230,6 +229,9 @@ class HNSD(torch.nn.Module):
     def frames(self, static, dynamic, lengths=None):
         """Encodes and fuses the streams into one vector per frame.
 
+        This is the plain PyTorch form; ``hnsd_sb.cpu.accelerate(model)`` replaces it on a model
+        with a faster, equivalent one for CPUs.
+
         Arguments
         ---------
         static : torch.Tensor
@@ -251,22 +253,9 @@ class HNSD(torch.nn.Module):
         torch.Size([2, 9, 16])
         """
         if self.streams == "two":
-            encoders = (self.static_encoder, self.dynamic_encoder)
-            params = [list(enc.parameters()) for enc in encoders]
-            if isinstance(self.fusion, GatedMultiFeatureUnit):
-                # Each stream's GMU projections go with its LSTM, so the two streams run side by
-                # side on CPU (see hnsd_sb.cpu.run_branches) up to the GMU's elementwise part.
-                gmu = self.fusion
-                projections = (gmu.project_static, gmu.project_dynamic)
-                params[0] += list(gmu.static_proj.parameters()) + list(gmu.gate_proj.parameters())
-                params[1] += list(gmu.dynamic_proj.parameters()) + list(gmu.gate_proj.parameters())
-                branches = [
-                    lambda x, enc=enc, proj=proj: proj(enc(x, lengths))
-                    for enc, proj in zip(encoders, projections)
-                ]
-                return gmu.combine(*run_branches(branches, (static, dynamic), params))
-            branches = [lambda x, enc=enc: enc(x, lengths) for enc in encoders]
-            return self.fusion(*run_branches(branches, (static, dynamic), params))
+            return self.fusion(
+                self.static_encoder(static, lengths), self.dynamic_encoder(dynamic, lengths)
+            )
         x = {"static": static, "dynamic": dynamic}.get(self.streams)
         if x is None:
             x = torch.cat([static, dynamic], dim=-1)

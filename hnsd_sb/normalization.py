@@ -3,7 +3,10 @@
 SpeechBrain removed ``InputNormalization(norm_type="speaker")`` in 1.0.4; HNSD needs it to remove
 speaker differences, so this module keeps per-speaker statistics itself. Statistics are exact
 sums over the real (unpadded) frames, accumulated in float64, and travel with SpeechBrain's
-checkpointer and ``Pretrainer``.
+checkpointer and ``Pretrainer``. They are sums rather than SpeechBrain's
+``gaussian_statistics`` (a masked mean and standard deviation of one batch) because sums of
+counts, values and squares add up exactly across batches, processes (``merge_state``) and
+enrolment recordings, in any order.
 """
 
 import torch
@@ -113,6 +116,7 @@ class SpeakerNormalization(torch.nn.Module):
         """
         # speaker -> [frame count, sum, sum of squares], float64 so long corpora stay exact
         self.stats = {}
+        self._cache = None  # forward's table of the speakers' moments
 
     @property
     def speakers(self):
@@ -146,8 +150,9 @@ class SpeakerNormalization(torch.nn.Module):
         counts = mask.sum(dim=1).squeeze(-1).double()
         sums = x.sum(dim=1)
         sumsq = (x * x).sum(dim=1)
+        counts, sums, sumsq = counts.cpu(), sums.cpu(), sumsq.cpu()  # one copy each
         for i, spk in enumerate(speakers):
-            entry = [counts[i].cpu(), sums[i].cpu(), sumsq[i].cpu()]
+            entry = [counts[i], sums[i], sumsq[i]]
             if spk in self.stats:
                 entry = [a + b for a, b in zip(self.stats[spk], entry)]
             self.stats[spk] = entry
@@ -222,22 +227,39 @@ class SpeakerNormalization(torch.nn.Module):
             lengths = torch.ones(batch, device=feats.device)
         if speakers is None:
             speakers = [None] * batch
+        if len(speakers) != batch:
+            raise ValueError(f"got {len(speakers)} speakers for a batch of {batch}")
         mask = real_frame_mask(lengths, max_len, feats.device).unsqueeze(-1)
-        means, stds = [], []
-        for i, spk in enumerate(speakers):
-            if spk in self.stats:
-                mean, std = self.speaker_moments(spk)
-            elif self.unseen == "global" and self.stats:
-                mean, std = self.global_moments()
-            else:
-                n = mask[i].sum().double()
-                x = feats[i].detach().double() * mask[i]
-                mean, std = self._moments(n, x.sum(0), (x * x).sum(0))
-            means.append(mean)
-            stds.append(std)
-        mean = torch.stack(means).to(feats.device, feats.dtype).unsqueeze(1)
-        std = torch.stack(stds).to(feats.device, feats.dtype).unsqueeze(1)
+        # Whole-batch tensor work: the speakers' moments come from a table kept on the
+        # features' device (built once per set of statistics), each utterance's own moments
+        # from one masked reduction, and one index picks each row's.
+        x = feats.detach().double() * mask
+        mean, std = self._moments(mask.sum(dim=1).double(), x.sum(dim=1), (x * x).sum(dim=1))
+        if self.stats:
+            table_mean, table_std, index = self._table(feats.device)
+            rows = torch.tensor([index.get(spk, -1) for spk in speakers], device=feats.device)
+            if self.unseen == "global":  # the table's last row holds the pooled moments
+                rows = torch.where(rows < 0, len(index), rows)
+            known = (rows >= 0).unsqueeze(-1)
+            mean = torch.where(known, table_mean[rows.clamp(min=0)], mean)
+            std = torch.where(known, table_std[rows.clamp(min=0)], std)
+        mean = mean.to(feats.dtype).unsqueeze(1)
+        std = std.to(feats.dtype).unsqueeze(1)
         return (feats - mean) / std * mask
+
+    def _table(self, device):
+        """The speakers' moments ``[n + 1, n_feats]`` (last row: pooled over all speakers) on
+        ``device``, and speaker -> row; rebuilt only when the statistics changed."""
+        # an entry is replaced (never changed in place) when its speaker's statistics change
+        key = (tuple((spk, id(entry)) for spk, entry in self.stats.items()), str(device))
+        if self._cache is None or self._cache[0] != key:
+            speakers = self.speakers
+            moments = [self.speaker_moments(spk) for spk in speakers] + [self.global_moments()]
+            table_mean = torch.stack([m for m, _ in moments]).to(device)
+            table_std = torch.stack([s for _, s in moments]).to(device)
+            index = {spk: i for i, spk in enumerate(speakers)}
+            self._cache = (key, table_mean, table_std, index)
+        return self._cache[1:]
 
     def state(self):
         """Returns the statistics as plain tensors and strings (safe for ``weights_only`` loads).
@@ -283,6 +305,30 @@ class SpeakerNormalization(torch.nn.Module):
         self.reset()
         for i, spk in enumerate(state["speakers"]):
             self.stats[spk] = [state["count"][i], state["sum"][i], state["sumsq"][i]]
+
+    def merge_state(self, state):
+        """Adds statistics produced by ``state`` (e.g. another process's) to these.
+
+        Arguments
+        ---------
+        state : dict
+            As returned by ``state``.
+
+        Example
+        -------
+        >>> a, b, both = SpeakerNormalization(), SpeakerNormalization(), SpeakerNormalization()
+        >>> x, y = torch.randn(1, 6, 2), torch.randn(1, 4, 2)
+        >>> a.accumulate(x, torch.ones(1), ["s"]); b.accumulate(y, torch.ones(1), ["s"])
+        >>> both.accumulate(torch.cat([x, y], 1), torch.ones(1), ["s"])
+        >>> a.merge_state(b.state())
+        >>> bool(torch.allclose(a.speaker_moments("s")[0], both.speaker_moments("s")[0]))
+        True
+        """
+        for i, spk in enumerate(state["speakers"]):
+            entry = [state["count"][i], state["sum"][i], state["sumsq"][i]]
+            if spk in self.stats:
+                entry = [a + b for a, b in zip(self.stats[spk], entry)]
+            self.stats[spk] = entry
 
     @mark_as_saver
     def _save(self, path):

@@ -12,7 +12,6 @@ the training one lacks. Every error names the manifest, the line and the ID of e
 import csv
 import logging
 import os
-import re
 from collections import Counter
 
 import soundfile as sf
@@ -23,7 +22,8 @@ from hnsd_sb.files import is_plain_file
 from hnsd_sb.manifest import (
     ManifestError,
     ManifestProblem,
-    read_manifest_text,
+    read_rows,
+    resolve_path,
     validate_manifest,
 )
 
@@ -32,13 +32,6 @@ logger = logging.getLogger(__name__)
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only sample formats that can hold NaN or Inf
 # Containers whose header alone cannot show a stream cut short: only a full decode can.
 DECODED_FORMATS = ("FLAC", "OGG", "MP3", "MPEG")
-_PLACEHOLDER = re.compile(r"\$([\w.]+)")
-
-
-def _read_rows(csv_path):
-    """The data rows of a CSV file with their line numbers (the header is line 1)."""
-    reader = csv.DictReader(read_manifest_text(csv_path), skipinitialspace=True)
-    return reader.fieldnames, [(reader.line_num, row) for row in reader]
 
 
 def undecodable_rows(csv_path, replacements=None, progress=True):
@@ -76,11 +69,11 @@ def undecodable_rows(csv_path, replacements=None, progress=True):
     problems = []
     if not is_plain_file(csv_path):
         return problems  # validate_manifest reports it
-    _, rows = _read_rows(csv_path)
+    _, rows = read_rows(csv_path)
     desc = f"Decoding the float and compressed audio of {os.path.basename(csv_path)}"
     for line, row in tqdm(rows, desc=desc, disable=not progress):
         wav = row.get("wav") or ""
-        wav = _PLACEHOLDER.sub(lambda m: replacements.get(m[1], m[0]), wav)
+        wav = resolve_path(wav, replacements, keep_unknown=True)
         try:
             info = check_audio_header(wav, min_duration=0.0, allow_truncated=True)
             info = sf.info(os.fsencode(wav))  # after the header check: it may be a FIFO
@@ -117,7 +110,7 @@ def _training_labels(csv_path, n_classes, skipped_lines=()):
     if not is_plain_file(csv_path):
         return None, None  # validate_manifest reports it
     try:
-        columns, rows = _read_rows(csv_path)
+        columns, rows = read_rows(csv_path)
     except (OSError, ManifestError, csv.Error):
         return None, None  # validate_manifest reports it
     if not columns or "emo" not in columns:

@@ -270,6 +270,7 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
     ref = {r["fold"]: 100 * float(r[metric]) for r in rows[reference]}
 
     def spread(values):
+        """``mean ± std`` of ``values`` as text (``n/a`` for the std of one value)."""
         mean, std = _mean_std(values)
         return f"{mean:.{decimals}f} ± " + ("n/a" if math.isnan(std) else f"{std:.{decimals}f}")
 

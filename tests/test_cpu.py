@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from hnsd_sb import HNSD, GatedMultiFeatureUnit, StaticDynamicFeatures, cpu
+from hnsd_sb import HNSD, GatedMultiFeatureUnit, cpu
 
 
 @pytest.fixture
@@ -40,12 +40,6 @@ def test_linear_matches_float64_reference_and_its_gradients(n_tanh):
 def test_linear_falls_back_off_the_fast_path():
     x, w = torch.randn(4, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     torch.testing.assert_close(cpu.linear(x, w), x @ w.T)  # float64: plain F.linear
-    previous = cpu.set_fast_paths(False)
-    try:
-        xf, wf = x.float(), w.float()
-        torch.testing.assert_close(cpu.linear(xf, wf), torch.nn.functional.linear(xf, wf))
-    finally:
-        cpu.set_fast_paths(previous)
 
 
 def test_branches_run_on_two_threads_at_once(two_threads):
@@ -82,13 +76,11 @@ def test_model_gradients_are_the_same_side_by_side_and_sequential(two_threads, b
     targets = torch.tensor([0, 2, 1])
 
     def grads(fast):
-        previous = cpu.set_fast_paths(fast)
-        try:
-            model.zero_grad()
-            logp = model(static, dynamic, lens)
-            torch.nn.functional.nll_loss(logp, targets).backward()
-        finally:
-            cpu.set_fast_paths(previous)
+        cpu.accelerate(model, enabled=fast)
+        assert cpu.is_accelerated(model) == fast
+        model.zero_grad()
+        logp = model(static, dynamic, lens)
+        torch.nn.functional.nll_loss(logp, targets).backward()
         return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     logp_fast, fast = grads(True)
@@ -101,23 +93,20 @@ def test_model_gradients_are_the_same_side_by_side_and_sequential(two_threads, b
 
 def test_input_gradients_flow_through_the_branches(two_threads):
     torch.manual_seed(0)
-    model = HNSD(hidden_size=8, fc_size=4, n_classes=2)
+    model = cpu.accelerate(HNSD(hidden_size=8, fc_size=4, n_classes=2))
     static = torch.randn(2, 6, 26, requires_grad=True)
     dynamic = torch.randn(2, 6, 52, requires_grad=True)
     model(static, dynamic).sum().backward()
     ref_s, ref_d = static.grad.clone(), dynamic.grad.clone()
     static.grad = dynamic.grad = None
-    previous = cpu.set_fast_paths(False)
-    try:
+    with cpu.plain_pytorch(model):
         model(static, dynamic).sum().backward()
-    finally:
-        cpu.set_fast_paths(previous)
     torch.testing.assert_close(ref_s, static.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ref_d, dynamic.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_inference_mode_and_no_grad_work_side_by_side(two_threads):
-    model = HNSD(hidden_size=8, fc_size=4, n_classes=2).eval()
+    model = cpu.accelerate(HNSD(hidden_size=8, fc_size=4, n_classes=2).eval())
     static, dynamic = torch.randn(2, 9, 26), torch.randn(2, 9, 52)
     with torch.no_grad():
         a = model(static, dynamic)
@@ -148,15 +137,29 @@ def test_branch_cores_override_the_intra_op_threads():
         cpu.set_branch_cores(0)
 
 
-def test_gmu_gate_gradient_is_exact():
-    gmu = GatedMultiFeatureUnit(3, 2, 4).double()
+@pytest.mark.parametrize("bias", [False, True])
+def test_gmu_split_form_and_its_written_out_gradient_are_exact(bias):
+    gmu = GatedMultiFeatureUnit(3, 2, 4, bias=bias).double()
     f_s = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     f_d = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: gmu(a, b, return_gate=True), (f_s, f_d))
+
+    def split(a, b):
+        parts = cpu.gmu_stream_part(gmu, a, "static"), cpu.gmu_stream_part(gmu, b, "dynamic")
+        return cpu.gmu_combine(*parts, return_gate=True)
+
+    for got, ref in zip(split(f_s, f_d), gmu(f_s, f_d, return_gate=True)):
+        torch.testing.assert_close(got, ref)
+    assert torch.autograd.gradcheck(split, (f_s, f_d))
 
 
-def test_log_mel_equals_speechbrain_fbank_on_a_padded_batch():
-    compute = StaticDynamicFeatures()
-    wavs = torch.randn(3, 12345)
-    wavs[1, 7000:] = 0
-    torch.testing.assert_close(compute.log_mel(wavs), compute.fbank(wavs), rtol=1e-5, atol=1e-4)
+def test_fast_paths_are_opt_in_and_keep_the_parameters(tmp_path):
+    model = HNSD(hidden_size=8, fc_size=4, n_classes=2)
+    assert not cpu.is_accelerated(model)  # nothing is switched on by importing or building
+    keys = list(model.state_dict())
+    cpu.accelerate(model)
+    assert cpu.is_accelerated(model) and list(model.state_dict()) == keys
+    # one-stream ablations have nothing to run side by side and stay plain
+    assert not cpu.is_accelerated(cpu.accelerate(HNSD(hidden_size=8, streams="early")))
+    # a deep copy (e.g. dynamic quantisation's) keeps the fast path, bound to the copy
+    copy = __import__("copy").deepcopy(model)
+    assert cpu.is_accelerated(copy) and copy.frames.__self__ is copy

@@ -12,9 +12,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from hnsd_sb.export import export_model, find_checkpoint, find_model_file
+from hnsd_sb.checkpoints import find_checkpoint
+from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.synthetic import make_synthetic_iemocap, synthesize_utterance
+from hnsd_sb.weights import find_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"
@@ -45,11 +47,11 @@ def make_synthetic_emodb(root, speakers=("03", "08", "09", "10"), per_emotion=3,
                 sf.write(folder / f"{spk}a{k + 1:02d}{code}a.wav", audio, 16000)
 
 
-def train(hparams, *args):
-    """Runs the recipe's train.py; returns its output, failing the test on an error."""
+def train(hparams, *args, recipe=RECIPE):
+    """Runs a recipe's train.py; returns its output, failing the test on an error."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(RECIPE / "train.py"), str(RECIPE / "hparams" / hparams), *args],
+        [sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / hparams), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -91,8 +93,9 @@ def test_finetune_emodb_from_exported_model_learns_seven_emotions(pretrained, em
     model_folder, _ = pretrained
     out = tmp_path / "emodb_run"
     train(
-        "finetune_emodb.yaml", f"--pretrained_model={model_folder}", f"--data_folder={emodb}",
+        "finetune.yaml", f"--pretrained_model={model_folder}", f"--data_folder={emodb}",
         f"--output_folder={out}", "--number_of_epochs=6", "--lr=0.01", SMALL_BATCHES, *SIZES,
+        recipe=ROOT / "recipes" / "EmoDB" / "hnsd",
     )  # fmt: skip
     log = (out / "log.txt").read_text()
     assert re.search(r"Transferred \d+ tensors .*iemocap_model.*newly initialised: output", log)

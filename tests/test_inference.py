@@ -21,11 +21,13 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 
 from hnsd_sb.audio import AudioError, load_audio
+from hnsd_sb.checkpoints import find_checkpoint
 from hnsd_sb.cli import main as cli_main
-from hnsd_sb.export import FOLDER_FILES, export_model, find_checkpoint, load_weights
+from hnsd_sb.export import FOLDER_FILES, export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.model_info import read_model_info
 from hnsd_sb.synthetic import make_synthetic_iemocap
+from hnsd_sb.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"
@@ -196,6 +198,26 @@ def test_foreign_class_loads_the_folder_offline(model_folder, recognizer, test_r
     assert type(loaded).__name__ == "EmotionRecognizer"
     path = test_rows[0]["wav"]
     torch.testing.assert_close(loaded.classify_file(path)[0], recognizer.classify_file(path)[0])
+
+
+def test_folders_naming_the_old_hook_module_still_load(model_folder, recognizer, tmp_path):
+    """Folders exported before hnsd_sb.weights name its hooks hnsd_sb.export.*: SpeechBrain's
+    from_hparams still loads them, to the same outputs."""
+    from speechbrain.inference.interfaces import foreign_class
+
+    old = Path(shutil.copytree(model_folder, tmp_path / "old"))
+    yaml_file = old / "hyperparams.yaml"
+    text = yaml_file.read_text()
+    assert "hnsd_sb.weights.load_weights" in text
+    yaml_file.write_text(text.replace("hnsd_sb.weights.", "hnsd_sb.export."))
+    loaded = foreign_class(
+        source=str(old),
+        pymodule_file="custom_interface.py",
+        classname="EmotionRecognizer",
+        run_opts={"device": "cpu"},
+    )
+    wav = torch.randn(1, 16000)
+    torch.testing.assert_close(loaded.classify_batch(wav)[0], recognizer.classify_batch(wav)[0])
 
 
 @pytest.mark.parametrize("fmt,subtype", [("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")])

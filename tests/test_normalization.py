@@ -116,3 +116,30 @@ def test_bad_arguments_are_rejected():
         SpeakerNormalization().accumulate(torch.zeros(2, 3, 1), torch.ones(2), ["a"])
     with pytest.raises(RuntimeError, match="accumulate"):
         SpeakerNormalization().global_moments()
+
+
+@pytest.mark.parametrize("unseen", ["utterance", "global"])
+def test_batched_normalisation_equals_each_utterance_alone(unseen):
+    """The whole-batch forward gives each row what normalising it alone gives, for known and
+    unknown speakers mixed, and follows the statistics when they change."""
+    torch.manual_seed(0)
+    norm = SpeakerNormalization(unseen=unseen)
+    norm.accumulate(torch.randn(2, 30, 4) * 3 + 1, torch.tensor([1.0, 0.7]), ["a", "b"])
+    feats = torch.randn(3, 20, 4) * 2 + 5
+    lens = torch.tensor([1.0, 0.5, 0.8])
+    speakers = ["b", "new", "a"]
+
+    def alone():
+        return torch.cat(
+            [norm(feats[i : i + 1], lens[i : i + 1], [s]) for i, s in enumerate(speakers)]
+        )
+
+    torch.testing.assert_close(norm(feats, lens, speakers), alone())
+    before = norm(feats, lens, speakers)
+    norm.accumulate(torch.randn(1, 10, 4), torch.ones(1), ["a"])  # a's statistics change
+    after = norm(feats, lens, speakers)
+    assert not torch.equal(before[2], after[2]) and torch.equal(before[0], after[0])
+    torch.testing.assert_close(after, alone())
+    norm.stats.pop("b")  # segments.py drops a recording's own statistics this way
+    torch.testing.assert_close(norm(feats, lens, speakers), alone())
+    assert not torch.equal(norm(feats, lens, speakers)[0], after[0])

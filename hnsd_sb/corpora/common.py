@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import soundfile as sf
+from speechbrain.dataio.dataio import read_audio_info
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ def scan_wavs(folder, name_pattern, corpus):
 
 
 def read_durations(paths, desc="Reading durations"):
-    """Reads the duration in seconds of each audio file from its header.
+    """Reads the duration in seconds of each audio file from its header (SpeechBrain's
+    ``read_audio_info``).
 
     Arguments
     ---------
@@ -190,10 +192,10 @@ def read_durations(paths, desc="Reading durations"):
     durations = []
     for path in tqdm(paths, desc=desc, disable=len(paths) < 200, dynamic_ncols=True):
         try:
-            info = sf.info(str(path))
+            info = read_audio_info(str(path))
         except (RuntimeError, sf.LibsndfileError) as err:
             raise RuntimeError(f"Cannot read the audio header of {path}: {err}") from err
-        durations.append(info.frames / info.samplerate)
+        durations.append(info.num_frames / info.sample_rate)
     return durations
 
 
@@ -611,6 +613,7 @@ def prepare_coded_corpus(
     )
 
     def collect():
+        """Scans the corpus and returns its utterances with their labels mapped."""
         found = scan_wavs(data_folder, corpus.name_pattern, corpus.name)
         utterances = [corpus.fields(path, match) for path, match in found]
         kept = [utt for utt in utterances if utt is not None]

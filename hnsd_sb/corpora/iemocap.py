@@ -263,6 +263,7 @@ def prepare_iemocap(
     )
 
     def collect():
+        """Reads every session's labels and returns the utterances kept by the label map."""
         utterances = []
         for session, label_folder in _session_label_folders(data_folder).items():
             utterances += _session_utterances(data_folder, session, label_folder)

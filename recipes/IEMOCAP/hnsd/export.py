@@ -10,7 +10,7 @@ with ``hnsd_sb.inference.EmotionRecognizer.from_folder`` or ``hnsd predict --mod
 
 import sys
 
-from hnsd_sb.export import main
+from hnsd_sb.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["export", *sys.argv[1:]]))

@@ -34,8 +34,10 @@ from speechbrain.utils.distributed import (
 )
 from tqdm import tqdm
 
+from hnsd_sb import pipeline
 from hnsd_sb.audio import make_audio_pipeline
-from hnsd_sb.manifest import ManifestError
+from hnsd_sb.cpu import accelerate
+from hnsd_sb.manifest import ManifestError, json_to_csv
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
 from hnsd_sb.report import save_confusion_matrix
@@ -48,27 +50,47 @@ class EmotionBrain(sb.Brain):
 
     class_weights = None  # per-class loss weights (``class_weighting`` in the hparams)
 
-    def compute_features(self, batch, stage):
-        """Returns the speaker-normalised static and dynamic streams of a batch and its relative
-        frame lengths (in training, augmented waveforms and masked frames where the hparams have
-        ``wav_augment`` and ``feat_augment``).
+    def pipeline_inputs(self, batch, stage):
+        """Returns the waveforms of a batch, their relative lengths and the feature augmentation
+        to apply (in training, augmented waveforms and masked frames where the hparams have
+        ``wav_augment`` and ``feat_augment``): the inputs of ``hnsd_sb.pipeline``.
         """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        if stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment"):
-            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
-        static, dynamic, lens = self.modules.features(wavs, wav_lens, return_lengths=True)
-        n_static = static.shape[-1]
-        feats = self.modules.normalizer(torch.cat([static, dynamic], -1), lens, batch.spk_id)
-        if stage == sb.Stage.TRAIN and hasattr(self.hparams, "feat_augment"):
+        feat_augment = None
+        if stage == sb.Stage.TRAIN:
+            if hasattr(self.hparams, "wav_augment"):
+                wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
             # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
-            feats = self.hparams.feat_augment(feats)
-        return feats[..., :n_static], feats[..., n_static:], lens
+            feat_augment = getattr(self.hparams, "feat_augment", None)
+        return wavs, wav_lens, feat_augment
+
+    def compute_features(self, batch, stage):
+        """Returns the speaker-normalised static and dynamic streams of a batch and its relative
+        frame lengths (what the statistics baseline, ``baseline.py``, classifies)."""
+        wavs, wav_lens, feat_augment = self.pipeline_inputs(batch, stage)
+        return pipeline.normalized_streams(
+            self.modules.features,
+            self.modules.normalizer,
+            wavs,
+            wav_lens,
+            batch.spk_id,
+            feat_augment,
+        )
 
     def compute_forward(self, batch, stage):
         """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
-        static, dynamic, lens = self.compute_features(batch, stage)
-        return self.modules.model(static, dynamic, lens), lens
+        wavs, wav_lens, feat_augment = self.pipeline_inputs(batch, stage)
+        log_probs, _, lens = pipeline.classify(
+            self.modules.features,
+            self.modules.normalizer,
+            self.modules.model,
+            wavs,
+            wav_lens,
+            batch.spk_id,
+            feat_augment,
+        )
+        return log_probs, lens
 
     def compute_objectives(self, predictions, batch, stage):
         """Negative log-likelihood of the true emotions; tracks WA/UA and padding."""
@@ -171,24 +193,33 @@ class EmotionBrain(sb.Brain):
     def fit_normalizer(self, datasets):
         """Accumulates the speakers' feature statistics in one pass over the audio (no labels).
 
-        A run that resumes from a checkpoint gets them from the checkpoint instead (the
+        Under torchrun each process reads every n-th utterance and the processes add up their
+        sums, so all of them hold the same statistics (in the same order of addition). A run
+        that resumes from a checkpoint gets them from the checkpoint instead (the
         ``AtomicCheckpointer`` only ever shows complete checkpoints, so a run killed before or
         during its first save computes them again).
         """
         if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
             return
         normalizer = self.hparams.normalizer.to(self.device)
+        rank, world = 0, 1
+        if is_distributed_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         for dataset in datasets:
-            loader = sb.dataio.dataloader.make_dataloader(
-                dataset, **self.hparams.test_dataloader_opts
-            )
+            shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+            opts = {"collate_fn": sb.dataio.batch.PaddedBatch, **self.hparams.test_dataloader_opts}
+            loader = sb.dataio.dataloader.make_dataloader(shard, **opts)
             for batch in tqdm(loader, desc="speaker statistics", dynamic_ncols=True):
                 batch = batch.to(self.device)
-                with torch.no_grad():
-                    static, dynamic, lens = self.modules.features(*batch.sig, return_lengths=True)
-                normalizer.accumulate(torch.cat([static, dynamic], -1), lens, batch.spk_id)
-        # Under torchrun every process gets the main process's statistics, bit for bit.
-        normalizer.load_state(ddp_broadcast(normalizer.state()))
+                pipeline.accumulate_statistics(
+                    self.modules.features, normalizer, *batch.sig, batch.spk_id
+                )
+        if world > 1:
+            states = [None] * world
+            torch.distributed.all_gather_object(states, normalizer.state())
+            normalizer.reset()
+            for state in states:
+                normalizer.merge_state(state)
         logger.info("Speaker statistics of %d speakers", len(normalizer.speakers))
 
 
@@ -201,14 +232,21 @@ def speaker_sets(hparams, datasets):
 
 def validated_manifests(hparams):
     """Checks every row of the train/valid/test manifests before training (on the main
-    process) and returns the manifests to use: the given ones, or with ``skip_bad_rows`` copies
-    without the bad rows. See ``hnsd_sb.preflight.check_manifests`` for what is checked.
+    process) and returns the manifests to use: the given ones (SpeechBrain JSON annotations
+    converted to CSV), or with ``skip_bad_rows`` copies without the bad rows. See
+    ``hnsd_sb.preflight.check_manifests`` for what is checked.
     """
     manifests = {
         "train": hparams["train_annotation"],
         "valid": hparams["valid_annotation"],
         "test": hparams["test_annotation"],
     }
+    # SpeechBrain JSON annotations (e.g. its tests/samples) become CSV manifests first.
+    for split, path in manifests.items():
+        if str(path).endswith(".json"):
+            csv_path = os.path.join(hparams["output_folder"], f"{split}_from_json.csv")
+            run_on_main(json_to_csv, args=[path, csv_path])
+            manifests[split] = csv_path
     # hparams files without these options get the defaults: check, and stop on a bad row.
     hparams.setdefault("validate_manifests", True)
     hparams.setdefault("skip_bad_rows", False)
@@ -298,11 +336,16 @@ if __name__ == "__main__":
         sys.exit(2)
     datasets, label_encoder = dataio_prepare(hparams, manifests)
 
-    # Fine-tuning (hparams/finetune*.yaml): start from a trained model's weights. A resumed run
-    # then restores its own checkpoint over them.
-    if "pretrainer" in hparams:
+    # Fine-tuning (hparams/finetune.yaml): start from a trained model's weights (with
+    # --pretrained_model=null, from scratch). A resumed run then restores its own checkpoint.
+    if "pretrainer" in hparams and hparams["pretrained_model"] is not None:
         run_on_main(hparams["pretrainer"].collect_files)
         hparams["pretrainer"].load_collected()
+
+    # CPU fast paths (hnsd_sb.cpu): the same network with its two streams side by side, opt-in
+    # with cpu_fast_paths; on GPU it runs the plain way.
+    if hparams.get("cpu_fast_paths", False):
+        accelerate(hparams["model"], branch_cores=hparams.get("cpu_branch_cores"))
 
     hnsd_brain = EmotionBrain(
         modules=hparams["modules"],

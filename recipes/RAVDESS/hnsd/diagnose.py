@@ -91,7 +91,7 @@ def silence_stats(args, trim_db=40.0):
     totals = {"seconds": 0.0, "leading_s": 0.0, "trailing_s": 0.0, "kept": 0.0, "floor": 0.0}
     files = actor_files(args)
     for path in files:
-        static = features.log_mel(load_audio(path).unsqueeze(0))
+        static = features.fbank(load_audio(path).unsqueeze(0))
         n = static.shape[1]
         _, kept = trim_silence(static, torch.tensor([n]), trim_db)
         energy = static[0].mean(-1)

@@ -1,0 +1,181 @@
+"""hyperparams.yaml, read and written: the modules of a training hparams file and the
+SpeechBrain hparams file of a model folder.
+
+``read_module_specs`` reads the ``features``, ``normalizer`` and ``model`` entries of a training
+hparams file as data (ruamel, with ``!ref`` resolved; no ``!new:`` is instantiated, so nothing
+in the file runs), and ``render_hparams`` writes a model folder's ``hyperparams.yaml`` for
+SpeechBrain's ``from_hparams``, whose ``Pretrainer`` loads the weights with the hooks of
+``hnsd_sb.weights``.
+"""
+
+import json
+import math
+
+from hyperpyyaml import resolve_references
+from ruamel.yaml import YAML
+from ruamel.yaml.scalarbool import ScalarBoolean
+
+# SpeechBrain's foreign_class loads the interface class named in this file of a model folder.
+INTERFACE_FILE = "custom_interface.py"
+INTERFACE_CLASS = "EmotionRecognizer"
+
+# The first line of an exported hparams file: how an existing folder is recognised as ours.
+HEADER = "# HNSD speech emotion recognizer exported by hnsd_sb.export"
+# Modules of the inference pipeline, with the classes used when a spec leaves them out.
+DEFAULT_MODULES = {
+    "features": ("hnsd_sb.StaticDynamicFeatures", {}),
+    "normalizer": ("hnsd_sb.SpeakerNormalization", {}),
+    "model": ("hnsd_sb.HNSD", {}),
+}
+
+
+def _plain(value, where):
+    """A YAML value as plain Python (scalars, lists, dicts); objects cannot be exported."""
+    tag = getattr(getattr(value, "tag", None), "value", None)
+    if tag and tag.startswith("!"):
+        raise ValueError(f"{where} is a {tag} object; only plain arguments can be exported")
+    if isinstance(value, (bool, ScalarBoolean)) or value is None:
+        return None if value is None else bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is not finite: {value}")
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise ValueError(f"{where} has an unsupported type {type(value).__name__}")
+
+
+def read_module_specs(hparams_file):
+    """Reads how a training hparams file builds ``modules.features``, ``.normalizer``, ``.model``.
+
+    Nothing is instantiated: references are resolved as text and the three ``!new:`` nodes are
+    read as (class path, keyword arguments).
+
+    Arguments
+    ---------
+    hparams_file : str or path-like
+        A recipe hparams file, typically the resolved ``<output_folder>/hyperparams.yaml``.
+
+    Returns
+    -------
+    dict
+        ``{"features" | "normalizer" | "model": (class_path, kwargs)}``.
+
+    Example
+    -------
+    >>> path = getfixture("tmpdir").join("hparams.yaml")
+    >>> _ = path.write("size: 8\\nmodel: !new:hnsd_sb.HNSD\\n    hidden_size: !ref <size>\\n"
+    ...                "modules:\\n    model: !ref <model>\\n")
+    >>> read_module_specs(path.strpath)["model"]
+    ('hnsd_sb.HNSD', {'hidden_size': 8})
+    """
+    with open(hparams_file, encoding="utf-8") as f:
+        try:
+            text = resolve_references(f).getvalue()
+        except Exception as err:
+            raise ValueError(f"{hparams_file}: cannot resolve the hparams ({err})") from err
+    tree = YAML(typ="rt").load(text)
+    modules = tree.get("modules") if hasattr(tree, "get") else None
+    if not hasattr(modules, "get") or "model" not in modules:
+        raise ValueError(f"{hparams_file}: no modules.model entry")
+    specs = {}
+    for name, (default_class, _) in DEFAULT_MODULES.items():
+        node = modules.get(name)
+        if node is None:
+            specs[name] = (default_class, {})
+            continue
+        tag = getattr(getattr(node, "tag", None), "value", None) or ""
+        if not tag.startswith("!new:"):
+            raise ValueError(f"{hparams_file}: modules.{name} is not a !new: object")
+        if hasattr(node, "items"):
+            where = f"{hparams_file}: modules.{name}"
+            args = {str(k): _plain(v, f"{where}.{k}") for k, v in node.items()}
+        elif str(getattr(node, "value", "x")) == "":  # `!new:Class` without arguments
+            args = {}
+        else:
+            raise ValueError(f"{hparams_file}: modules.{name} has positional arguments")
+        specs[name] = (tag[len("!new:") :], args)
+    return specs
+
+
+def _yaml_value(value):
+    """A plain value as YAML text (JSON is valid YAML and quotes every string)."""
+    return json.dumps(value)
+
+
+def _module_block(name, class_path, kwargs, refs=None):
+    lines = [f"{name}: !new:{class_path}"]
+    for key, value in kwargs.items():
+        text = (refs or {}).get(key) or _yaml_value(value)
+        lines.append(f"    {key}: {text}")
+    return "\n".join(lines)
+
+
+def render_hparams(labels, modules, note=""):
+    """Writes the text of an exported folder's ``hyperparams.yaml``.
+
+    Arguments
+    ---------
+    labels : list of str
+        Emotion of each output index.
+    modules : dict
+        ``{"features" | "normalizer" | "model": (class_path, kwargs)}``; missing entries use
+        ``DEFAULT_MODULES``.
+    note : str
+        Extra comment lines for the header (e.g. where the weights come from).
+
+    Returns
+    -------
+    str
+        The YAML text.
+
+    Example
+    -------
+    >>> text = render_hparams(["neg", "pos"], {"model": ("hnsd_sb.HNSD", {"n_classes": 2})})
+    >>> print(text.split("# ####")[0].strip())
+    # HNSD speech emotion recognizer exported by hnsd_sb.export
+    """
+    specs = dict(DEFAULT_MODULES)
+    specs.update(modules or {})
+    features_class, features_args = specs["features"]
+    features_args = dict(features_args)
+    sample_rate = features_args.pop("sample_rate", 16000)
+    features_args = {"sample_rate": sample_rate, **features_args}
+    comment = "".join(f"# {line}\n" for line in note.splitlines() if line.strip())
+    blocks = [
+        f"{HEADER}\n{comment}"
+        "# ############################################################################\n"
+        "# Load it with hnsd_sb.inference.EmotionRecognizer.from_hparams(source=FOLDER), or\n"
+        "# speechbrain.inference.interfaces.foreign_class(source=FOLDER,\n"
+        f'#     pymodule_file="{INTERFACE_FILE}", classname="{INTERFACE_CLASS}").\n'
+        "# Pipeline: features -> speaker normalisation (unseen speakers: see `unseen`) -> model.\n"
+        "# ############################################################################",
+        f"sample_rate: {_yaml_value(sample_rate)}\n"
+        f"labels: {_yaml_value(list(labels))}  # emotion of each output index",
+        _module_block(
+            "features", features_class, features_args, {"sample_rate": "!ref <sample_rate>"}
+        ),
+        "# Speakers without statistics (neither trained nor enrolled) are normalised with\n"
+        '# `unseen`: "utterance" (the utterance\'s own statistics) or "global" (all speakers\').\n'
+        + _module_block("normalizer", *specs["normalizer"]),
+        _module_block("model", *specs["model"]),
+        "modules:\n"
+        "    features: !ref <features>\n"
+        "    normalizer: !ref <normalizer>\n"
+        "    model: !ref <model>",
+        "# Both files are read with torch.load(weights_only=True); the model strictly.\n"
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
+        "    loadables:\n"
+        "        model: !ref <model>\n"
+        "        normalizer: !ref <normalizer>\n"
+        "    custom_hooks:\n"
+        "        model: !name:hnsd_sb.weights.load_weights\n"
+        "        normalizer: !name:hnsd_sb.weights.load_normalizer",
+    ]
+    return "\n\n".join(blocks) + "\n"

@@ -1,0 +1,1 @@
+../../IEMOCAP/hnsd/train.py
