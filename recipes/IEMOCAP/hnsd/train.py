@@ -61,8 +61,9 @@ class EmotionBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             if hasattr(self.hparams, "wav_augment"):
                 wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
-            # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
-            feat_augment = getattr(self.hparams, "feat_augment", None)
+            if hasattr(self.hparams, "feat_augment"):
+                # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
+                feat_augment = self.hparams.feat_augment
         return wavs, wav_lens, feat_augment
 
     def compute_features(self, batch, stage):
