@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Scores an ensemble of finished cross-validation rows on each fold's validation and test actors.
+
+> python ensemble.py --data_folder=/path/to/ravdess experiments/four/hnsd_improved \
+>     experiments/proxy/lstm256/four/hnsd_improved experiments/proxy/lstm128/four/hnsd_improved
+
+Per fold, the tested checkpoint of each row (best validation UA, kept in ``fold<k>/save/``) is
+exported to a temporary model folder and run by ``EmotionRecognizer`` on the fold's
+``valid.csv`` and ``test.csv``, with each actor's own statistics as in training. The ensemble's
+probabilities are the members' mean. Prints, per fold, each member's and the ensemble's
+validation and test UA as JSON lines, then the means; a member's test UA is checked against the
+row's ``test_results.json``, so the scores are those of the runs.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+from hnsd_sb.export import export_model
+from hnsd_sb.inference import EmotionRecognizer
+from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
+
+
+def read_manifest(path, data_folder):
+    """The rows of a fold's manifest, with ``$data_root`` replaced."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["wav"] = row["wav"].replace("$data_root", data_folder)
+    return rows
+
+
+def probabilities(recognizer, rows, batch_size=16):
+    """Class probabilities ``[n, classes]`` of the rows, in their order, in padded batches."""
+    out = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: float(rows[i]["duration"]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        wavs = [recognizer.load_audio(rows[i]["wav"]) for i in chunk]
+        longest = max(w.numel() for w in wavs)
+        batch = torch.zeros(len(wavs), longest)
+        for j, w in enumerate(wavs):
+            batch[j, : w.numel()] = w
+        lens = torch.tensor([w.numel() / longest for w in wavs])
+        speakers = [rows[i]["spk_id"] for i in chunk]
+        log_probs = recognizer.infer_batch(batch, lens, speakers)[0]
+        for j, i in enumerate(chunk):
+            out[i] = log_probs[j].exp()
+    return torch.stack(out)
+
+
+def ua(probs, rows, labels):
+    """Unweighted accuracy (%) of the most probable labels."""
+    index = {label: i for i, label in enumerate(labels)}
+    targets = torch.tensor([index[r["emo"]] for r in rows])
+    cm = confusion_matrix(targets, probs.argmax(1), len(labels))
+    return round(100 * float(unweighted_accuracy(cm)), 2)
+
+
+def main(argv=None):
+    """Prints per-fold and mean validation and test UA of each member and of the ensemble."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="+", help="cross-validation folders (the members)")
+    parser.add_argument("--data_folder", required=True, help="the folder holding Actor_01/...")
+    parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    totals = {}
+    for fold in args.folds:
+        result = {"fold": fold}
+        sums, labels = {}, None
+        for row in args.rows:
+            run = os.path.join(row, f"fold{fold}")
+            with tempfile.TemporaryDirectory() as tmp:
+                recognizer = EmotionRecognizer.from_folder(
+                    export_model(run, os.path.join(tmp, "model")), run_opts={"device": "cpu"}
+                )
+            if labels is None:
+                labels = recognizer.labels
+            assert recognizer.labels == labels, f"{run}: other labels"
+            for split in ("valid", "test"):
+                rows = read_manifest(os.path.join(run, f"{split}.csv"), args.data_folder)
+                probs = probabilities(recognizer, rows)
+                sums[split] = sums.get(split, 0) + probs
+                result[f"{row} {split} UA"] = ua(probs, rows, labels)
+            with open(os.path.join(run, "test_results.json"), encoding="utf-8") as f:
+                recorded = round(100 * json.load(f)["UA"], 2)
+            got = result[f"{row} test UA"]
+            if abs(recorded - got) > 0.01:
+                sys.exit(f"{run}: test UA {got} here, but the run recorded {recorded}")
+        for split in ("valid", "test"):
+            manifest = os.path.join(args.rows[0], f"fold{fold}", f"{split}.csv")
+            rows = read_manifest(manifest, args.data_folder)
+            result[f"ensemble {split} UA"] = ua(sums[split] / len(args.rows), rows, labels)
+        for key, value in result.items():
+            if key != "fold":
+                totals.setdefault(key, []).append(value)
+        print(json.dumps(result), flush=True)
+    print(json.dumps({key: round(sum(v) / len(v), 2) for key, v in totals.items()}))
+
+
+if __name__ == "__main__":
+    main()
