@@ -141,7 +141,6 @@ class EmotionRecognizer(Pretrained):
                     f"{info_file}: architecture.{name} cannot be built: {err}"
                 ) from None
         load_weights(modules["model"], path / MODEL_FILE)
-        cpu.accelerate(modules["model"])  # the same network, faster on CPU (hnsd_sb.cpu)
         n_features = modules["model"].n_static + modules["model"].n_dynamic
         load_normalizer(modules["normalizer"], path / NORMALIZER_FILE, n_features)
         if backend != "torch":
@@ -405,7 +404,9 @@ def _backend_network(model, folder, backend):
     if backend not in backends.BACKENDS:
         raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
     if backend == "torch-int8":
-        return backends.quantize_torch(model)
+        # int8 LSTMs run faster side by side than one after the other with the threads split
+        # (benchmarks/RESULTS.md); fp32 ones do not, so only the int8 model is accelerated
+        return backends.quantize_torch(cpu.accelerate(model))
     name = backends.ONNX_FILE if backend == "onnx" else backends.ONNX_INT8_FILE
     network = backends.OnnxNetwork(folder / name)
     if backend == "onnx":  # the graph must be the network of model.ckpt
