@@ -33,11 +33,13 @@ compilation, the accelerated model computes the plain way.
 
 import os
 import threading
-import types
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import torch
+
+from hnsd_sb.fusion import GatedMultiFeatureUnit
+from hnsd_sb.model import HNSD
 
 _STATE = {"onednn": None, "cores": None}
 _POOL = {"executor": None, "pid": None, "size": 0}
@@ -478,11 +480,9 @@ def gmu_combine(static_part, dynamic_part, return_gate=False):
 
 
 def _fast_frames(model, static, dynamic, lengths=None):
-    """``HNSD.frames`` of a two-stream model, its streams side by side (installed by
-    ``accelerate``): with a GMU, each stream's GMU projections go with its LSTM, so the two
-    streams run apart up to the GMU's elementwise part."""
-    from hnsd_sb.fusion import GatedMultiFeatureUnit
-
+    """``HNSD.frames`` of a two-stream model, its streams side by side: with a GMU, each
+    stream's GMU projections go with its LSTM, so the two streams run apart up to the GMU's
+    elementwise part."""
     encoders = (model.static_encoder, model.dynamic_encoder)
     params = [list(enc.parameters()) for enc in encoders]
     if isinstance(model.fusion, GatedMultiFeatureUnit):
@@ -499,20 +499,52 @@ def _fast_frames(model, static, dynamic, lengths=None):
     return model.fusion(*run_branches(branches, (static, dynamic), params))
 
 
-def _two_stream_models(model):
-    """The two-stream ``HNSD`` instances in ``model`` (itself included)."""
-    from hnsd_sb.model import HNSD
+class AcceleratedHNSD(HNSD):
+    """An ``HNSD`` whose two streams run the CPU-fast way; ``accelerate`` gives a built model
+    this class (same parameters and ``state_dict``), and ``accelerate(model, False)`` takes it
+    back. A class rather than a per-instance method, so that copies, pickles and DataParallel
+    replicas of an accelerated model compute with their own weights.
 
-    return [m for m in model.modules() if isinstance(m, HNSD) and m.streams == "two"]
+    Example
+    -------
+    >>> model = accelerate(HNSD(hidden_size=8, n_classes=2))
+    >>> isinstance(model, AcceleratedHNSD), isinstance(model, HNSD)
+    (True, True)
+    """
+
+    def frames(self, static, dynamic, lengths=None):
+        """Encodes and fuses the streams, side by side on CPU (see ``HNSD.frames``).
+
+        Arguments
+        ---------
+        static : torch.Tensor
+            ``[batch, time, n_static]``.
+        dynamic : torch.Tensor
+            ``[batch, time, n_dynamic]``.
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``.
+
+        Returns
+        -------
+        torch.Tensor
+            Fused frame vectors ``[batch, time, frame_size]``.
+        """
+        return _fast_frames(self, static, dynamic, lengths)
+
+
+def _two_stream_models(model):
+    """The two-stream ``HNSD`` and ``AcceleratedHNSD`` instances in ``model`` (itself
+    included); subclasses of HNSD of one's own are left alone."""
+    return [m for m in model.modules() if type(m) in (HNSD, AcceleratedHNSD) and m.streams == "two"]
 
 
 def accelerate(model, enabled=True, branch_cores=None):
     """Makes the HNSD models in ``model`` compute their two streams the CPU-fast way.
 
     Same results as plain PyTorch (within float rounding; the tests compare outputs and
-    gradients) and the same parameters and ``state_dict``: only ``HNSD.frames`` is replaced, on
-    these instances. Models with one stream are left as they are; off CPU the accelerated model
-    computes the plain way.
+    gradients) and the same parameters and ``state_dict``: the models become
+    ``AcceleratedHNSD``, which replaces ``HNSD.frames`` only. Models with one stream are left as
+    they are; off CPU the accelerated model computes the plain way.
 
     Arguments
     ---------
@@ -530,7 +562,6 @@ def accelerate(model, enabled=True, branch_cores=None):
 
     Example
     -------
-    >>> from hnsd_sb import HNSD
     >>> model = HNSD(hidden_size=8, fc_size=4, n_classes=2).eval()
     >>> x = torch.randn(2, 9, 26), torch.randn(2, 9, 52)
     >>> plain = model(*x)
@@ -542,10 +573,7 @@ def accelerate(model, enabled=True, branch_cores=None):
     False
     """
     for module in _two_stream_models(model):
-        if enabled:
-            module.frames = types.MethodType(_fast_frames, module)
-        else:
-            module.__dict__.pop("frames", None)
+        module.__class__ = AcceleratedHNSD if enabled else HNSD
     if branch_cores is not None:
         set_branch_cores(branch_cores)
     return model
@@ -566,11 +594,10 @@ def is_accelerated(model):
 
     Example
     -------
-    >>> from hnsd_sb import HNSD
     >>> is_accelerated(HNSD(hidden_size=8))
     False
     """
-    return any("frames" in m.__dict__ for m in _two_stream_models(model))
+    return any(isinstance(m, AcceleratedHNSD) for m in model.modules())
 
 
 @contextmanager
@@ -598,7 +625,7 @@ def plain_pytorch(model):
     >>> is_accelerated(model)
     True
     """
-    accelerated = [m for m in _two_stream_models(model) if "frames" in m.__dict__]
+    accelerated = [m for m in model.modules() if isinstance(m, AcceleratedHNSD)]
     for module in accelerated:
         accelerate(module, enabled=False)
     try:

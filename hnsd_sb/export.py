@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -454,3 +455,30 @@ def export_model(
     )
     logger.info("Exported %s to %s", ckpt_dir, out)
     return out
+
+
+def main(argv=None):
+    """``python -m hnsd_sb.export SOURCE FOLDER [options]``: the same as ``hnsd export``.
+
+    Arguments
+    ---------
+    argv : list of str or None
+        Arguments after the module name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 when the export failed (the message names the file).
+
+    Example
+    -------
+    >>> main([str(getfixture("tmpdir") / "nowhere"), "out"])  # the error goes to stderr
+    1
+    """
+    from hnsd_sb.cli import main as cli_main
+
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -405,8 +405,10 @@ def _backend_network(model, folder, backend):
         raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
     if backend == "torch-int8":
         # int8 LSTMs run faster side by side than one after the other with the threads split
-        # (benchmarks/RESULTS.md); fp32 ones do not, so only the int8 model is accelerated
-        return backends.quantize_torch(cpu.accelerate(model))
+        # (benchmarks/RESULTS.md); fp32 ones do not, so only the int8 copy stays accelerated
+        quantized = backends.quantize_torch(cpu.accelerate(model))
+        cpu.accelerate(model, enabled=False)
+        return quantized
     name = backends.ONNX_FILE if backend == "onnx" else backends.ONNX_INT8_FILE
     network = backends.OnnxNetwork(folder / name)
     if backend == "onnx":  # the graph must be the network of model.ckpt

@@ -243,7 +243,7 @@ def json_to_csv(json_path, csv_path):
     try:
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ManifestError(f"{json_path}: not a UTF-8 JSON file ({err})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ManifestError(f"{json_path}: expected an object of utterance ID -> fields")
@@ -254,8 +254,18 @@ def json_to_csv(json_path, csv_path):
         if missing:
             raise ManifestError(f"{json_path}: utterance {uid!r} lacks {', '.join(missing)}")
         values = [str(entry[name]) for name in fields]
-        # {key} placeholders (SpeechBrain's JSON syntax) become $key (its CSV syntax)
-        values[1] = re.sub(r"\{([\w.]+)\}", r"$\1", values[1])
+        # {key} placeholders (SpeechBrain's JSON syntax) become $key (its CSV syntax), which
+        # ends at the first character that cannot be part of a name: "{root}_16k" has no
+        # CSV spelling, and is refused rather than read as "$root_16k".
+        wav = values[1]
+        for match in re.finditer(r"\{([\w.]+)\}", wav):
+            following = wav[match.end() : match.end() + 1]
+            if following and re.match(r"[\w.]", following):
+                raise ManifestError(
+                    f"{json_path}: utterance {uid!r}: the placeholder in {wav!r} is followed by "
+                    f"{following!r}, which a CSV manifest would read as part of its name"
+                )
+        values[1] = re.sub(r"\{([\w.]+)\}", r"$\1", wav)
         rows.append([str(uid), *values])
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     with open(csv_path, "w", encoding="utf-8", newline="") as f:

@@ -250,16 +250,24 @@ class SpeakerNormalization(torch.nn.Module):
     def _table(self, device):
         """The speakers' moments ``[n + 1, n_feats]`` (last row: pooled over all speakers) on
         ``device``, and speaker -> row; rebuilt only when the statistics changed."""
-        # an entry is replaced (never changed in place) when its speaker's statistics change
-        key = (tuple((spk, id(entry)) for spk, entry in self.stats.items()), str(device))
-        if self._cache is None or self._cache[0] != key:
+        # An entry is replaced (never changed in place) when its speaker's statistics change, so
+        # the table is current while it was built from these very entries (compared by
+        # identity; the cache holds them, so no new entry can take a freed one's place).
+        entries = list(self.stats.items())
+        cached = self._cache
+        if (
+            cached is None
+            or cached[0] != str(device)
+            or len(cached[1]) != len(entries)
+            or any(a != c or b is not d for (a, b), (c, d) in zip(entries, cached[1]))
+        ):
             speakers = self.speakers
             moments = [self.speaker_moments(spk) for spk in speakers] + [self.global_moments()]
             table_mean = torch.stack([m for m, _ in moments]).to(device)
             table_std = torch.stack([s for _, s in moments]).to(device)
             index = {spk: i for i, spk in enumerate(speakers)}
-            self._cache = (key, table_mean, table_std, index)
-        return self._cache[1:]
+            self._cache = (str(device), entries, table_mean, table_std, index)
+        return self._cache[2:]
 
     def state(self):
         """Returns the statistics as plain tensors and strings (safe for ``weights_only`` loads).

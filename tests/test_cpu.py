@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from hnsd_sb import HNSD, GatedMultiFeatureUnit, cpu
+from hnsd_sb import HNSD, GatedMultiFeatureUnit, SequenceEncoder, cpu
 
 
 @pytest.fixture
@@ -160,6 +160,15 @@ def test_fast_paths_are_opt_in_and_keep_the_parameters(tmp_path):
     assert cpu.is_accelerated(model) and list(model.state_dict()) == keys
     # one-stream ablations have nothing to run side by side and stay plain
     assert not cpu.is_accelerated(cpu.accelerate(HNSD(hidden_size=8, streams="early")))
-    # a deep copy (e.g. dynamic quantisation's) keeps the fast path, bound to the copy
-    copy = __import__("copy").deepcopy(model)
-    assert cpu.is_accelerated(copy) and copy.frames.__self__ is copy
+    # copies, pickles and DataParallel-style replicas compute with their own weights
+    x = torch.randn(2, 7, 26), torch.randn(2, 7, 52)
+    for copy in (__import__("copy").deepcopy(model), __import__("copy").copy(model)):
+        assert cpu.is_accelerated(copy)
+        torch.testing.assert_close(copy.frames(*x), model.frames(*x))
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert cpu.is_accelerated(loaded)
+    torch.testing.assert_close(loaded.frames(*x), model.frames(*x))
+    replica = model._replicate_for_data_parallel()  # as DataParallel makes them
+    replica.static_encoder = SequenceEncoder(26, 8)  # the replica's own module, not the model's
+    assert not torch.allclose(replica.frames(*x), model.frames(*x))

@@ -1,6 +1,7 @@
 """Tests of manifest validation: every bad row is reported with its line, or skipped."""
 
 import csv
+import json
 import logging
 
 import numpy as np
@@ -215,3 +216,27 @@ def test_a_fifo_or_proc_file_as_manifest_is_named_not_read(tmp_path):
     for path in (fifo, "/proc/self/status"):
         with pytest.raises(ManifestError, match=f"{path}: not a regular file"):
             check_manifests({"train": str(path)}, n_classes=2, progress=False)
+
+
+def test_json_annotations_become_csv_manifests_or_clear_errors(tmp_path):
+    """SpeechBrain's JSON layout converts to the CSV columns; what has no CSV spelling, or is
+    not such a file, is refused with the file named."""
+    from hnsd_sb.manifest import json_to_csv
+
+    entry = {"wav": "{data_root}/a.wav", "duration": 1.0, "spk_id": "s1", "emo": "neu"}
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"u1": entry, "u2": dict(entry, wav="/abs/b.wav")}))
+    assert json_to_csv(good, tmp_path / "good.csv") == 2
+    rows = list(csv.DictReader(open(tmp_path / "good.csv", newline="")))
+    assert [r["wav"] for r in rows] == ["$data_root/a.wav", "/abs/b.wav"]
+    cases = {
+        "glued.json": json.dumps({"u1": dict(entry, wav="{data_root}_16k/a.wav")}),
+        "lacking.json": json.dumps({"u1": {"wav": "a.wav"}}),
+        "list.json": "[1, 2]",
+        "deep.json": "[" * 100000 + "]" * 100000,
+        "latin1.json": b"\xff\xfe".decode("latin-1"),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="latin-1")
+        with pytest.raises(ManifestError, match=name):
+            json_to_csv(tmp_path / name, tmp_path / "out.csv")

@@ -143,3 +143,23 @@ def test_batched_normalisation_equals_each_utterance_alone(unseen):
     norm.stats.pop("b")  # segments.py drops a recording's own statistics this way
     torch.testing.assert_close(norm(feats, lens, speakers), alone())
     assert not torch.equal(norm(feats, lens, speakers)[0], after[0])
+
+
+def test_repeated_enrolment_is_always_reflected():
+    """Statistics that change again and again (enrolment recording by recording, merges,
+    a speaker dropped and added back) are used at once: each forward equals that of a fresh
+    normaliser holding the same statistics."""
+    torch.manual_seed(1)
+    norm = SpeakerNormalization()
+    feats, lens = torch.randn(2, 12, 3), torch.ones(2)
+    norm.accumulate(torch.randn(1, 8, 3), torch.ones(1), ["a"])
+    for step in range(8):
+        norm(feats, lens, ["a", "a"])  # builds the table from the current statistics
+        if step % 3 == 2:
+            norm.stats.pop("a")
+        if step % 2:
+            norm.merge_state(SpeakerNormalization().state() | {})  # an empty merge
+        norm.accumulate(torch.randn(1, 5, 3) * (step + 2), torch.ones(1), ["a"])
+        fresh = SpeakerNormalization()
+        fresh.load_state(norm.state())
+        torch.testing.assert_close(norm(feats, lens, ["a", "a"]), fresh(feats, lens, ["a", "a"]))

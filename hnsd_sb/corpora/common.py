@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Optional
 
 import soundfile as sf
-from speechbrain.dataio.dataio import read_audio_info
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -166,8 +165,11 @@ def scan_wavs(folder, name_pattern, corpus):
 
 
 def read_durations(paths, desc="Reading durations"):
-    """Reads the duration in seconds of each audio file from its header (SpeechBrain's
-    ``read_audio_info``).
+    """Reads the duration in seconds of each audio file from its header.
+
+    With soundfile, not SpeechBrain's ``read_audio_info``: in SpeechBrain 1.1.2 that raises an
+    ``AttributeError`` on a header-only file (0 frames) instead of reporting its length, and
+    such a file must reach the manifest checks, which name it.
 
     Arguments
     ---------
@@ -192,10 +194,10 @@ def read_durations(paths, desc="Reading durations"):
     durations = []
     for path in tqdm(paths, desc=desc, disable=len(paths) < 200, dynamic_ncols=True):
         try:
-            info = read_audio_info(str(path))
+            info = sf.info(str(path))
         except (RuntimeError, sf.LibsndfileError) as err:
             raise RuntimeError(f"Cannot read the audio header of {path}: {err}") from err
-        durations.append(info.num_frames / info.sample_rate)
+        durations.append(info.frames / info.samplerate)
     return durations
 
 

@@ -73,7 +73,7 @@ def main(argv=None):
     totals = {}
     for fold in args.folds:
         result = {"fold": fold}
-        sums, labels = {}, None
+        sums, labels, ids_of = {}, None, {}
         for row in args.rows:
             run = os.path.join(row, f"fold{fold}")
             with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +85,9 @@ def main(argv=None):
             assert recognizer.labels == labels, f"{run}: other labels"
             for split in ("valid", "test"):
                 rows = read_manifest(os.path.join(run, f"{split}.csv"), args.data_folder)
+                ids = [r["ID"] for r in rows]
+                if ids != ids_of.setdefault(split, ids):  # the members' rows must line up
+                    sys.exit(f"{run}: {split}.csv lists other utterances than {args.rows[0]}'s")
                 probs = probabilities(recognizer, rows)
                 sums[split] = sums.get(split, 0) + probs
                 result[f"{row} {split} UA"] = ua(probs, rows, labels)
