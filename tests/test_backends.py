@@ -87,6 +87,14 @@ def test_int8_backends_stay_close_to_fp32(recognizers):
         assert float((probs - reference).abs().max()) < 0.05, backend  # int8, not another model
 
 
+def test_each_torch_backend_runs_the_form_measured_faster(recognizers):
+    """fp32 runs plain, int8 with its streams side by side (benchmarks/RESULTS.md)."""
+    from hnsd_sb.cpu import is_accelerated
+
+    assert not is_accelerated(recognizers["torch"].mods.model)
+    assert is_accelerated(recognizers["torch-int8"].mods.model)
+
+
 def test_an_onnx_graph_that_is_not_the_model_is_refused(folder, tmp_path):
     import onnx
     from onnx import numpy_helper
