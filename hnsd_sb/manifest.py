@@ -254,18 +254,20 @@ def json_to_csv(json_path, csv_path):
         if missing:
             raise ManifestError(f"{json_path}: utterance {uid!r} lacks {', '.join(missing)}")
         values = [str(entry[name]) for name in fields]
+
         # {key} placeholders (SpeechBrain's JSON syntax) become $key (its CSV syntax), which
         # ends at the first character that cannot be part of a name: "{root}_16k" has no
         # CSV spelling, and is refused rather than read as "$root_16k".
-        wav = values[1]
-        for match in re.finditer(r"\{([\w.]+)\}", wav):
+        def to_csv(match, uid=uid, wav=values[1]):
             following = wav[match.end() : match.end() + 1]
             if following and re.match(r"[\w.]", following):
                 raise ManifestError(
                     f"{json_path}: utterance {uid!r}: the placeholder in {wav!r} is followed by "
                     f"{following!r}, which a CSV manifest would read as part of its name"
                 )
-        values[1] = re.sub(r"\{([\w.]+)\}", r"$\1", wav)
+            return "$" + match[1]
+
+        values[1] = re.sub(r"\{([\w.]+)\}", to_csv, values[1])
         rows.append([str(uid), *values])
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     with open(csv_path, "w", encoding="utf-8", newline="") as f:

@@ -152,10 +152,14 @@ class SpeakerNormalization(torch.nn.Module):
         sumsq = (x * x).sum(dim=1)
         counts, sums, sumsq = counts.cpu(), sums.cpu(), sumsq.cpu()  # one copy each
         for i, spk in enumerate(speakers):
-            entry = [counts[i], sums[i], sumsq[i]]
-            if spk in self.stats:
-                entry = [a + b for a, b in zip(self.stats[spk], entry)]
-            self.stats[spk] = entry
+            self._add(spk, [counts[i], sums[i], sumsq[i]])
+
+    def _add(self, speaker, entry):
+        """Adds ``[count, sum, sum of squares]`` to a speaker's statistics (a new entry, never
+        changed in place: ``_table`` relies on it)."""
+        if speaker in self.stats:
+            entry = [a + b for a, b in zip(self.stats[speaker], entry)]
+        self.stats[speaker] = entry
 
     def _moments(self, count, total, total_sq):
         """Mean and floored standard deviation from running sums."""
@@ -231,18 +235,24 @@ class SpeakerNormalization(torch.nn.Module):
             raise ValueError(f"got {len(speakers)} speakers for a batch of {batch}")
         mask = real_frame_mask(lengths, max_len, feats.device).unsqueeze(-1)
         # Whole-batch tensor work: the speakers' moments come from a table kept on the
-        # features' device (built once per set of statistics), each utterance's own moments
-        # from one masked reduction, and one index picks each row's.
-        x = feats.detach().double() * mask
-        mean, std = self._moments(mask.sum(dim=1).double(), x.sum(dim=1), (x * x).sum(dim=1))
+        # features' device (built once per set of statistics) and one index picks each row's;
+        # an utterance's own moments are computed only when some row needs them.
+        rows = [-1] * batch
         if self.stats:
             table_mean, table_std, index = self._table(feats.device)
-            rows = torch.tensor([index.get(spk, -1) for spk in speakers], device=feats.device)
-            if self.unseen == "global":  # the table's last row holds the pooled moments
-                rows = torch.where(rows < 0, len(index), rows)
-            known = (rows >= 0).unsqueeze(-1)
-            mean = torch.where(known, table_mean[rows.clamp(min=0)], mean)
-            std = torch.where(known, table_std[rows.clamp(min=0)], std)
+            fallback = len(index) if self.unseen == "global" else -1  # last row: pooled
+            rows = [index.get(spk, fallback) for spk in speakers]
+        if min(rows) < 0:
+            x = feats.detach().double() * mask
+            own = self._moments(mask.sum(dim=1).double(), x.sum(dim=1), (x * x).sum(dim=1))
+        if max(rows) < 0:
+            mean, std = own
+        else:
+            picked = torch.tensor(rows, device=feats.device).clamp(min=0)
+            mean, std = table_mean[picked], table_std[picked]
+            if min(rows) < 0:
+                known = torch.tensor(rows, device=feats.device).ge(0).unsqueeze(-1)
+                mean, std = torch.where(known, mean, own[0]), torch.where(known, std, own[1])
         mean = mean.to(feats.dtype).unsqueeze(1)
         std = std.to(feats.dtype).unsqueeze(1)
         return (feats - mean) / std * mask
@@ -333,10 +343,7 @@ class SpeakerNormalization(torch.nn.Module):
         True
         """
         for i, spk in enumerate(state["speakers"]):
-            entry = [state["count"][i], state["sum"][i], state["sumsq"][i]]
-            if spk in self.stats:
-                entry = [a + b for a, b in zip(self.stats[spk], entry)]
-            self.stats[spk] = entry
+            self._add(spk, [state["count"][i], state["sum"][i], state["sumsq"][i]])
 
     @mark_as_saver
     def _save(self, path):

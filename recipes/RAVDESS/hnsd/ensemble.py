@@ -13,7 +13,6 @@ row's ``test_results.json``, so the scores are those of the runs.
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -23,15 +22,15 @@ import torch
 
 from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
+from hnsd_sb.manifest import read_rows, resolve_path
 from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
 
 
 def read_manifest(path, data_folder):
     """The rows of a fold's manifest, with ``$data_root`` replaced."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = [row for _, row in read_rows(path)[1]]
     for row in rows:
-        row["wav"] = row["wav"].replace("$data_root", data_folder)
+        row["wav"] = resolve_path(row["wav"], {"data_root": data_folder})
     return rows
 
 
@@ -73,7 +72,7 @@ def main(argv=None):
     totals = {}
     for fold in args.folds:
         result = {"fold": fold}
-        sums, labels, ids_of = {}, None, {}
+        sums, labels, rows_of = {}, None, {}
         for row in args.rows:
             run = os.path.join(row, f"fold{fold}")
             with tempfile.TemporaryDirectory() as tmp:
@@ -85,8 +84,7 @@ def main(argv=None):
             assert recognizer.labels == labels, f"{run}: other labels"
             for split in ("valid", "test"):
                 rows = read_manifest(os.path.join(run, f"{split}.csv"), args.data_folder)
-                ids = [r["ID"] for r in rows]
-                if ids != ids_of.setdefault(split, ids):  # the members' rows must line up
+                if [r["ID"] for r in rows] != [r["ID"] for r in rows_of.setdefault(split, rows)]:
                     sys.exit(f"{run}: {split}.csv lists other utterances than {args.rows[0]}'s")
                 probs = probabilities(recognizer, rows)
                 sums[split] = sums.get(split, 0) + probs
@@ -97,9 +95,9 @@ def main(argv=None):
             if abs(recorded - got) > 0.01:
                 sys.exit(f"{run}: test UA {got} here, but the run recorded {recorded}")
         for split in ("valid", "test"):
-            manifest = os.path.join(args.rows[0], f"fold{fold}", f"{split}.csv")
-            rows = read_manifest(manifest, args.data_folder)
-            result[f"ensemble {split} UA"] = ua(sums[split] / len(args.rows), rows, labels)
+            result[f"ensemble {split} UA"] = ua(
+                sums[split] / len(args.rows), rows_of[split], labels
+            )
         for key, value in result.items():
             if key != "fold":
                 totals.setdefault(key, []).append(value)
