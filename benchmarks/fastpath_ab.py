@@ -2,6 +2,7 @@
 """A/B timing of the paper-size HNSD plain and with ``hnsd_sb.cpu.accelerate``.
 
 > OMP_NUM_THREADS=2 python benchmarks/fastpath_ab.py
+> OMP_NUM_THREADS=1 python benchmarks/fastpath_ab.py --branch-cores 2
 
 Alternates plain PyTorch and the accelerated model twice (the first pair includes warm-up, so
 compare the second) and prints, for each:
@@ -14,12 +15,13 @@ compare the second) and prints, for each:
   the fastest of four.
 """
 
+import argparse
 import time
 
 import torch
 
 from hnsd_sb import HNSD, SpeakerNormalization, StaticDynamicFeatures
-from hnsd_sb.cpu import accelerate
+from hnsd_sb.cpu import accelerate, set_branch_cores
 from hnsd_sb.pipeline import classify
 
 
@@ -36,6 +38,11 @@ def fastest(fn, repeats):
 
 def main():
     """Prints the three timings for each setting."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--branch-cores", type=int, help="cores for the accelerated streams")
+    args = parser.parse_args()
+    if args.branch_cores:
+        set_branch_cores(args.branch_cores)
     torch.manual_seed(0)
     model = HNSD()
     optimizer = torch.optim.Adam(model.parameters(), 1e-4, weight_decay=1e-3)

@@ -259,6 +259,7 @@ def json_to_csv(json_path, csv_path):
         # ends at the first character that cannot be part of a name: "{root}_16k" has no
         # CSV spelling, and is refused rather than read as "$root_16k".
         def to_csv(match, uid=uid, wav=values[1]):
+            """``$key`` for the placeholder ``match``, or a ManifestError naming the file."""
             following = wav[match.end() : match.end() + 1]
             if following and re.match(r"[\w.]", following):
                 raise ManifestError(
