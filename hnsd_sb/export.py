@@ -54,6 +54,7 @@ from hnsd_sb.normalization import SpeakerNormalization
 from hnsd_sb.weights import (  # noqa: F401
     MODEL_FILE,
     NORMALIZER_FILE,
+    checkpoint_model_file,
     find_model_file,
     load_normalizer,
     load_state,
@@ -421,9 +422,10 @@ def export_model(
         labels = [encoder.ind2lab[i] for i in range(len(encoder))]
     except Exception as err:  # SpeechBrain's parser raises many types
         raise ValueError(f"{label_file}: not a label encoder file ({err})") from None
-    for name in (MODEL_FILE, NORMALIZER_FILE):
-        if not (ckpt_dir / name).is_file():
-            raise FileNotFoundError(f"{ckpt_dir / name}: missing from the checkpoint")
+    model_file = checkpoint_model_file(ckpt_dir)  # the weight average, if the run kept one
+    for path in (model_file, ckpt_dir / NORMALIZER_FILE):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from the checkpoint")
     normalizer = SpeakerNormalization()
     load_normalizer(normalizer, ckpt_dir / NORMALIZER_FILE)
     scores = ", ".join(
@@ -439,7 +441,7 @@ def export_model(
     out = write_model_folder(
         folder,
         labels,
-        load_state(ckpt_dir / MODEL_FILE),
+        load_state(model_file),
         normalizer.state(),
         read_module_specs(hparams_file),
         note=note,

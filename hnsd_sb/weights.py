@@ -20,6 +20,9 @@ from hnsd_sb.files import is_plain_file
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.ckpt"
+# A run trained with weight averaging (the recipes' ``average_epochs``) checkpoints the average
+# here, beside the trained weights in model.ckpt; validation and test scored the average.
+AVERAGED_MODEL_FILE = "averaged_model.ckpt"
 NORMALIZER_FILE = "normalizer.ckpt"
 # Log-Mel energies (dB) and their deltas stay within some hundreds: moments beyond this are a
 # damaged or forged statistics file, and would overflow the normalised float32 features.
@@ -274,9 +277,38 @@ def transfer_parameters(module, path, include=None, exclude=()):
     return sorted(taken)
 
 
+def checkpoint_model_file(ckpt_dir):
+    """The weights of a checkpoint that its validation score belongs to: the weight average
+    (``averaged_model.ckpt``) of a run trained with one, otherwise ``model.ckpt``.
+
+    Arguments
+    ---------
+    ckpt_dir : str or path-like
+        A ``CKPT+...`` folder.
+
+    Returns
+    -------
+    pathlib.Path
+        The weights file (which may be missing: the caller says so).
+
+    Example
+    -------
+    >>> folder = Path(getfixture("tmpdir"))
+    >>> checkpoint_model_file(folder).name
+    'model.ckpt'
+    >>> torch.save({}, folder / "averaged_model.ckpt")
+    >>> checkpoint_model_file(folder).name
+    'averaged_model.ckpt'
+    """
+    ckpt_dir = Path(ckpt_dir)
+    averaged = ckpt_dir / AVERAGED_MODEL_FILE
+    return averaged if averaged.is_file() else ckpt_dir / MODEL_FILE
+
+
 def find_model_file(source):
     """Finds the ``model.ckpt`` to start from: in a model folder, a checkpoint folder, or the
-    best checkpoint (max validation UA) of a recipe run.
+    best checkpoint (max validation UA) of a recipe run (of a run trained with weight
+    averaging, the averaged weights, see ``checkpoint_model_file``).
 
     Used by the fine-tuning hparams files (``!apply:``) so that a wrong path fails at once with
     its name, and is never mistaken for a Hugging Face model id.
@@ -311,6 +343,8 @@ def find_model_file(source):
         return str(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.name.startswith("CKPT+"):
+        return str(checkpoint_model_file(path))
     if (path / MODEL_FILE).is_file():
         return str(path / MODEL_FILE)
-    return str(find_checkpoint(path).path / MODEL_FILE)
+    return str(checkpoint_model_file(find_checkpoint(path).path))

@@ -245,3 +245,36 @@ def test_checkpoint_cut_short_by_a_kill_during_deletion_is_ignored(tmp_path):
     plain = Checkpointer(tmp_path / "plain", {"model": model}).save_checkpoint(meta={"UA": 1.0})
     found = AtomicCheckpointer(tmp_path / "plain", {"model": model}).recover_if_possible()
     assert found.path == plain.path
+
+
+def test_weight_average_is_scored_checkpointed_resumed_and_exported(
+    corpus, launcher, tmp_path
+):
+    """With ``average_epochs`` the average is what validation and test score: it is kept in
+    every checkpoint, so a killed run resumes to the same average, and ``find_model_file`` and
+    ``hnsd export`` take it rather than the last trained weights."""
+    from hnsd_sb.export import export_model
+    from hnsd_sb.weights import find_model_file
+
+    def averaged_command(out):
+        return [*command(corpus, out), "--average_epochs=1"]
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_ok(averaged_command(whole))
+    code, output = run(averaged_command(killed), kill_at="step:6", launcher=launcher)
+    assert code == -signal.SIGKILL, output[-4000:]
+    output = run_ok(averaged_command(killed))
+    assert "Loading a checkpoint from" in output
+    assert_same_results(killed, whole)
+    final = last_checkpoint(killed)
+    averaged = torch.load(final / "averaged_model.ckpt")
+    assert repr(averaged) == repr(torch.load(last_checkpoint(whole) / "averaged_model.ckpt"))
+    trained = torch.load(final / "model.ckpt")
+    assert averaged.keys() == trained.keys()
+    assert not all(torch.equal(averaged[k], trained[k]) for k in trained)  # a real average
+    # Exports and fine-tuning start from the average of the best checkpoint.
+    best = find_model_file(killed)
+    assert best.endswith("averaged_model.ckpt")
+    folder = export_model(killed, tmp_path / "model")
+    exported = torch.load(folder / "model.ckpt")
+    assert all(torch.equal(exported[k], v) for k, v in torch.load(best).items())

@@ -32,6 +32,7 @@ from speechbrain.utils.distributed import (
     is_distributed_initialized,
     run_on_main,
 )
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from hnsd_sb import pipeline
@@ -49,6 +50,7 @@ class EmotionBrain(sb.Brain):
     """Trains and evaluates HNSD: waveform -> features -> speaker normalisation -> model."""
 
     class_weights = None  # per-class loss weights (``class_weighting`` in the hparams)
+    averaged = None  # the weight average (``average_epochs`` in the hparams), if any
 
     def pipeline_inputs(self, batch, stage):
         """Returns the waveforms of a batch, their relative lengths and the feature augmentation
@@ -82,10 +84,13 @@ class EmotionBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
         wavs, wav_lens, feat_augment = self.pipeline_inputs(batch, stage)
+        model = self.modules.model
+        if stage != sb.Stage.TRAIN and self.averaged is not None:
+            model = self.averaged.module  # validation and test score the weight average
         log_probs, _, lens = pipeline.classify(
             self.modules.features,
             self.modules.normalizer,
-            self.modules.model,
+            model,
             wavs,
             wav_lens,
             batch.spk_id,
@@ -105,6 +110,11 @@ class EmotionBrain(sb.Brain):
         self.padded_frames[1] += float(lens.numel())
         self.metrics.append(batch.id, log_probs.detach(), emo)
         return loss
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Moves the weight average (if any) towards the weights the optimizer just updated."""
+        if should_step and self.averaged is not None:
+            self.averaged.update_parameters(self.hparams.model)
 
     def on_stage_start(self, stage, epoch=None):
         """Starts fresh statistics for the stage."""
@@ -222,6 +232,18 @@ class EmotionBrain(sb.Brain):
             for state in states:
                 normalizer.merge_state(state)
         logger.info("Speaker statistics of %d speakers", len(normalizer.speakers))
+
+
+def weight_average(model, average_epochs, steps_per_epoch, device):
+    """Returns an exponential moving average of the weights of ``model`` (torch's
+    ``AveragedModel``), starting as a copy of them, whose time constant is ``average_epochs``
+    epochs of ``steps_per_epoch`` optimizer steps: the same share of training on every corpus,
+    whatever its size. Scoring it rather than the last weights smooths out the step-to-step
+    noise of training on a small corpus."""
+    decay = 1.0 - 1.0 / max(1.0, average_epochs * steps_per_epoch)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    averaged.update_parameters(model)  # a copy now, so a resumed run averages the same way
+    return averaged.requires_grad_(False).eval().to(device)
 
 
 def speaker_sets(hparams, datasets):
@@ -370,6 +392,18 @@ if __name__ == "__main__":
     train_sampler = DynamicBatchSampler(datasets["train"], **hparams["dynamic_batch_sampler"])
     hnsd_brain.train_sampler = train_sampler  # so each epoch draws new batches
     train_loader_opts = {"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]}
+
+    # Weight averaging (average_epochs, null: off): validation, test and the exported model
+    # use a moving average of the weights; it is checkpointed beside them (averaged_model.ckpt).
+    if hparams.get("average_epochs"):
+        world = torch.distributed.get_world_size() if is_distributed_initialized() else 1
+        hnsd_brain.averaged = weight_average(
+            hparams["model"],
+            hparams["average_epochs"],
+            -(-len(train_sampler) // world),  # each process steps through its share of batches
+            hnsd_brain.device,
+        )
+        hparams["checkpointer"].add_recoverable("averaged_model", hnsd_brain.averaged.module)
 
     # Rerunning the same command after an interruption resumes from the last checkpoint.
     hnsd_brain.fit(
