@@ -247,9 +247,7 @@ def test_checkpoint_cut_short_by_a_kill_during_deletion_is_ignored(tmp_path):
     assert found.path == plain.path
 
 
-def test_weight_average_is_scored_checkpointed_resumed_and_exported(
-    corpus, launcher, tmp_path
-):
+def test_weight_average_is_scored_checkpointed_resumed_and_exported(corpus, launcher, tmp_path):
     """With ``average_epochs`` the average is what validation and test score: it is kept in
     every checkpoint, so a killed run resumes to the same average, and ``find_model_file`` and
     ``hnsd export`` take it rather than the last trained weights."""
