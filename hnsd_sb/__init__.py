@@ -1,9 +1,10 @@
 """hnsd-sb: HNSD speech emotion recognition (Cao et al., ICASSP 2021) for SpeechBrain.
 
 The model's parts are ``torch.nn.Module``s that a hyperpyyaml file can wire: feature extraction
-(``StaticDynamicFeatures``), speaker-level normalisation (``SpeakerNormalization``), the encoders
-and classifier (``HNSD``), and the fusion (``GatedMultiFeatureUnit``) and pooling
-(``AdditiveAttentionPooling``) units they are built from. ``EmotionRecognizer`` runs a trained
+(``StaticDynamicFeatures``), speaker-level normalisation (``SpeakerNormalization``), and the
+network (``HNSD``), assembled from its encoders (``SequenceEncoder``), fusion
+(``GatedMultiFeatureUnit``), pooling (``AdditiveAttentionPooling``) and classifier head
+(``UtteranceClassifier``). ``EmotionRecognizer`` runs a trained
 model folder (written by ``export_model``) on recordings, the SpeechBrain inference way.
 
 The names below are imported on first use, so that ``import hnsd_sb`` (and ``hnsd --help``)
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "HNSD": "hnsd_sb.model",
     "SequenceEncoder": "hnsd_sb.model",
+    "UtteranceClassifier": "hnsd_sb.model",
     "AdditiveAttentionPooling": "hnsd_sb.pooling",
     "MeanPooling": "hnsd_sb.pooling",
     "ConcatFusion": "hnsd_sb.fusion",

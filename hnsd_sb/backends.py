@@ -216,7 +216,8 @@ def quantize_torch(model):
     names = {
         name
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.LSTM) or name in ("fc", "output")
+        if isinstance(module, torch.nn.LSTM)
+        or (isinstance(module, torch.nn.Linear) and name.startswith("classifier."))
     }
     return torch.ao.quantization.quantize_dynamic(model.eval(), names, dtype=torch.qint8)
 

@@ -136,7 +136,7 @@ def architecture_of(modules, model_state, where):
 
     Example
     -------
-    >>> state = {"output.weight": torch.zeros(3, 8)}
+    >>> state = {"classifier.output.weight": torch.zeros(3, 8)}
     >>> architecture_of({"model": ("hnsd_sb.HNSD", {"fc_size": 8})}, state, "x")["model"]
     {'fc_size': 8, 'n_classes': 3}
     """
@@ -153,8 +153,9 @@ def architecture_of(modules, model_state, where):
             )
         architecture[name] = dict(kwargs)
     architecture["features"].setdefault("sample_rate", 16000)
-    if "n_classes" not in architecture["model"] and "output.weight" in model_state:
-        architecture["model"]["n_classes"] = int(model_state["output.weight"].shape[0])
+    for key in ("classifier.output.weight", "output.weight"):  # now, and before the parts
+        if "n_classes" not in architecture["model"] and key in model_state:
+            architecture["model"]["n_classes"] = int(model_state[key].shape[0])
     return check_architecture(architecture, where)
 
 

@@ -2,12 +2,14 @@
 SpeechBrain hparams file of a model folder.
 
 ``read_module_specs`` reads the ``features``, ``normalizer`` and ``model`` entries of a training
-hparams file as data (ruamel, with ``!ref`` resolved; no ``!new:`` is instantiated, so nothing
-in the file runs), and ``render_hparams`` writes a model folder's ``hyperparams.yaml`` for
+hparams file as data (ruamel, with ``!ref`` resolved; nothing in the file runs, except the
+constructors of hnsd_sb's own model parts, on the meta device, when the model is given by its
+parts), and ``render_hparams`` writes a model folder's ``hyperparams.yaml`` for
 SpeechBrain's ``from_hparams``, whose ``Pretrainer`` loads the weights with the hooks of
 ``hnsd_sb.weights``.
 """
 
+import functools
 import json
 import math
 
@@ -51,11 +53,56 @@ def _plain(value, where):
     raise ValueError(f"{where} has an unsupported type {type(value).__name__}")
 
 
+def _our_part(path, where):
+    """The class ``path`` names, if it is one of hnsd_sb's public modules (the model's parts)."""
+    import hnsd_sb
+
+    name = path.rsplit(".", 1)[-1]
+    home = hnsd_sb._EXPORTS.get(name)
+    if home is None or path not in (f"hnsd_sb.{name}", f"{home}.{name}"):
+        raise ValueError(f"{where} is {path}; a model folder can only hold hnsd_sb's own parts")
+    return getattr(hnsd_sb, name)
+
+
+def _part(value, where):
+    """A value of the model's entry: plain, or a part (``!new:`` built, ``!name:`` a factory) of
+    hnsd_sb's own classes."""
+    tag = getattr(getattr(value, "tag", None), "value", None) or ""
+    if not tag.startswith(("!new:", "!name:")):
+        return _plain(value, where)
+    kind, path = tag.split(":", 1)
+    part = _our_part(path, where)
+    if hasattr(value, "items"):
+        args, kwargs = [], {str(k): _part(v, f"{where}.{k}") for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        args, kwargs = [_part(v, f"{where}[{i}]") for i, v in enumerate(value)], {}
+    else:  # `!new:Class` without arguments
+        args, kwargs = [], {}
+    return part(*args, **kwargs) if kind == "!new" else functools.partial(part, *args, **kwargs)
+
+
+def _model_sizes(args, where):
+    """The sizes (``HNSD.sizes``) of a model given by its parts in a hparams file, built on the
+    meta device (no memory, no weights)."""
+    import torch
+
+    from hnsd_sb.model import HNSD
+
+    with torch.device("meta"):
+        parts = {str(k): _part(v, f"{where}.{k}") for k, v in args.items()}
+        try:
+            return HNSD(**parts).sizes()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
 def read_module_specs(hparams_file):
     """Reads how a training hparams file builds ``modules.features``, ``.normalizer``, ``.model``.
 
-    Nothing is instantiated: references are resolved as text and the three ``!new:`` nodes are
-    read as (class path, keyword arguments).
+    References are resolved as text and the three ``!new:`` nodes are read as (class path,
+    keyword arguments). A model given by its parts (``!name:`` / ``!new:`` of hnsd_sb's classes)
+    is built on the meta device and read as its sizes (``HNSD.sizes``), the form of a model
+    folder; no other object is instantiated.
 
     Arguments
     ---------
@@ -95,6 +142,10 @@ def read_module_specs(hparams_file):
             raise ValueError(f"{hparams_file}: modules.{name} is not a !new: object")
         if hasattr(node, "items"):
             where = f"{hparams_file}: modules.{name}"
+            tagged = any(getattr(getattr(v, "tag", None), "value", None) for v in node.values())
+            if name == "model" and tagged:
+                specs[name] = (tag[len("!new:") :], _model_sizes(node, where))
+                continue
             args = {str(k): _plain(v, f"{where}.{k}") for k, v in node.items()}
         elif str(getattr(node, "value", "x")) == "":  # `!new:Class` without arguments
             args = {}

@@ -1,9 +1,13 @@
 """The HNSD model: two LSTM encoders, GMU fusion, attention pooling and a classifier.
 
 Cao et al., "Hierarchical Network Based on the Fusion of Static and Dynamic Features for Speech
-Emotion Recognition", ICASSP 2021. The ablation switches (``streams``, ``fusion``, ``pooling``)
-build the variants the paper argues against from the same parts.
+Emotion Recognition", ICASSP 2021. ``HNSD`` is assembled from its parts (encoders, fusion,
+pooling, classifier), which a hparams file gives it; the variants the paper argues against swap
+one part. ``paper_parts`` builds the parts from sizes and the ablation names, the form in which
+model folders describe a model (``model_info.json``).
 """
+
+import functools
 
 import torch
 
@@ -75,6 +79,7 @@ class SequenceEncoder(torch.nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0):
         super().__init__()
+        self.hidden_size, self.num_layers = hidden_size, num_layers
         self.bidirectional = bidirectional
         self.out_size = hidden_size * (2 if bidirectional else 1)
         if not bidirectional:
@@ -124,20 +129,75 @@ class SequenceEncoder(torch.nn.Module):
         return x
 
 
-class HNSD(torch.nn.Module):
-    """Hierarchical network fusing static and dynamic features for emotion recognition.
+class UtteranceClassifier(torch.nn.Module):
+    """HNSD's classifier head: a fully connected layer (ReLU) and the output layer, returning
+    log-probabilities (the paper's softmax, in log form for the NLL loss).
 
-    With the defaults this is the paper's model: an LSTM per stream (so the streams do not
-    interfere), a GMU fusing them frame by frame, additive attention pooling over the real frames,
-    a 128-unit fully connected layer (ReLU: the paper does not name the activation; our choice)
-    and a softmax output, returned as log-probabilities.
+    The paper does not name the fully connected layer's activation; ReLU is our choice.
 
     Arguments
     ---------
-    n_static : int
-        Size of the static stream (log-Mel energies).
-    n_dynamic : int
-        Size of the dynamic stream (deltas and delta-deltas).
+    input_size : int
+        Size of the pooled utterance vector.
+    fc_size : int
+        Units of the fully connected layer (128 in the paper).
+    n_classes : int
+        Number of emotions.
+    dropout : float
+        Dropout on the pooled vector and on the fully connected layer's output, in training.
+
+    Example
+    -------
+    >>> head = UtteranceClassifier(16, fc_size=8, n_classes=3).eval()
+    >>> logp = head(torch.randn(2, 16))
+    >>> logp.shape, bool(torch.allclose(logp.exp().sum(dim=1), torch.ones(2)))
+    (torch.Size([2, 3]), True)
+    """
+
+    def __init__(self, input_size, fc_size=128, n_classes=4, dropout=0.0):
+        super().__init__()
+        self.dropout = torch.nn.Dropout(dropout)
+        self.fc = torch.nn.Linear(input_size, fc_size)
+        self.output = torch.nn.Linear(fc_size, n_classes)
+
+    def forward(self, u):
+        """Classifies pooled utterance vectors.
+
+        Arguments
+        ---------
+        u : torch.Tensor
+            ``[batch, input_size]``.
+
+        Returns
+        -------
+        torch.Tensor
+            Log-probabilities ``[batch, n_classes]``.
+        """
+        hidden = self.dropout(torch.relu(self.fc(self.dropout(u))))
+        return torch.log_softmax(self.output(hidden), dim=-1)
+
+
+def paper_parts(
+    hidden_size=512,
+    attention_size=16,
+    fc_size=128,
+    n_classes=4,
+    fusion_size=None,
+    num_layers=1,
+    bidirectional=False,
+    dropout=0.0,
+    streams="two",
+    fusion="gmu",
+    pooling="attention",
+):
+    """The parts of an HNSD model given by sizes and ablation names, as factories for ``HNSD``.
+
+    This is how model folders describe a model (``model_info.json``, checked against a schema
+    before anything is built) and what ``HNSD(hidden_size=..., ...)`` builds; ``HNSD.sizes``
+    gives the sizes back. Hparams files give ``HNSD`` its parts directly.
+
+    Arguments
+    ---------
     hidden_size : int
         LSTM units of each encoder.
     attention_size : int
@@ -153,7 +213,7 @@ class HNSD(torch.nn.Module):
     bidirectional : bool
         Bidirectional encoders (the paper's are unidirectional).
     dropout : float
-        Dropout on the pooled vector and on the fully connected layer's output.
+        Dropout between stacked LSTM layers and in the classifier head.
     streams : str
         ``"two"`` (HNSD), ``"static"`` or ``"dynamic"`` (one stream alone), or ``"early"`` (both
         streams concatenated into one LSTM: the direct fusion the paper argues against).
@@ -162,69 +222,253 @@ class HNSD(torch.nn.Module):
     pooling : str
         ``"attention"`` (HNSD) or ``"mean"``.
 
+    Returns
+    -------
+    dict
+        ``HNSD``'s part arguments (``static_encoder``, ``dynamic_encoder``, ``joint_encoder``,
+        ``fusion``, ``pooling``, ``classifier``): factories, or ``None`` for an unused part.
+
     Example
     -------
-    >>> model = HNSD(hidden_size=16, fc_size=8, n_classes=4).eval()
+    >>> parts = paper_parts(hidden_size=8, streams="static")
+    >>> parts["dynamic_encoder"] is None, parts["static_encoder"](26).out_size
+    (True, 8)
+    """
+    for name, value, allowed in (
+        ("streams", streams, STREAMS),
+        ("fusion", fusion, FUSIONS),
+        ("pooling", pooling, POOLINGS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    lstm = functools.partial(
+        SequenceEncoder,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        dropout=dropout,
+    )
+    gmu = functools.partial(GatedMultiFeatureUnit, out_size=fusion_size or hidden_size)
+    return {
+        "static_encoder": lstm if streams in ("two", "static") else None,
+        "dynamic_encoder": lstm if streams in ("two", "dynamic") else None,
+        "joint_encoder": lstm if streams == "early" else None,
+        "fusion": None if streams != "two" else gmu if fusion == "gmu" else ConcatFusion,
+        "pooling": (
+            functools.partial(AdditiveAttentionPooling, attention_size=attention_size)
+            if pooling == "attention"
+            else MeanPooling
+        ),
+        "classifier": functools.partial(
+            UtteranceClassifier, fc_size=fc_size, n_classes=n_classes, dropout=dropout
+        ),
+    }
+
+
+def _built(part, *sizes):
+    """A part as a module: given built, or built by its factory from its input sizes."""
+    if part is None or isinstance(part, torch.nn.Module):
+        return part
+    return part(*sizes)
+
+
+class HNSD(torch.nn.Module):
+    """Hierarchical network fusing static and dynamic features for emotion recognition.
+
+    Assembled from its parts: an encoder per stream (so the streams do not interfere), a fusion
+    of the two frame by frame, a pooling over the real frames, and a classifier head. Each part
+    is given built (a module) or as a factory (a class, or ``!name:`` in a hparams file) that
+    the model calls with the part's input sizes: ``n_static`` / ``n_dynamic`` for the
+    encoders, the encoders' ``out_size`` for the fusion, the frame size for the pooling and the
+    classifier. Encoders and fusions report their ``out_size``.
+
+    The paper's model: ``SequenceEncoder`` LSTMs (512), ``GatedMultiFeatureUnit``,
+    ``AdditiveAttentionPooling`` (16) and ``UtteranceClassifier`` (128). Its ablations:
+
+    - one stream alone: only ``static_encoder`` or only ``dynamic_encoder``, no ``fusion``;
+    - early fusion: ``joint_encoder`` alone, reading both streams concatenated;
+    - ungated fusion: ``fusion`` = ``ConcatFusion``; mean pooling: ``pooling`` = ``MeanPooling``.
+
+    Called with sizes instead of parts (``HNSD(hidden_size=16, n_classes=4)``, the keyword
+    arguments of ``paper_parts``), it builds the paper's parts or a named ablation: the form in
+    which model folders describe a model.
+
+    Arguments
+    ---------
+    static_encoder, dynamic_encoder : torch.nn.Module or callable or None
+        The encoder of each stream (``[batch, time, size]`` and relative lengths to frame
+        vectors), or ``None`` for a stream that is not used.
+    fusion : torch.nn.Module or callable or None
+        Fuses the two encoders' frames (``None`` when one encoder is used).
+    pooling : torch.nn.Module or callable
+        Frame vectors and relative lengths to an utterance vector (and the frame weights).
+    classifier : torch.nn.Module or callable
+        Utterance vector to log-probabilities.
+    joint_encoder : torch.nn.Module or callable or None
+        One encoder of both streams concatenated (early fusion), instead of the other three.
+    n_static : int
+        Size of the static stream (log-Mel energies).
+    n_dynamic : int
+        Size of the dynamic stream (deltas and delta-deltas).
+    **sizes
+        Without parts: the keyword arguments of ``paper_parts``.
+
+    Example
+    -------
+    >>> from functools import partial
+    >>> model = HNSD(
+    ...     static_encoder=partial(SequenceEncoder, hidden_size=16),
+    ...     dynamic_encoder=partial(SequenceEncoder, hidden_size=16),
+    ...     fusion=partial(GatedMultiFeatureUnit, out_size=16),
+    ...     pooling=AdditiveAttentionPooling,
+    ...     classifier=partial(UtteranceClassifier, fc_size=8, n_classes=4),
+    ... ).eval()
     >>> static, dynamic = torch.randn(3, 20, 26), torch.randn(3, 20, 52)
     >>> logp = model(static, dynamic, torch.tensor([1.0, 0.8, 0.5]))
     >>> logp.shape
     torch.Size([3, 4])
     >>> bool(torch.allclose(logp.exp().sum(dim=1), torch.ones(3)))
     True
+    >>> HNSD(hidden_size=16, fc_size=8, n_classes=4).sizes()["streams"]
+    'two'
     """
 
     def __init__(
         self,
+        static_encoder=None,
+        dynamic_encoder=None,
+        fusion=None,
+        pooling=None,
+        classifier=None,
+        joint_encoder=None,
         n_static=26,
         n_dynamic=52,
-        hidden_size=512,
-        attention_size=16,
-        fc_size=128,
-        n_classes=4,
-        fusion_size=None,
-        num_layers=1,
-        bidirectional=False,
-        dropout=0.0,
-        streams="two",
-        fusion="gmu",
-        pooling="attention",
+        **sizes,
     ):
         super().__init__()
-        for name, value, allowed in (
-            ("streams", streams, STREAMS),
-            ("fusion", fusion, FUSIONS),
-            ("pooling", pooling, POOLINGS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        self.streams = streams
+        parts = {
+            "static_encoder": static_encoder,
+            "dynamic_encoder": dynamic_encoder,
+            "joint_encoder": joint_encoder,
+            "fusion": fusion,
+            "pooling": pooling,
+            "classifier": classifier,
+        }
+        # Sizes (and the ablation names "fusion" and "pooling", as model folders write them)
+        named = {k: v for k, v in parts.items() if isinstance(v, str)}
+        if named or all(v is None for v in parts.values()):
+            others = [k for k, v in parts.items() if v is not None and k not in named]
+            if others:
+                raise TypeError(
+                    f"HNSD takes parts or sizes, not both: {others} and {named} (in a hparams "
+                    "file, swap the part itself, e.g. fusion: !name:hnsd_sb.ConcatFusion)"
+                )
+            parts = paper_parts(**sizes, **named)
+        elif sizes:
+            raise TypeError(f"HNSD takes parts or sizes, not both: {sorted(sizes)}")
         self.n_static, self.n_dynamic = n_static, n_dynamic
-        lstm = dict(
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-        )
-        input_sizes = {"static": n_static, "dynamic": n_dynamic, "early": n_static + n_dynamic}
-        if streams == "two":
-            self.static_encoder = SequenceEncoder(n_static, **lstm)
-            self.dynamic_encoder = SequenceEncoder(n_dynamic, **lstm)
-            enc_size = self.static_encoder.out_size
-            if fusion == "gmu":
-                self.fusion = GatedMultiFeatureUnit(enc_size, enc_size, fusion_size or hidden_size)
-            else:
-                self.fusion = ConcatFusion(enc_size, enc_size)
+        self.static_encoder = _built(parts["static_encoder"], n_static)
+        self.dynamic_encoder = _built(parts["dynamic_encoder"], n_dynamic)
+        self.joint_encoder = _built(parts["joint_encoder"], n_static + n_dynamic)
+        encoders = [self.static_encoder, self.dynamic_encoder, self.joint_encoder]
+        used = [e for e in encoders if e is not None]
+        two = self.static_encoder is not None and self.dynamic_encoder is not None
+        if not used or (self.joint_encoder is not None and len(used) > 1):
+            raise ValueError("HNSD needs static/dynamic encoders, or a joint_encoder alone")
+        if two != (parts["fusion"] is not None):
+            raise ValueError("HNSD fuses two stream encoders: give a fusion with both, else none")
+        if parts["pooling"] is None or parts["classifier"] is None:
+            raise ValueError("HNSD needs a pooling and a classifier")
+        if two:
+            self.fusion = _built(
+                parts["fusion"], self.static_encoder.out_size, self.dynamic_encoder.out_size
+            )
             frame_size = self.fusion.out_size
         else:
-            self.encoder = SequenceEncoder(input_sizes[streams], **lstm)
-            frame_size = self.encoder.out_size
-        if pooling == "attention":
-            self.pooling = AdditiveAttentionPooling(frame_size, attention_size)
+            self.fusion = None
+            frame_size = used[0].out_size
+        self.pooling = _built(parts["pooling"], frame_size)
+        self.classifier = _built(parts["classifier"], frame_size)
+        # Checkpoints written before the parts had their place (fc, output and a single
+        # encoder at the top) still load: their keys are renamed on the way in.
+        self.register_load_state_dict_pre_hook(_rename_older_keys)
+
+    @property
+    def streams(self):
+        """Which streams the model reads: ``"two"``, ``"static"``, ``"dynamic"`` or
+        ``"early"`` (``paper_parts``' names).
+
+        Returns
+        -------
+        str
+            The name.
+        """
+        if self.joint_encoder is not None:
+            return "early"
+        if self.fusion is not None:
+            return "two"
+        return "static" if self.static_encoder is not None else "dynamic"
+
+    def sizes(self):
+        """The sizes and ablation names that rebuild this model (``HNSD(**model.sizes())``):
+        the ``model`` entry of a model folder's ``model_info.json``.
+
+        Returns
+        -------
+        dict
+            The keyword arguments of ``paper_parts``, with ``n_static`` and ``n_dynamic``.
+
+        Raises
+        ------
+        ValueError
+            A part is not one of hnsd_sb's, so a model folder cannot describe it.
+
+        Example
+        -------
+        >>> HNSD(hidden_size=8, n_classes=2, pooling="mean").sizes()["pooling"]
+        'mean'
+        """
+        encoder = self.joint_encoder or self.static_encoder or self.dynamic_encoder
+        known = {
+            "encoder": (encoder, (SequenceEncoder,)),
+            "fusion": (self.fusion, (GatedMultiFeatureUnit, ConcatFusion, type(None))),
+            "pooling": (self.pooling, (AdditiveAttentionPooling, MeanPooling)),
+            "classifier": (self.classifier, (UtteranceClassifier,)),
+        }
+        for name, (part, classes) in known.items():
+            if type(part) not in classes:
+                raise ValueError(
+                    f"the model's {name} is a {type(part).__name__}, which a model folder "
+                    "cannot describe (it holds hnsd_sb's parts, see hnsd_sb.model.paper_parts)"
+                )
+        sizes = {
+            "n_static": self.n_static,
+            "n_dynamic": self.n_dynamic,
+            "hidden_size": encoder.hidden_size,
+            "fc_size": self.classifier.fc.out_features,
+            "n_classes": self.classifier.output.out_features,
+            "num_layers": encoder.num_layers,
+            "bidirectional": encoder.bidirectional,
+            "dropout": self.classifier.dropout.p,
+            "streams": self.streams,
+        }
+        if isinstance(self.fusion, GatedMultiFeatureUnit):
+            sizes.update(fusion="gmu", fusion_size=self.fusion.out_size)
+        elif isinstance(self.fusion, ConcatFusion):
+            sizes["fusion"] = "concat"
+        if isinstance(self.pooling, AdditiveAttentionPooling):
+            sizes.update(pooling="attention", attention_size=self.pooling.score.in_features)
         else:
-            self.pooling = MeanPooling()
-        self.dropout = torch.nn.Dropout(dropout)
-        self.fc = torch.nn.Linear(frame_size, fc_size)
-        self.output = torch.nn.Linear(fc_size, n_classes)
+            sizes["pooling"] = "mean"
+        with torch.device("meta"):
+            rebuilt = HNSD(**sizes).state_dict()
+        mine = self.state_dict()
+        if {k: v.shape for k, v in rebuilt.items()} != {k: v.shape for k, v in mine.items()}:
+            raise ValueError(
+                "the model's parts differ from the paper's parts of the same sizes (e.g. "
+                "encoders of different sizes), which a model folder cannot describe"
+            )
+        return sizes
 
     def frames(self, static, dynamic, lengths=None):
         """Encodes and fuses the streams into one vector per frame.
@@ -252,14 +496,15 @@ class HNSD(torch.nn.Module):
         >>> model.frames(torch.randn(2, 9, 26), torch.randn(2, 9, 52)).shape
         torch.Size([2, 9, 16])
         """
-        if self.streams == "two":
-            return self.fusion(
-                self.static_encoder(static, lengths), self.dynamic_encoder(dynamic, lengths)
-            )
-        x = {"static": static, "dynamic": dynamic}.get(self.streams)
-        if x is None:
-            x = torch.cat([static, dynamic], dim=-1)
-        return self.encoder(x, lengths)
+        if self.joint_encoder is not None:
+            return self.joint_encoder(torch.cat([static, dynamic], dim=-1), lengths)
+        if self.fusion is None:
+            if self.static_encoder is not None:
+                return self.static_encoder(static, lengths)
+            return self.dynamic_encoder(dynamic, lengths)
+        return self.fusion(
+            self.static_encoder(static, lengths), self.dynamic_encoder(dynamic, lengths)
+        )
 
     def forward(self, static, dynamic, lengths=None, return_attention=False):
         """Classifies a batch of utterances.
@@ -283,6 +528,33 @@ class HNSD(torch.nn.Module):
             Pooling weights, only when ``return_attention``.
         """
         u, weights = self.pooling(self.frames(static, dynamic, lengths), lengths, True)
-        hidden = self.dropout(torch.relu(self.fc(self.dropout(u))))
-        log_probs = torch.log_softmax(self.output(hidden), dim=-1)
+        log_probs = self.classifier(u)
         return (log_probs, weights) if return_attention else log_probs
+
+
+def _rename_older_keys(model, state_dict, prefix, *args):
+    """Load hook of ``HNSD``: renames the keys of a checkpoint of the earlier layout, in which
+    the classifier's layers (``fc``, ``output``) and a one-stream model's ``encoder`` sat at
+    the top of the model, to their parts (``classifier.fc``, ``static_encoder``, ...).
+
+    Arguments
+    ---------
+    model : HNSD
+        The model being loaded.
+    state_dict : dict
+        The state being loaded (renamed in place).
+    prefix : str
+        The model's prefix in ``state_dict``.
+    *args
+        The rest of torch's load hook arguments, unused.
+    """
+    single = {"early": "joint_encoder", "static": "static_encoder", "dynamic": "dynamic_encoder"}
+    renames = {"fc.": "classifier.fc.", "output.": "classifier.output."}
+    if model.streams in single:
+        renames["encoder."] = single[model.streams] + "."
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        for old, new in renames.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
+                break

@@ -66,6 +66,12 @@ class AdditiveAttentionPooling(torch.nn.Module):
 class MeanPooling(torch.nn.Module):
     """Average of the real frames of each sequence (the ablation of attention pooling).
 
+    Arguments
+    ---------
+    input_size : int or None
+        Size of the frame vectors; unused (no weights), taken so that ``HNSD`` builds every
+        pooling from its input size alike.
+
     Example
     -------
     >>> pool = MeanPooling()
@@ -73,6 +79,9 @@ class MeanPooling(torch.nn.Module):
     >>> pool(x, torch.tensor([2 / 3])).tolist()
     [[2.0]]
     """
+
+    def __init__(self, input_size=None):
+        super().__init__()
 
     def forward(self, x, lengths=None, return_weights=False):
         """Averages each sequence over its real frames.

@@ -16,6 +16,7 @@ import torch
 
 from hnsd_sb.checkpoints import find_checkpoint
 from hnsd_sb.files import is_plain_file
+from hnsd_sb.model import HNSD, _rename_older_keys
 
 logger = logging.getLogger(__name__)
 
@@ -196,14 +197,28 @@ def load_normalizer(normalizer, path, n_features=None):
             )
 
 
+def _within(key, name):
+    """Whether parameter ``key`` belongs to the submodule ``name`` (e.g. ``classifier.fc``)."""
+    return key == name or key.startswith(name + ".")
+
+
+def _newer_name(model, name):
+    """A submodule name of HNSD's earlier layout (``fc``, ``output``, a one-stream model's
+    ``encoder``) as it is named now."""
+    state = {name + ".x": None}
+    _rename_older_keys(model, state, "")
+    return next(iter(state))[: -len(".x")]
+
+
 def transfer_parameters(module, path, include=None, exclude=()):
     """Copies chosen submodules' parameters from a ``state_dict`` file into a module.
 
-    The fine-tuning ``Pretrainer`` hook: ``include`` names the top-level submodules to take
-    (e.g. the encoders, GMU, attention and FC layer of HNSD) and everything else keeps its fresh
-    initialisation, so the output layer can have a different number of classes. A parameter
-    that is taken must exist in ``module`` with the same shape: a silent partial load would
-    fine-tune a different architecture than the one asked for.
+    The fine-tuning ``Pretrainer`` hook: ``include`` names the submodules to take (e.g. the
+    encoders, GMU, attention and ``classifier.fc`` of HNSD) and everything else keeps its fresh
+    initialisation, so the output layer can have a different number of classes. Files and names
+    of HNSD's earlier layout (``fc``, ``output`` at the top) are taken as their parts now. A
+    parameter that is taken must exist in ``module`` with the same shape: a silent partial load
+    would fine-tune a different architecture than the one asked for.
 
     Arguments
     ---------
@@ -212,9 +227,10 @@ def transfer_parameters(module, path, include=None, exclude=()):
     path : str or path-like
         The pretrained ``state_dict`` (a model folder's or checkpoint's ``model.ckpt``).
     include : list of str or None
-        Top-level submodule names to transfer; None transfers every one not excluded.
+        Submodule names (dotted, e.g. ``classifier.fc``) to transfer; None transfers every
+        top-level one not excluded.
     exclude : list of str
-        Top-level submodule names never transferred.
+        Submodule names never transferred.
 
     Returns
     -------
@@ -233,28 +249,38 @@ def transfer_parameters(module, path, include=None, exclude=()):
     >>> path = getfixture("tmpdir").join("model.ckpt").strpath
     >>> torch.save(HNSD(hidden_size=8, fc_size=4, n_classes=4).state_dict(), path)
     >>> new = HNSD(hidden_size=8, fc_size=4, n_classes=7)
-    >>> names = transfer_parameters(new, path, include=["static_encoder", "fc"])
+    >>> names = transfer_parameters(new, path, include=["static_encoder", "classifier.fc"])
     >>> names
-    ['fc.bias', 'fc.weight', 'static_encoder.lstm.bias_hh_l0', 'static_encoder.lstm.bias_ih_l0', \
-'static_encoder.lstm.weight_hh_l0', 'static_encoder.lstm.weight_ih_l0']
+    ['classifier.fc.bias', 'classifier.fc.weight', 'static_encoder.lstm.bias_hh_l0', \
+'static_encoder.lstm.bias_ih_l0', 'static_encoder.lstm.weight_hh_l0', \
+'static_encoder.lstm.weight_ih_l0']
     >>> transfer_parameters(HNSD(hidden_size=16), path, include=["fc"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: ...model.ckpt: fc.bias has shape [4] but the model's is [128]; ...
+    ValueError: ...model.ckpt: classifier.fc.bias has shape [4] but the model's is [128]; ...
     """
     state = load_state(path)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict, found a {type(state).__name__}")
     own = module.state_dict()
+    include = None if include is None else list(include)
+    exclude = list(exclude)
+    if isinstance(module, HNSD):  # files and names of the earlier layout (fc, output, encoder)
+        state = dict(state)
+        _rename_older_keys(module, state, "")
+        include, exclude = (
+            None if names is None else [_newer_name(module, n) for n in names]
+            for names in (include, exclude)
+        )
     wanted = set(include) if include is not None else {key.split(".")[0] for key in state}
     wanted -= set(exclude)
     for name in sorted(wanted):
         for where, keys in ((str(path), state), (type(module).__name__, own)):
-            if not any(key.split(".")[0] == name for key in keys):
+            if not any(_within(key, name) for key in keys):
                 raise ValueError(f"{path}: {where} has no submodule {name!r} to transfer")
     taken = {}
     for key in sorted(state):
-        if key.split(".")[0] not in wanted:
+        if not any(_within(key, n) for n in wanted) or any(_within(key, n) for n in exclude):
             continue
         if key not in own:
             raise ValueError(f"{path}: {key} has no counterpart in {type(module).__name__}")
@@ -266,7 +292,7 @@ def transfer_parameters(module, path, include=None, exclude=()):
             )
         taken[key] = state[key]
     module.load_state_dict(taken, strict=False)
-    fresh = sorted({key.split(".")[0] for key in own} - wanted)
+    fresh = sorted({key.rsplit(".", 1)[0] for key in own if key not in taken})
     logger.info(
         "Transferred %d tensors (%s) from %s; newly initialised: %s",
         len(taken),

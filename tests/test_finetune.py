@@ -98,7 +98,7 @@ def test_finetune_emodb_from_exported_model_learns_seven_emotions(pretrained, em
         recipe=ROOT / "recipes" / "EmoDB" / "hnsd",
     )  # fmt: skip
     log = (out / "log.txt").read_text()
-    assert re.search(r"Transferred \d+ tensors .*iemocap_model.*newly initialised: output", log)
+    assert re.search(r"Transferred \d+ tensors .*iemocap_model.*newly initialised: classifier.output", log)
     stats = epoch_stats(out)
     assert len(stats) == 6
     first, last = stats[0], stats[-1]
@@ -147,7 +147,7 @@ def test_finetune_on_generic_manifests_from_a_checkpoint(pretrained, emodb, tmp_
     start = torch.load(Path(checkpoint) / "model.ckpt", weights_only=True)
     key = "static_encoder.lstm.weight_ih_l0"
     assert (tuned[key] - start[key]).abs().max() < 0.01
-    assert tuned["output.weight"].shape == (3, 16)
+    assert tuned["classifier.output.weight"].shape == (3, 16)
 
 
 def test_find_model_file_accepts_folders_checkpoints_and_runs(pretrained, tmp_path):

@@ -220,6 +220,28 @@ def test_folders_naming_the_old_hook_module_still_load(model_folder, recognizer,
     torch.testing.assert_close(loaded.classify_batch(wav)[0], recognizer.classify_batch(wav)[0])
 
 
+def test_folders_of_the_earlier_weight_layout_still_load(model_folder, recognizer, tmp_path):
+    """Folders exported before HNSD was assembled from parts hold fc/output at the top of
+    model.ckpt: both ways of loading still take them, to the same outputs."""
+    from speechbrain.inference.interfaces import foreign_class
+
+    old = Path(shutil.copytree(model_folder, tmp_path / "old_layout"))
+    state = torch.load(old / "model.ckpt", weights_only=True)
+    torch.save({k.replace("classifier.", "", 1): v for k, v in state.items()}, old / "model.ckpt")
+    assert "fc.weight" in torch.load(old / "model.ckpt", weights_only=True)
+    wav = torch.randn(1, 16000)
+    expected = recognizer.classify_batch(wav)[0]
+    loaded = EmotionRecognizer.from_folder(old, run_opts={"device": "cpu"})
+    torch.testing.assert_close(loaded.classify_batch(wav)[0], expected)
+    loaded = foreign_class(
+        source=str(old),
+        pymodule_file="custom_interface.py",
+        classname="EmotionRecognizer",
+        run_opts={"device": "cpu"},
+    )
+    torch.testing.assert_close(loaded.classify_batch(wav)[0], expected)
+
+
 @pytest.mark.parametrize("fmt,subtype", [("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")])
 def test_44k_stereo_input_is_resampled_and_downmixed(recognizer, test_rows, tmp_path, fmt, subtype):
     mono = load_audio(test_rows[0]["wav"])
@@ -509,7 +531,7 @@ def test_compressed_weights_are_sized_before_they_are_read(model_folder, tmp_pat
 
     folder = copy_folder(model_folder, tmp_path / "zipbomb")
     state = torch.load(folder / "model.ckpt", weights_only=True)
-    state["output.bias"] = torch.zeros(4 << 20)  # 16 MiB of zeros: deflates to a few KiB
+    state["classifier.output.bias"] = torch.zeros(4 << 20)  # 16 MiB of zeros: deflates to KiB
     torch.save(state, tmp_path / "plain.ckpt")
     with (
         zipfile.ZipFile(tmp_path / "plain.ckpt") as src,
@@ -548,7 +570,7 @@ def test_unsafe_pickles_are_refused_without_advice_to_unpickle(model_folder, tmp
 def test_non_finite_weights_and_overflowing_statistics_are_named(model_folder, tmp_path):
     folder = copy_folder(model_folder, tmp_path / "nan")
     state = torch.load(folder / "model.ckpt", weights_only=True)
-    state["output.bias"][0] = float("nan")
+    state["classifier.output.bias"][0] = float("nan")
     torch.save(state, folder / "model.ckpt")
     with pytest.raises(ValueError, match="model.ckpt: the weights hold NaN or Inf"):
         EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})

@@ -80,3 +80,135 @@ def test_unknown_options_are_rejected():
         HNSD(fusion="sum")
     with pytest.raises(ValueError, match="streams"):
         HNSD(streams="three")
+
+
+# The model assembled from its parts by the recipes' hparams files, and the ablations as the
+# README writes them (overrides that swap a part).
+ABLATIONS = {
+    "two": [],
+    "static": ["--dynamic_encoder=null", "--fusion=null"],
+    "dynamic": ["--static_encoder=null", "--fusion=null"],
+    "early": [
+        "--static_encoder=null",
+        "--dynamic_encoder=null",
+        "--fusion=null",
+        "--joint_encoder=!ref <lstm>",
+    ],
+    "concat": ["--fusion=!name:hnsd_sb.ConcatFusion"],
+    "mean": ["--pooling=!name:hnsd_sb.MeanPooling"],
+}
+EXPECTED = {
+    "two": {"streams": "two", "fusion": "gmu", "pooling": "attention"},
+    "static": {"streams": "static", "pooling": "attention"},
+    "dynamic": {"streams": "dynamic", "pooling": "attention"},
+    "early": {"streams": "early", "pooling": "attention"},
+    "concat": {"streams": "two", "fusion": "concat", "pooling": "attention"},
+    "mean": {"streams": "two", "fusion": "gmu", "pooling": "mean"},
+}
+
+
+def recipe_model(hparams_file, overrides):
+    """The model a recipe hparams file builds with these command-line overrides."""
+    import speechbrain as sb
+    from hyperpyyaml import load_hyperpyyaml
+
+    argv = [hparams_file, "--data_folder=unused", "--lstm_size=16", "--fc_size=8", *overrides]
+    _, _, yaml_overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as f:
+        return load_hyperpyyaml(f, yaml_overrides)["model"]
+
+
+@pytest.mark.parametrize(
+    "recipe", ["IEMOCAP/hnsd/hparams/hnsd.yaml", "RAVDESS/hnsd/hparams/hnsd_improved.yaml"]
+)
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+def test_recipe_parts_build_each_ablation_as_the_sizes_do(recipe, ablation):
+    """Each ablation override gives the model its name describes, initialised exactly as the
+    same model built from sizes (so rows run before the parts existed are reproduced)."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "recipes", recipe)
+    model = recipe_model(path, ABLATIONS[ablation])  # the file seeds torch first
+    sizes = model.sizes()
+    assert {k: sizes.get(k) for k in EXPECTED[ablation]} == EXPECTED[ablation]
+    assert sizes["hidden_size"] == 16 and sizes["fc_size"] == 8
+    torch.manual_seed(1986)
+    rebuilt = HNSD(**sizes)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def earlier_layout(state, streams):
+    """A state_dict as HNSD wrote it before its parts had their place."""
+    single = {"static": "static_encoder.", "dynamic": "dynamic_encoder.", "early": "joint_encoder."}
+    old = {}
+    for key, value in state.items():
+        key = key.replace("classifier.", "", 1) if key.startswith("classifier.") else key
+        if streams in single and key.startswith(single[streams]):
+            key = "encoder." + key[len(single[streams]) :]
+        old[key] = value
+    return old
+
+
+@pytest.mark.parametrize("streams", ["two", "static", "early"])
+def test_checkpoints_of_the_earlier_layout_still_load(streams):
+    torch.manual_seed(0)
+    trained = HNSD(hidden_size=8, fc_size=4, n_classes=3, streams=streams)
+    old = earlier_layout(trained.state_dict(), streams)
+    assert "fc.weight" in old and "output.bias" in old
+    fresh = HNSD(hidden_size=8, fc_size=4, n_classes=3, streams=streams)
+    fresh.load_state_dict(old)  # strict
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_parts_given_built_or_as_factories_and_wrong_assemblies_are_refused():
+    from functools import partial
+
+    from hnsd_sb import AdditiveAttentionPooling, SequenceEncoder, UtteranceClassifier
+
+    lstm = partial(SequenceEncoder, hidden_size=8)
+    head = partial(UtteranceClassifier, fc_size=4, n_classes=2)
+    model = HNSD(static_encoder=SequenceEncoder(26, 8), pooling=AdditiveAttentionPooling(8),
+                 classifier=head)  # fmt: skip
+    assert model.sizes()["streams"] == "static"
+    with pytest.raises(ValueError, match="give a fusion with both"):
+        HNSD(static_encoder=lstm, dynamic_encoder=lstm, pooling=AdditiveAttentionPooling,
+             classifier=head)  # fmt: skip
+    with pytest.raises(TypeError, match="parts or sizes, not both"):
+        HNSD(static_encoder=lstm, pooling=AdditiveAttentionPooling, classifier=head, hidden_size=8)
+    with pytest.raises(TypeError, match="parts or sizes, not both"):
+        HNSD(static_encoder=lstm, pooling="mean", classifier=head)  # a switch among parts
+    # A part of one's own trains, but a model folder cannot describe it.
+    mine = torch.nn.Sequential(torch.nn.Linear(8, 2), torch.nn.LogSoftmax(-1))
+    own = HNSD(static_encoder=lstm, pooling=AdditiveAttentionPooling, classifier=mine)
+    assert own(torch.randn(1, 5, 26), torch.randn(1, 5, 52)).shape == (1, 2)
+    with pytest.raises(ValueError, match="classifier is a Sequential"):
+        own.sizes()
+
+
+def test_export_reads_a_model_given_by_parts_as_its_sizes(tmp_path):
+    """hnsd export describes a recipe's model by its sizes (model folders stay as they were),
+    and refuses a part that is not hnsd_sb's, naming the file and the entry."""
+    import os
+
+    from hnsd_sb.hparams_yaml import read_module_specs
+
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "RAVDESS", "hnsd")
+    text = open(os.path.join(recipe, "hparams", "hnsd_improved.yaml"), encoding="utf-8").read()
+    text = text.replace("data_folder: !PLACEHOLDER", "data_folder: unused  #")
+    path = tmp_path / "hyperparams.yaml"
+    # MeanPooling takes no attention_size: the error names the file and the entry
+    path.write_text(
+        text.replace("!name:hnsd_sb.AdditiveAttentionPooling", "!name:hnsd_sb.MeanPooling")
+    )
+    with pytest.raises(ValueError, match=r"yaml: modules.model: MeanPooling.*attention_size"):
+        read_module_specs(path)
+    gmu = "fusion: !name:hnsd_sb.GatedMultiFeatureUnit\n    out_size: !ref <lstm_size>"
+    assert gmu in text
+    path.write_text(text.replace(gmu, "fusion: !name:hnsd_sb.ConcatFusion"))
+    class_path, sizes = read_module_specs(path)["model"]
+    assert class_path == "hnsd_sb.HNSD" and sizes["fusion"] == "concat"
+    assert sizes["hidden_size"] == 512 and sizes["dropout"] == 0.3 and sizes["n_classes"] == 8
+    path.write_text(text.replace("hnsd_sb.AdditiveAttentionPooling", "torch.nn.Identity"))
+    with pytest.raises(ValueError, match=r"hyperparams.yaml: modules.model.pooling is torch"):
+        read_module_specs(path)

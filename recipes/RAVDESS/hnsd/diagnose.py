@@ -160,7 +160,7 @@ def inspect(model, items, n_static=26):
     h_d = model.dynamic_encoder(dynamic, lens)
     fused, gate = model.fusion(h_s, h_d, return_gate=True)
     u, alpha = model.pooling(fused, lens, True)
-    log_probs = torch.log_softmax(model.output(torch.relu(model.fc(u))), -1)
+    log_probs = model.classifier(u)
     z = gate[mask]
     entropy = -(alpha.clamp(min=1e-12).log() * alpha).sum(1)
     uniform = mask.sum(1).float().log()
