@@ -9,6 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hnsd_sb", "hnsd_sb.*"]),
+    package_data={"hnsd_sb": ["templates/*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
         "speechbrain>=1.0.4",

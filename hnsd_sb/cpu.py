@@ -300,8 +300,13 @@ def branch_cores():
 
     Example
     -------
-    >>> branch_cores() >= 1
+    >>> previous = set_branch_cores(3)
+    >>> branch_cores()
+    3
+    >>> _ = set_branch_cores(None)
+    >>> branch_cores() == torch.get_num_threads()
     True
+    >>> _ = set_branch_cores(previous)
     """
     return _STATE["cores"] or torch.get_num_threads()
 

@@ -12,6 +12,8 @@ SpeechBrain's ``from_hparams``, whose ``Pretrainer`` loads the weights with the 
 import functools
 import json
 import math
+import string
+from pathlib import Path
 
 from hyperpyyaml import resolve_references
 from ruamel.yaml import YAML
@@ -21,6 +23,8 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 INTERFACE_FILE = "custom_interface.py"
 INTERFACE_CLASS = "EmotionRecognizer"
 
+# The text of a model folder's hyperparams.yaml, with $placeholders for the run's values.
+_TEMPLATE = Path(__file__).with_name("templates") / "hyperparams.yaml"
 # The first line of an exported hparams file: how an existing folder is recognised as ours.
 HEADER = "# HNSD speech emotion recognizer exported by hnsd_sb.export"
 # Modules of the inference pipeline, with the classes used when a spec leaves them out.
@@ -160,16 +164,15 @@ def _yaml_value(value):
     return json.dumps(value)
 
 
-def _module_block(name, class_path, kwargs, refs=None):
-    lines = [f"{name}: !new:{class_path}"]
-    for key, value in kwargs.items():
-        text = (refs or {}).get(key) or _yaml_value(value)
-        lines.append(f"    {key}: {text}")
-    return "\n".join(lines)
+def _yaml_arguments(kwargs):
+    """Keyword arguments as the indented YAML mapping under a ``!new:`` tag."""
+    return "\n".join(f"    {key}: {_yaml_value(value)}" for key, value in kwargs.items())
 
 
 def render_hparams(labels, modules, note=""):
-    """Writes the text of an exported folder's ``hyperparams.yaml``.
+    """Writes the text of an exported folder's ``hyperparams.yaml``: the template
+    ``templates/hyperparams.yaml`` filled with the labels and the modules' arguments (JSON, which
+    is YAML, so every value is quoted as data).
 
     Arguments
     ---------
@@ -197,36 +200,18 @@ def render_hparams(labels, modules, note=""):
     features_class, features_args = specs["features"]
     features_args = dict(features_args)
     sample_rate = features_args.pop("sample_rate", 16000)
-    features_args = {"sample_rate": sample_rate, **features_args}
-    comment = "".join(f"# {line}\n" for line in note.splitlines() if line.strip())
-    blocks = [
-        f"{HEADER}\n{comment}"
-        "# ############################################################################\n"
-        "# Load it with hnsd_sb.inference.EmotionRecognizer.from_hparams(source=FOLDER), or\n"
-        "# speechbrain.inference.interfaces.foreign_class(source=FOLDER,\n"
-        f'#     pymodule_file="{INTERFACE_FILE}", classname="{INTERFACE_CLASS}").\n'
-        "# Pipeline: features -> speaker normalisation (unseen speakers: see `unseen`) -> model.\n"
-        "# ############################################################################",
-        f"sample_rate: {_yaml_value(sample_rate)}\n"
-        f"labels: {_yaml_value(list(labels))}  # emotion of each output index",
-        _module_block(
-            "features", features_class, features_args, {"sample_rate": "!ref <sample_rate>"}
-        ),
-        "# Speakers without statistics (neither trained nor enrolled) are normalised with\n"
-        '# `unseen`: "utterance" (the utterance\'s own statistics) or "global" (all speakers\').\n'
-        + _module_block("normalizer", *specs["normalizer"]),
-        _module_block("model", *specs["model"]),
-        "modules:\n"
-        "    features: !ref <features>\n"
-        "    normalizer: !ref <normalizer>\n"
-        "    model: !ref <model>",
-        "# Both files are read with torch.load(weights_only=True); the model strictly.\n"
-        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
-        "    loadables:\n"
-        "        model: !ref <model>\n"
-        "        normalizer: !ref <normalizer>\n"
-        "    custom_hooks:\n"
-        "        model: !name:hnsd_sb.weights.load_weights\n"
-        "        normalizer: !name:hnsd_sb.weights.load_normalizer",
-    ]
-    return "\n\n".join(blocks) + "\n"
+    comment = "".join(f"\n# {line}" for line in note.splitlines() if line.strip())
+    text = _TEMPLATE.read_text(encoding="utf-8")
+    return string.Template(text).substitute(
+        header=HEADER + comment,
+        interface_file=INTERFACE_FILE,
+        interface_class=INTERFACE_CLASS,
+        sample_rate=_yaml_value(sample_rate),
+        labels=_yaml_value(list(labels)),
+        features_class=features_class,
+        features_args=_yaml_arguments(features_args),
+        normalizer_class=specs["normalizer"][0],
+        normalizer_args=_yaml_arguments(specs["normalizer"][1]),
+        model_class=specs["model"][0],
+        model_args=_yaml_arguments(specs["model"][1]),
+    )

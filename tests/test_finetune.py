@@ -11,16 +11,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_SIZES
 
 from hnsd_sb.checkpoints import find_checkpoint
 from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
-from hnsd_sb.synthetic import make_synthetic_iemocap, synthesize_utterance
+from hnsd_sb.synthetic import synthesize_utterance
 from hnsd_sb.weights import find_model_file
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"
-SIZES = ["--lstm_size=32", "--fc_size=16", "--num_workers=0"]
+SIZES = [*TINY_SIZES, "--num_workers=0"]  # those of the shared pretrained model
 # Small batches, so a tiny corpus gives several optimiser steps per epoch.
 SMALL_BATCHES = "--dynamic_batch_sampler={max_batch_length: 6, num_buckets: 4}"
 # EmoDB emotion code -> synthetic speaking style (seven distinct ones).
@@ -68,18 +71,9 @@ def epoch_stats(output_folder):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A model folder exported from a one-epoch IEMOCAP run."""
-    base = tmp_path_factory.mktemp("finetune")
-    corpus = base / "IEMOCAP_full_release"
-    make_synthetic_iemocap(
-        corpus, n_sessions=3, utterances_per_emotion=1, dropped_per_speaker=0,
-        min_duration=0.8, max_duration=1.2,
-    )  # fmt: skip
-    run = base / "iemocap_run"
-    train("hnsd.yaml", f"--data_folder={corpus}", f"--output_folder={run}", "--number_of_epochs=1",
-          *SIZES)  # fmt: skip
-    return export_model(run, base / "iemocap_model"), run
+def pretrained(tiny_model, tiny_run):
+    """A model folder exported from a one-epoch IEMOCAP run, and the run (``conftest.py``)."""
+    return tiny_model, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +92,8 @@ def test_finetune_emodb_from_exported_model_learns_seven_emotions(pretrained, em
         recipe=ROOT / "recipes" / "EmoDB" / "hnsd",
     )  # fmt: skip
     log = (out / "log.txt").read_text()
-    assert re.search(r"Transferred \d+ tensors .*iemocap_model.*newly initialised: classifier.output", log)
+    transferred = rf"Transferred \d+ tensors .*{re.escape(str(model_folder))}.*newly initialised"
+    assert re.search(transferred + ": classifier.output", log)
     stats = epoch_stats(out)
     assert len(stats) == 6
     first, last = stats[0], stats[-1]

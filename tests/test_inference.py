@@ -7,7 +7,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,39 +25,21 @@ from hnsd_sb.cli import main as cli_main
 from hnsd_sb.export import FOLDER_FILES, export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.model_info import read_model_info
-from hnsd_sb.synthetic import make_synthetic_iemocap
 from hnsd_sb.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"
-TINY = ["--lstm_size=16", "--fc_size=8", "--num_workers=0", "--number_of_epochs=1"]
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory):
-    """A one-epoch run of the IEMOCAP recipe on a tiny synthetic corpus."""
-    base = tmp_path_factory.mktemp("inference")
-    corpus = base / "IEMOCAP_full_release"
-    make_synthetic_iemocap(
-        corpus, n_sessions=3, utterances_per_emotion=1, dropped_per_speaker=0,
-        min_duration=0.8, max_duration=1.6,
-    )  # fmt: skip
-    out = base / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, str(RECIPE / "train.py"), str(RECIPE / "hparams" / "hnsd.yaml"),
-         f"--data_folder={corpus}", f"--output_folder={out}", *TINY],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (base / "stdout.txt").write_text(proc.stdout)
-    (base / "stderr.txt").write_text(proc.stderr)
-    return out
+def run_folder(tiny_run):
+    """A one-epoch run of the IEMOCAP recipe on a tiny synthetic corpus (``conftest.py``)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def model_folder(run_folder):
-    return export_model(run_folder, run_folder.parent / "model")
+def model_folder(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -318,9 +299,10 @@ def test_weights_are_never_unpickled_as_objects(model_folder, tmp_path):
 
 
 def test_export_refuses_to_clobber_and_names_missing_files(run_folder, model_folder, tmp_path):
+    mine = copy_folder(model_folder, tmp_path / "mine")  # the shared folder stays as it is
     with pytest.raises(FileExistsError, match="already holds an exported model"):
-        export_model(run_folder, model_folder)
-    assert export_model(run_folder, model_folder, overwrite=True) == model_folder
+        export_model(run_folder, mine)
+    assert export_model(run_folder, mine, overwrite=True) == mine
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")

@@ -19,6 +19,8 @@ import torch
 
 from hnsd_sb.synthetic import make_synthetic_iemocap
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "IEMOCAP", "hnsd")
 

@@ -12,6 +12,8 @@ import pytest
 
 from hnsd_sb.synthetic import make_synthetic_iemocap
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "IEMOCAP", "hnsd")
 TINY = ["--lstm_size=16", "--fc_size=8", "--num_workers=0"]
@@ -217,3 +219,52 @@ def test_feature_masking_applies_in_training_only():
             assert (dropped.sum(1) <= 3 * 19).all()  # at most 3 spans of 5-19 frames
         assert masked_batches >= 4  # 0-3 spans per batch: most batches lose some frames
         assert torch.equal(torch.cat(brain.compute_features(batch, sb.Stage.TEST)[:2], -1), clean)
+
+
+TOY_FUSION = '''"""A fusion of one's own: the mean of the two streams' frames (no weights)."""
+
+import torch
+
+
+class MeanFusion(torch.nn.Module):
+    """Averages the static and dynamic encoders' frames (they must have one size)."""
+
+    def __init__(self, static_size, dynamic_size):
+        super().__init__()
+        assert static_size == dynamic_size
+        self.out_size = static_size
+
+    def forward(self, static, dynamic):
+        return (static + dynamic) / 2
+'''
+
+
+def test_a_new_fusion_is_one_class_and_one_yaml(corpus, tmp_path):
+    """What a newcomer writes to try a fusion of their own: a class in a file of theirs and a
+    copy of the hparams file whose fusion entry names it. Training, validation and test run
+    as usual; `hnsd export` then says a model folder cannot hold the part."""
+    (tmp_path / "my_fusion.py").write_text(TOY_FUSION)
+    text = open(os.path.join(RECIPE, "hparams", "hnsd.yaml"), encoding="utf-8").read()
+    gmu = "fusion: !name:hnsd_sb.GatedMultiFeatureUnit\n    out_size: !ref <lstm_size>\n"
+    assert gmu in text
+    (tmp_path / "mean_fusion.yaml").write_text(
+        text.replace(gmu, "fusion: !name:my_fusion.MeanFusion\n")
+    )
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "train.py", str(tmp_path / "mean_fusion.yaml"), f"--data_folder={corpus}",
+         f"--output_folder={out}", "--number_of_epochs=1", *TINY],
+        cwd=RECIPE, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "test UA" in (out / "train_log.txt").read_text()
+    state = json.loads((out / "test_results.json").read_text())
+    assert 0 <= state["UA"] <= 1
+    proc = subprocess.run(
+        [sys.executable, "-m", "hnsd_sb.cli", "export", str(out), str(tmp_path / "model")],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "modules.model.fusion is my_fusion.MeanFusion" in proc.stderr
+    assert "hnsd_sb's own parts" in proc.stderr

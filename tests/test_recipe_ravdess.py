@@ -17,9 +17,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAVDESS = os.path.join(os.path.dirname(ROOT), "shared", "data", "ravdess")
 RECIPE = os.path.join(ROOT, "recipes", "RAVDESS", "hnsd")
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(RAVDESS), reason="RAVDESS copy not found at ../shared/data/ravdess"
-)
+pytestmark = [
+    pytest.mark.slow,  # end-to-end runs of the recipe
+    pytest.mark.skipif(
+        not os.path.isdir(RAVDESS), reason="RAVDESS copy not found at ../shared/data/ravdess"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

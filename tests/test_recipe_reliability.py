@@ -25,6 +25,8 @@ import torchaudio
 from hnsd_sb.corpora.iemocap import prepare_iemocap
 from hnsd_sb.synthetic import make_synthetic_iemocap
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "IEMOCAP", "hnsd")
 TINY = ["--number_of_epochs=1", "--lstm_size=16", "--fc_size=8", "--num_workers=0"]

@@ -20,6 +20,8 @@ import torch
 from hnsd_sb.checkpoints import AtomicCheckpointer, checkpoint_problem
 from hnsd_sb.synthetic import make_synthetic_iemocap
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "IEMOCAP", "hnsd")
 # Tiny model, a learning rate that moves the weights, 16 batches per epoch and a checkpoint every

@@ -23,6 +23,8 @@ import soundfile as sf
 
 from hnsd_sb.synthetic import synthesize_utterance
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*/hnsd"))
 # SpeechBrain's sample annotations: 8 training utterances of 2 speakers with these emotions,
