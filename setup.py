@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.9",
     install_requires=[
         "speechbrain>=1.0.4",
-        "torch>=2.1",
+        "torch>=2.5",  # Module.register_load_state_dict_pre_hook (HNSD reads older checkpoints)
         "torchaudio>=2.1",
         "hyperpyyaml>=1.2",
         "pandas>=1.5",

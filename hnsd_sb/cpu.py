@@ -38,8 +38,8 @@ from contextlib import contextmanager
 
 import torch
 
-from hnsd_sb.fusion import GatedMultiFeatureUnit
-from hnsd_sb.model import HNSD
+from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
+from hnsd_sb.model import HNSD, SequenceEncoder
 
 _STATE = {"onednn": None, "cores": None}
 _POOL = {"executor": None, "pid": None, "size": 0}
@@ -490,7 +490,7 @@ def _fast_frames(model, static, dynamic, lengths=None):
     elementwise part."""
     encoders = (model.static_encoder, model.dynamic_encoder)
     params = [list(enc.parameters()) for enc in encoders]
-    if isinstance(model.fusion, GatedMultiFeatureUnit):
+    if type(model.fusion) is GatedMultiFeatureUnit:
         gmu = model.fusion
         gate_params = list(gmu.gate_proj.parameters())
         params[0] += list(gmu.static_proj.parameters()) + gate_params
@@ -538,9 +538,17 @@ class AcceleratedHNSD(HNSD):
 
 
 def _two_stream_models(model):
-    """The two-stream ``HNSD`` and ``AcceleratedHNSD`` instances in ``model`` (itself
-    included); subclasses of HNSD of one's own are left alone."""
-    return [m for m in model.modules() if type(m) in (HNSD, AcceleratedHNSD) and m.streams == "two"]
+    """The ``HNSD`` and ``AcceleratedHNSD`` instances in ``model`` (itself included) built from
+    hnsd_sb's own two-stream parts; subclasses of HNSD, and models with parts of one's own (whose
+    state and computation the fast path cannot know), are left alone."""
+    return [
+        m
+        for m in model.modules()
+        if type(m) in (HNSD, AcceleratedHNSD)
+        and type(m.static_encoder) is SequenceEncoder
+        and type(m.dynamic_encoder) is SequenceEncoder
+        and type(m.fusion) in (GatedMultiFeatureUnit, ConcatFusion)
+    ]
 
 
 def accelerate(model, enabled=True, branch_cores=None):

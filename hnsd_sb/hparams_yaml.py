@@ -23,6 +23,17 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 INTERFACE_FILE = "custom_interface.py"
 INTERFACE_CLASS = "EmotionRecognizer"
 
+# The classes a training hparams file may give the model as parts, for an export to read it (their
+# constructors are the only code run): HNSD's parts, and nothing else of hnsd_sb's.
+_PART_HOMES = {
+    "SequenceEncoder": "hnsd_sb.model",
+    "UtteranceClassifier": "hnsd_sb.model",
+    "GatedMultiFeatureUnit": "hnsd_sb.fusion",
+    "ConcatFusion": "hnsd_sb.fusion",
+    "AdditiveAttentionPooling": "hnsd_sb.pooling",
+    "MeanPooling": "hnsd_sb.pooling",
+}
+MODEL_PARTS = tuple(_PART_HOMES)
 # The text of a model folder's hyperparams.yaml, with $placeholders for the run's values.
 _TEMPLATE = Path(__file__).with_name("templates") / "hyperparams.yaml"
 # The first line of an exported hparams file: how an existing folder is recognised as ours.
@@ -58,12 +69,11 @@ def _plain(value, where):
 
 
 def _our_part(path, where):
-    """The class ``path`` names, if it is one of hnsd_sb's public modules (the model's parts)."""
+    """The class ``path`` names, if it is one of hnsd_sb's model parts (``MODEL_PARTS``)."""
     import hnsd_sb
 
     name = path.rsplit(".", 1)[-1]
-    home = hnsd_sb._EXPORTS.get(name)
-    if home is None or path not in (f"hnsd_sb.{name}", f"{home}.{name}"):
+    if name not in MODEL_PARTS or path not in (f"hnsd_sb.{name}", f"{_PART_HOMES[name]}.{name}"):
         raise ValueError(f"{where} is {path}; a model folder can only hold hnsd_sb's own parts")
     return getattr(hnsd_sb, name)
 
@@ -93,10 +103,15 @@ def _model_sizes(args, where):
     from hnsd_sb.model import HNSD
 
     with torch.device("meta"):
-        parts = {str(k): _part(v, f"{where}.{k}") for k, v in args.items()}
+        try:
+            parts = {str(k): _part(v, f"{where}.{k}") for k, v in args.items()}
+        except ValueError:
+            raise  # a part that is not ours: the message names it
+        except Exception as err:  # a part's constructor refused its arguments
+            raise ValueError(f"{where}: {err}") from None
         try:
             return HNSD(**parts).sizes()
-        except (TypeError, ValueError) as err:
+        except Exception as err:
             raise ValueError(f"{where}: {err}") from None
 
 

@@ -295,6 +295,10 @@ class HNSD(torch.nn.Module):
 
     Arguments
     ---------
+    n_static : int
+        Size of the static stream (log-Mel energies).
+    n_dynamic : int
+        Size of the dynamic stream (deltas and delta-deltas).
     static_encoder, dynamic_encoder : torch.nn.Module or callable or None
         The encoder of each stream (``[batch, time, size]`` and relative lengths to frame
         vectors), or ``None`` for a stream that is not used.
@@ -306,10 +310,6 @@ class HNSD(torch.nn.Module):
         Utterance vector to log-probabilities.
     joint_encoder : torch.nn.Module or callable or None
         One encoder of both streams concatenated (early fusion), instead of the other three.
-    n_static : int
-        Size of the static stream (log-Mel energies).
-    n_dynamic : int
-        Size of the dynamic stream (deltas and delta-deltas).
     **sizes
         Without parts: the keyword arguments of ``paper_parts``.
 
@@ -335,14 +335,15 @@ class HNSD(torch.nn.Module):
 
     def __init__(
         self,
+        n_static=26,
+        n_dynamic=52,
+        *,
         static_encoder=None,
         dynamic_encoder=None,
         fusion=None,
         pooling=None,
         classifier=None,
         joint_encoder=None,
-        n_static=26,
-        n_dynamic=52,
         **sizes,
     ):
         super().__init__()

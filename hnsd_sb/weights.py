@@ -2,7 +2,8 @@
 
 ``load_weights`` (strict), ``load_normalizer`` and ``transfer_parameters`` (chosen submodules,
 for fine-tuning) are the ``Pretrainer`` hooks of the exported and fine-tuning hparams files;
-``find_model_file`` finds the ``model.ckpt`` a fine-tuning run starts from. All read with
+``find_model_file`` finds the weights a fine-tuning run starts from (a checkpoint's weight
+average, ``averaged_model.ckpt``, when the run kept one; else its ``model.ckpt``). All read with
 ``torch.load(weights_only=True)``, so no arbitrary object is ever unpickled, and their errors
 name the file.
 """

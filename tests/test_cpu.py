@@ -172,3 +172,27 @@ def test_fast_paths_are_opt_in_and_keep_the_parameters(tmp_path):
     replica = model._replicate_for_data_parallel()  # as DataParallel makes them
     replica.static_encoder = SequenceEncoder(26, 8)  # the replica's own module, not the model's
     assert not torch.allclose(replica.frames(*x), model.frames(*x))
+
+
+def test_models_with_parts_of_ones_own_stay_plain():
+    """The fast path knows hnsd_sb's encoders and fusions only: a GMU subclass with its own
+    forward (or any other part of one's own) keeps the model plain, so it computes as written."""
+    from functools import partial
+
+    from hnsd_sb import HNSD, GatedMultiFeatureUnit, SequenceEncoder, UtteranceClassifier
+    from hnsd_sb.cpu import accelerate, is_accelerated
+    from hnsd_sb.pooling import MeanPooling
+
+    class HalfGate(GatedMultiFeatureUnit):
+        def forward(self, static, dynamic):
+            return 0.5 * (
+                torch.tanh(self.static_proj(static)) + torch.tanh(self.dynamic_proj(dynamic))
+            )
+
+    lstm = partial(SequenceEncoder, hidden_size=8)
+    parts = dict(static_encoder=lstm, dynamic_encoder=lstm, pooling=MeanPooling,
+                 classifier=partial(UtteranceClassifier, fc_size=4, n_classes=2))  # fmt: skip
+    mine = HNSD(fusion=partial(HalfGate, out_size=8), **parts)
+    assert not is_accelerated(accelerate(mine))
+    ours = HNSD(fusion=partial(GatedMultiFeatureUnit, out_size=8), **parts)
+    assert is_accelerated(accelerate(ours))

@@ -212,3 +212,8 @@ def test_export_reads_a_model_given_by_parts_as_its_sizes(tmp_path):
     path.write_text(text.replace("hnsd_sb.AdditiveAttentionPooling", "torch.nn.Identity"))
     with pytest.raises(ValueError, match=r"hyperparams.yaml: modules.model.pooling is torch"):
         read_module_specs(path)
+    # hnsd_sb's other public names are no parts: reading the file must not call them
+    attack = "pooling: !new:hnsd_sb.export_model\n    source: nowhere\n    folder: anywhere\n"
+    path.write_text(text.replace("pooling: !name:hnsd_sb.AdditiveAttentionPooling\n", attack))
+    with pytest.raises(ValueError, match=r"modules.model.pooling is hnsd_sb.export_model"):
+        read_module_specs(path)

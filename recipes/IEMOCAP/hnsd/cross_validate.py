@@ -20,6 +20,7 @@ that have finished, naming the missing ones.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -64,7 +65,7 @@ def run_fold(hparams, fold, fold_folder, train_args, train=True, script="train.p
             return None
         cmd = [sys.executable, os.path.join(HERE, script), hparams, f"--fold={fold}"]
         cmd += [f"--output_folder={fold_folder}", *train_args]
-        print(f"== fold {fold}: {' '.join(cmd)}", flush=True)
+        print(f"== fold {fold}: {shlex.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
     with open(results_file, encoding="utf-8") as f:
         return {"fold": fold, **json.load(f)}
@@ -101,7 +102,7 @@ def main(argv=None):
         title=f"Summed over folds {', '.join(str(r['fold']) for r in results)}",
     )
     header = f"# Cross-validation of `{args.hparams}`\n\n"
-    header += f"Arguments given to {args.script}: `{' '.join(train_args) or '(none)'}`\n\n"
+    header += f"Arguments given to {args.script}: `{shlex.join(train_args) or '(none)'}`\n\n"
     if missing:
         header += f"**Not finished: fold(s) {', '.join(map(str, missing))}.**\n\n"
     with open(os.path.join(args.cv_folder, "cv_results.md"), "w", encoding="utf-8") as f:

@@ -396,12 +396,11 @@ if __name__ == "__main__":
     # Weight averaging (average_epochs, null: off): validation, test and the exported model
     # use a moving average of the weights; it is checkpointed beside them (averaged_model.ckpt).
     if hparams.get("average_epochs"):
+        # optimizer steps per epoch: each process's share of the batches, over the accumulation
         world = torch.distributed.get_world_size() if is_distributed_initialized() else 1
+        steps = -(-len(train_sampler) // (world * hnsd_brain.grad_accumulation_factor))
         hnsd_brain.averaged = weight_average(
-            hparams["model"],
-            hparams["average_epochs"],
-            -(-len(train_sampler) // world),  # each process steps through its share of batches
-            hnsd_brain.device,
+            hparams["model"], hparams["average_epochs"], steps, hnsd_brain.device
         )
         hparams["checkpointer"].add_recoverable("averaged_model", hnsd_brain.averaged.module)
 

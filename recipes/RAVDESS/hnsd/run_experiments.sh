@@ -6,13 +6,13 @@
 # Usage: bash run_experiments.sh [DATA_FOLDER]   (default: the shared 16 kHz copy)
 # Environment:
 #   ROWS    rows to run, e.g. "four/hnsd all/hnsd" (default: all, in the table's order)
-#   EPOCHS  epochs of the paper-settings rows (default 20; hnsd_improved.yaml sets its own 30)
+#   EPOCHS  epochs of the paper-settings rows (default 20; hnsd_improved.yaml sets its own 40)
 #   FOLDS   folds to train (default "1 2 3 4 5 6")
 #   JOBS    folds trained at once (default 1); each fold is a process of its own
 #   DEVICE  e.g. cuda:0 (default: SpeechBrain's default, cpu)
 #   EXP     results folder (default experiments)
 #   PYTHON  the interpreter (default python)
-#   ARGS    more train.py overrides for every row (e.g. "--debug" for a dry run)
+#   ARGS    more train.py overrides for every row, split at spaces (e.g. "--debug" for a dry run)
 #   REPORT_ONLY=1  train nothing; write the reports of the folds that have finished
 set -euo pipefail
 cd "$(dirname "$0")"
