@@ -25,15 +25,14 @@ INTERFACE_CLASS = "EmotionRecognizer"
 
 # The classes a training hparams file may give the model as parts, for an export to read it (their
 # constructors are the only code run): HNSD's parts, and nothing else of hnsd_sb's.
-_PART_HOMES = {
-    "SequenceEncoder": "hnsd_sb.model",
-    "UtteranceClassifier": "hnsd_sb.model",
-    "GatedMultiFeatureUnit": "hnsd_sb.fusion",
-    "ConcatFusion": "hnsd_sb.fusion",
-    "AdditiveAttentionPooling": "hnsd_sb.pooling",
-    "MeanPooling": "hnsd_sb.pooling",
-}
-MODEL_PARTS = tuple(_PART_HOMES)
+MODEL_PARTS = (
+    "SequenceEncoder",
+    "UtteranceClassifier",
+    "GatedMultiFeatureUnit",
+    "ConcatFusion",
+    "AdditiveAttentionPooling",
+    "MeanPooling",
+)
 # The text of a model folder's hyperparams.yaml, with $placeholders for the run's values.
 _TEMPLATE = Path(__file__).with_name("templates") / "hyperparams.yaml"
 # The first line of an exported hparams file: how an existing folder is recognised as ours.
@@ -73,7 +72,10 @@ def _our_part(path, where):
     import hnsd_sb
 
     name = path.rsplit(".", 1)[-1]
-    if name not in MODEL_PARTS or path not in (f"hnsd_sb.{name}", f"{_PART_HOMES[name]}.{name}"):
+    if name not in MODEL_PARTS or path not in (
+        f"hnsd_sb.{name}",
+        f"{hnsd_sb._EXPORTS[name]}.{name}",
+    ):
         raise ValueError(f"{where} is {path}; a model folder can only hold hnsd_sb's own parts")
     return getattr(hnsd_sb, name)
 

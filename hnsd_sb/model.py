@@ -533,10 +533,44 @@ class HNSD(torch.nn.Module):
         return (log_probs, weights) if return_attention else log_probs
 
 
+def newer_name(model, name):
+    """A parameter or submodule name of ``HNSD``'s earlier layout, in which the classifier's
+    layers (``fc``, ``output``) and a one-stream model's ``encoder`` sat at the top of the model,
+    as it is named now (``classifier.fc``, ``static_encoder``, ...); other names are returned
+    as they are.
+
+    Arguments
+    ---------
+    model : HNSD
+        The model the name belongs to (a one-stream model's ``encoder`` depends on its stream).
+    name : str
+        A name relative to the model, e.g. ``fc.weight`` or ``fc``.
+
+    Returns
+    -------
+    str
+        The name now.
+
+    Example
+    -------
+    >>> newer_name(HNSD(hidden_size=8), "fc.weight")
+    'classifier.fc.weight'
+    >>> newer_name(HNSD(hidden_size=8, streams="early"), "encoder.lstm.bias_hh_l0")
+    'joint_encoder.lstm.bias_hh_l0'
+    >>> newer_name(HNSD(hidden_size=8), "pooling")
+    'pooling'
+    """
+    single = {"early": "joint_encoder", "static": "static_encoder", "dynamic": "dynamic_encoder"}
+    renames = {"fc": "classifier.fc", "output": "classifier.output"}
+    if model.streams in single:
+        renames["encoder"] = single[model.streams]
+    head, dot, rest = name.partition(".")
+    return renames[head] + dot + rest if head in renames else name
+
+
 def _rename_older_keys(model, state_dict, prefix, *args):
-    """Load hook of ``HNSD``: renames the keys of a checkpoint of the earlier layout, in which
-    the classifier's layers (``fc``, ``output``) and a one-stream model's ``encoder`` sat at
-    the top of the model, to their parts (``classifier.fc``, ``static_encoder``, ...).
+    """Load hook of ``HNSD``: renames the keys of a checkpoint of the earlier layout in place
+    (``newer_name``), so that it still loads.
 
     Arguments
     ---------
@@ -549,13 +583,7 @@ def _rename_older_keys(model, state_dict, prefix, *args):
     *args
         The rest of torch's load hook arguments, unused.
     """
-    single = {"early": "joint_encoder", "static": "static_encoder", "dynamic": "dynamic_encoder"}
-    renames = {"fc.": "classifier.fc.", "output.": "classifier.output."}
-    if model.streams in single:
-        renames["encoder."] = single[model.streams] + "."
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        rest = key[len(prefix) :]
-        for old, new in renames.items():
-            if rest.startswith(old):
-                state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
-                break
+        new = prefix + newer_name(model, key[len(prefix) :])
+        if new != key:
+            state_dict[new] = state_dict.pop(key)

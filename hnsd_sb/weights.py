@@ -17,7 +17,7 @@ import torch
 
 from hnsd_sb.checkpoints import find_checkpoint
 from hnsd_sb.files import is_plain_file
-from hnsd_sb.model import HNSD, _rename_older_keys
+from hnsd_sb.model import HNSD, newer_name
 
 logger = logging.getLogger(__name__)
 
@@ -203,14 +203,6 @@ def _within(key, name):
     return key == name or key.startswith(name + ".")
 
 
-def _newer_name(model, name):
-    """A submodule name of HNSD's earlier layout (``fc``, ``output``, a one-stream model's
-    ``encoder``) as it is named now."""
-    state = {name + ".x": None}
-    _rename_older_keys(model, state, "")
-    return next(iter(state))[: -len(".x")]
-
-
 def transfer_parameters(module, path, include=None, exclude=()):
     """Copies chosen submodules' parameters from a ``state_dict`` file into a module.
 
@@ -267,10 +259,9 @@ def transfer_parameters(module, path, include=None, exclude=()):
     include = None if include is None else list(include)
     exclude = list(exclude)
     if isinstance(module, HNSD):  # files and names of the earlier layout (fc, output, encoder)
-        state = dict(state)
-        _rename_older_keys(module, state, "")
+        state = {newer_name(module, key): value for key, value in state.items()}
         include, exclude = (
-            None if names is None else [_newer_name(module, n) for n in names]
+            None if names is None else [newer_name(module, n) for n in names]
             for names in (include, exclude)
         )
     wanted = set(include) if include is not None else {key.split(".")[0] for key in state}
