@@ -96,6 +96,7 @@ ABLATIONS = {
     ],
     "concat": ["--fusion=!name:hnsd_sb.ConcatFusion"],
     "mean": ["--pooling=!name:hnsd_sb.MeanPooling"],
+    "bidirectional": ["--bidirectional=True"],  # not an ablation: the encoders' switch
 }
 EXPECTED = {
     "two": {"streams": "two", "fusion": "gmu", "pooling": "attention"},
@@ -104,6 +105,7 @@ EXPECTED = {
     "early": {"streams": "early", "pooling": "attention"},
     "concat": {"streams": "two", "fusion": "concat", "pooling": "attention"},
     "mean": {"streams": "two", "fusion": "gmu", "pooling": "mean"},
+    "bidirectional": {"streams": "two", "bidirectional": True, "pooling": "attention"},
 }
 
 
@@ -209,6 +211,9 @@ def test_export_reads_a_model_given_by_parts_as_its_sizes(tmp_path):
     class_path, sizes = read_module_specs(path)["model"]
     assert class_path == "hnsd_sb.HNSD" and sizes["fusion"] == "concat"
     assert sizes["hidden_size"] == 512 and sizes["dropout"] == 0.3 and sizes["n_classes"] == 8
+    assert sizes["bidirectional"] is False
+    path.write_text(text.replace("bidirectional: False", "bidirectional: True"))
+    assert read_module_specs(path)["model"][1]["bidirectional"] is True
     path.write_text(text.replace("hnsd_sb.AdditiveAttentionPooling", "torch.nn.Identity"))
     with pytest.raises(ValueError, match=r"hyperparams.yaml: modules.model.pooling is torch"):
         read_module_specs(path)

@@ -157,3 +157,46 @@ def test_loss_and_padding_are_averaged_over_processes(ddp_run):
         loss0, loss1 = reduces[0][stage]["sent"][0], reduces[1][stage]["sent"][0]
         assert loss0 != loss1
         assert float(logged[epoch]) == pytest.approx((loss0 + loss1) / 2, abs=0.006)
+
+
+@pytest.mark.parametrize("bad", ["json", "csv"])
+def test_a_bad_manifest_stops_every_process_with_its_message(tmp_path, bad):
+    """Under torchrun the main process checks the manifests; a bad one (an annotation that is
+    not JSON, a row whose file is gone) must stop every process with the same message, at
+    once: no process may wait at a broadcast for a main process that has stopped."""
+    good = tmp_path / "good.csv"
+    good.write_text("ID,duration,wav,spk_id,emo\n")
+    if bad == "json":
+        manifest, reason = tmp_path / "train.json", "not a UTF-8 JSON file"
+        manifest.write_text("{ this is not json")
+    else:
+        manifest, reason = tmp_path / "train.csv", "gone.wav: file not found"
+        manifest.write_text(f"ID,duration,wav,spk_id,emo\nu1,2.0,{tmp_path}/gone.wav,s1,neu\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        "hparams/hnsd.yaml",
+        f"--data_folder={tmp_path}",
+        f"--output_folder={tmp_path / 'out'}",
+        "--distributed_backend=gloo",
+        "--prepare_data=null",
+        f"--train_annotation={manifest}",
+        f"--valid_annotation={good}",
+        f"--test_annotation={good}",
+        "--lstm_size=16",
+        "--fc_size=8",
+        "--num_workers=0",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=240)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-4000:]
+    assert str(manifest) in output and reason in output, output[-4000:]
+    # Each process got the message and stopped on it (no traceback of its own), not on the
+    # other one's disappearance (torchrun may still end the later one with SIGTERM).
+    assert output.count(reason) == 2, output[-4000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output

@@ -257,8 +257,25 @@ def validated_manifests(hparams):
     """Checks every row of the train/valid/test manifests before training (on the main
     process) and returns the manifests to use: the given ones (SpeechBrain JSON annotations
     converted to CSV), or with ``skip_bad_rows`` copies without the bad rows. See
-    ``hnsd_sb.preflight.check_manifests`` for what is checked.
+    ``hnsd_sb.preflight.check_manifests`` for what is checked. Under torchrun every process
+    gets the main one's outcome, so a bad row stops them all with its message (none is left
+    waiting at a broadcast).
     """
+    outcome = None
+    if if_main_process():
+        try:
+            outcome = {"manifests": checked_on_main(hparams)}
+        except ManifestError as err:
+            outcome = {"error": str(err)}
+    outcome = ddp_broadcast(outcome)
+    if "error" in outcome:
+        raise ManifestError(outcome["error"])
+    return outcome["manifests"]
+
+
+def checked_on_main(hparams):
+    """The main process's part of ``validated_manifests``: converts JSON annotations and
+    checks the rows; raises ``ManifestError`` on a bad one."""
     manifests = {
         "train": hparams["train_annotation"],
         "valid": hparams["valid_annotation"],
@@ -268,27 +285,23 @@ def validated_manifests(hparams):
     for split, path in manifests.items():
         if str(path).endswith(".json"):
             csv_path = os.path.join(hparams["output_folder"], f"{split}_from_json.csv")
-            run_on_main(json_to_csv, args=[path, csv_path])
+            json_to_csv(path, csv_path)
             manifests[split] = csv_path
     # hparams files without these options get the defaults: check, and stop on a bad row.
-    hparams.setdefault("validate_manifests", True)
-    hparams.setdefault("skip_bad_rows", False)
-    if not hparams["validate_manifests"]:
+    if not hparams.get("validate_manifests", True):
         return manifests
-    if if_main_process():
-        checks = check_manifests(
-            manifests,
-            replacements={"data_root": hparams["data_folder"]},
-            n_classes=hparams["n_classes"],
-            skip_bad=hparams["skip_bad_rows"],
-            output_dir=hparams["output_folder"],
-        )
-        for check in checks.values():
-            logger.info("Checked %s: %d rows", check.csv_path, check.n_rows)
-            if check.n_skipped:
-                logger.warning("Skipped %d bad rows, using %s", check.n_skipped, check.path)
-        manifests = {split: check.path for split, check in checks.items()}
-    return ddp_broadcast(manifests)
+    checks = check_manifests(
+        manifests,
+        replacements={"data_root": hparams["data_folder"]},
+        n_classes=hparams["n_classes"],
+        skip_bad=hparams.get("skip_bad_rows", False),
+        output_dir=hparams["output_folder"],
+    )
+    for check in checks.values():
+        logger.info("Checked %s: %d rows", check.csv_path, check.n_rows)
+        if check.n_skipped:
+            logger.warning("Skipped %d bad rows, using %s", check.n_skipped, check.path)
+    return {split: check.path for split, check in checks.items()}
 
 
 def dataio_prepare(hparams, manifests):
