@@ -28,7 +28,9 @@ with no barrier anywhere.
 This module is the only one that uses PyTorch's private operators (``mkldnn._linear_pointwise``,
 ``tanh_backward``, ``sigmoid_backward``); oneDNN's is checked against ``F.linear`` before its
 first use and not used where the check fails. Off CPU, under autocast, scripting, tracing or
-compilation, the accelerated model computes the plain way.
+compilation, the accelerated model computes the plain way. Its backward is first-order only: a
+second derivative through it (e.g. a gradient penalty) raises, rather than silently dropping the
+second-order terms; compute those inside ``plain_pytorch(model)``.
 """
 
 import os
@@ -37,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
 from hnsd_sb.model import HNSD, SequenceEncoder
@@ -103,6 +106,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         """The gradients of ``x``, ``weight`` and ``bias``, each matrix product through oneDNN."""
         op = _onednn_op()
@@ -229,6 +233,7 @@ class _Branches(torch.autograd.Function):
         return tuple(out.detach() for out in outputs)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads):
         """Runs the branches' backward side by side; returns the inputs' and parameters'
         gradients."""
@@ -391,6 +396,7 @@ class _GatedCombine(torch.autograd.Function):
         return h, z
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_h, grad_z):
         """The gradients of the two stream parts, in a few fused elementwise passes."""
         static_part, dynamic_part, z = ctx.saved_tensors

@@ -196,3 +196,22 @@ def test_models_with_parts_of_ones_own_stay_plain():
     assert not is_accelerated(accelerate(mine))
     ours = HNSD(fusion=partial(GatedMultiFeatureUnit, out_size=8), **parts)
     assert is_accelerated(accelerate(ours))
+
+
+def test_second_derivatives_raise_on_the_fast_path_and_work_plain(two_threads):
+    """A gradient penalty differentiates the input gradient again: the fast path's backward
+    is first-order only, so that must raise instead of dropping the second-order terms."""
+    torch.manual_seed(0)
+    model = cpu.accelerate(HNSD(hidden_size=8, fc_size=4, n_classes=2))
+    static = torch.randn(2, 6, 26, requires_grad=True)
+    dynamic = torch.randn(2, 6, 52, requires_grad=True)
+
+    def penalty():
+        (grad,) = torch.autograd.grad(model(static, dynamic).sum(), static, create_graph=True)
+        return grad.pow(2).sum()
+
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        penalty().backward()
+    with cpu.plain_pytorch(model):
+        penalty().backward()
+    assert all(p.grad is not None for p in model.parameters())
