@@ -68,6 +68,18 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def torchrun(*args, **env):
+    """Runs ``args`` (the recipe's train.py and its arguments, after an optional launcher) in
+    two processes under torchrun with the gloo backend; returns the exit status and output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [*map(str, args), "--distributed_backend=gloo", "--lstm_size=16", "--fc_size=8"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env)
+    proc = subprocess.run(
+        cmd + ["--num_workers=0"], cwd=RECIPE, env=env, capture_output=True, text=True, timeout=300
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
@@ -76,28 +88,17 @@ def ddp_run(tmp_path_factory):
     launcher, dump, out = tmp / "launcher.py", tmp / "dump", tmp / "out"
     launcher.write_text(LAUNCHER)
     dump.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DUMP_DIR=str(dump))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(launcher),
+    code, output = torchrun(
+        launcher,
         "train.py",
         "hparams/hnsd.yaml",
         f"--data_folder={corpus}",
         f"--output_folder={out}",
-        "--distributed_backend=gloo",
         "--number_of_epochs=2",
-        "--lstm_size=16",
-        "--fc_size=8",
-        "--num_workers=0",
         "--lr=0.01",
-    ]
-    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+        DUMP_DIR=str(dump),
+    )
+    assert code == 0, output[-4000:]
     records = [json.loads((dump / f"record{rank}.json").read_text()) for rank in (0, 1)]
     return out, dump, records, output
 
@@ -172,29 +173,17 @@ def test_a_bad_manifest_stops_every_process_with_its_message(tmp_path, bad):
     else:
         manifest, reason = tmp_path / "train.csv", "gone.wav: file not found"
         manifest.write_text(f"ID,duration,wav,spk_id,emo\nu1,2.0,{tmp_path}/gone.wav,s1,neu\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+    code, output = torchrun(
         "train.py",
         "hparams/hnsd.yaml",
         f"--data_folder={tmp_path}",
         f"--output_folder={tmp_path / 'out'}",
-        "--distributed_backend=gloo",
         "--prepare_data=null",
         f"--train_annotation={manifest}",
         f"--valid_annotation={good}",
         f"--test_annotation={good}",
-        "--lstm_size=16",
-        "--fc_size=8",
-        "--num_workers=0",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=240)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output[-4000:]
+    )
+    assert code != 0, output[-4000:]
     assert str(manifest) in output and reason in output, output[-4000:]
     # Each process got the message and stopped on it (no traceback of its own), not on the
     # other one's disappearance (torchrun may still end the later one with SIGTERM).
