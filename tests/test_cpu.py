@@ -212,6 +212,7 @@ def test_second_derivatives_raise_on_the_fast_path_and_work_plain(two_threads):
 
     with pytest.raises(RuntimeError, match="once_differentiable"):
         penalty().backward()
+    model.zero_grad(set_to_none=True)
     with cpu.plain_pytorch(model):
         penalty().backward()
     assert all(p.grad is not None for p in model.parameters())

@@ -261,13 +261,18 @@ def validated_manifests(hparams):
     gets the main one's outcome, so a bad row stops them all with its message (none is left
     waiting at a broadcast).
     """
-    outcome = None
+    outcome, failure = None, None
     if if_main_process():
         try:
             outcome = {"manifests": checked_on_main(hparams)}
-        except ManifestError as err:
+        except Exception as err:  # whatever stops the main process must reach the others
+            failure = err
             outcome = {"error": str(err)}
+            if not isinstance(err, ManifestError):
+                outcome["error"] = f"the main process stopped: {type(err).__name__}: {err}"
     outcome = ddp_broadcast(outcome)
+    if failure is not None:
+        raise failure
     if "error" in outcome:
         raise ManifestError(outcome["error"])
     return outcome["manifests"]
