@@ -234,13 +234,15 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
 
     Folds differ far more from each other (different actors) than two models differ on the same
     fold, so each row is compared with the reference on the folds both have: the mean and sample
-    standard deviation of the paired differences, and on how many folds the row is better.
+    standard deviation of the paired differences, and on how many folds the row is better (by at
+    least the last digit shown).
 
     Arguments
     ---------
     rows : dict
         Row name -> list of per-fold results (dicts with ``fold``, ``WA`` and ``UA`` as
-        fractions, as ``test_results.json`` holds them).
+        fractions, as ``test_results.json`` holds them). A row without one of the metrics (an
+        ensemble's output holds UA only) shows ``n/a`` for it.
     reference : str
         The name of the reference row (one of ``rows``).
     metric : str
@@ -267,10 +269,15 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
     """
     if reference not in rows:
         raise ValueError(f"the reference row {reference!r} is not among {sorted(rows)}")
+    for name, results in rows.items():
+        if any(r.get(metric) is None for r in results):
+            raise ValueError(f"row {name!r} has no {metric} on some fold")
     ref = {r["fold"]: 100 * float(r[metric]) for r in rows[reference]}
 
     def spread(values):
         """``mean ± std`` of ``values`` as text (``n/a`` for the std of one value)."""
+        if not values:
+            return "n/a"
         mean, std = _mean_std(values)
         return f"{mean:.{decimals}f} ± " + ("n/a" if math.isnan(std) else f"{std:.{decimals}f}")
 
@@ -280,14 +287,18 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
     ]
     for name, results in rows.items():
         cells = [name, str(len(results))]
-        cells += [spread([100 * float(r[m]) for r in results]) for m in ("WA", "UA")]
+        for m in ("WA", "UA"):
+            values = [100 * float(r[m]) for r in results if r.get(m) is not None]
+            cells.append(spread(values) if len(values) == len(results) else "n/a")
         if name == reference:
             cells += ["reference", ""]
         else:
             diffs = [100 * float(r[metric]) - ref[r["fold"]] for r in results if r["fold"] in ref]
             if not diffs:
                 raise ValueError(f"row {name!r} shares no fold with {reference!r}")
-            better = sum(d > 0 for d in diffs)
+            # A difference below the last shown digit is a tie: rows read from rounded figures
+            # (ensemble.py's) differ from exact ones by up to half of it.
+            better = sum(d >= 10**-decimals for d in diffs)
             cells += [spread(diffs), f"{better} / {len(diffs)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

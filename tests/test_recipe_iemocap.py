@@ -182,6 +182,15 @@ def test_every_hparams_key_is_used():
             assert used_in_yaml or used_in_code, f"{yaml_file}: {key} is never used"
 
 
+def test_every_hparams_file_takes_the_manifest_switches():
+    """The README's ``--skip_bad_rows`` and ``--validate_manifests`` overrides work with every
+    recipe's hparams file (hyperpyyaml refuses an override of a key the file lacks)."""
+    for yaml_file in glob.glob(os.path.join(ROOT, "recipes", "*", "hnsd", "hparams", "*.yaml")):
+        text = open(yaml_file, encoding="utf-8").read()
+        for key, default in (("validate_manifests", "True"), ("skip_bad_rows", "False")):
+            assert re.search(rf"^{key}: {default}\b", text, re.M), f"{yaml_file}: no {key}"
+
+
 def test_feature_masking_applies_in_training_only():
     """``time_masks`` (hnsd_improved.yaml): whole normalised frames are zeroed in training, the
     rest of each frame left alone; evaluation features are never masked."""

@@ -123,6 +123,19 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     )
     assert proc.returncode == 0, proc.stderr
     assert "| 2 |" in proc.stdout and "reference" in proc.stdout
+    # An ensemble.py output is a row too (UA only), and --timing reads each fold's logs.
+    ensemble = tmp_path / "ensemble.jsonl"
+    lines = [{"fold": k, "ensemble test UA": 50.0, "ensemble valid UA": 40.0} for k in (1, 2)]
+    ensemble.write_text("".join(json.dumps(line) + "\n" for line in lines + [{"mean": 1}]))
+    for extra in ([str(ensemble)], ["--timing"]):
+        proc = subprocess.run(
+            [sys.executable, "compare_rows.py", str(row), *extra],
+            cwd=RECIPE,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert re.search(r"\| fold1 \| 1 \| [\d.]+ \| \d+ \|", proc.stdout), proc.stdout
 
 
 def test_run_experiments_fails_loudly_when_a_fold_fails(subset, tmp_path):

@@ -100,3 +100,16 @@ def test_compare_to_reference_pairs_folds_and_checks_the_reference():
         compare_to_reference(rows, "other")
     with pytest.raises(ValueError, match="shares no fold"):
         compare_to_reference({"ref": rows["ref"], "x": [{"fold": 9, "WA": 0, "UA": 0}]}, "ref")
+
+
+def test_compare_to_reference_takes_rows_without_wa_and_counts_rounding_as_a_tie():
+    """An ensemble's output holds rounded UA and no WA: WA shows n/a, and a fold that differs
+    from the reference only by the rounding (59.38 against 59.375) is not counted as better."""
+    rows = {
+        "ref": [{"fold": 1, "WA": 0.5, "UA": 0.59375}, {"fold": 2, "WA": 0.5, "UA": 0.5}],
+        "ensemble": [{"fold": 1, "UA": 0.5938}, {"fold": 2, "UA": 0.55}],
+    }
+    table = compare_to_reference(rows, "ref")
+    assert "| ensemble | 2 | n/a | 57.19 ± 3.10 | 2.50 ± 3.53 | 1 / 2 |" in table
+    with pytest.raises(ValueError, match="'ensemble' has no WA"):
+        compare_to_reference(rows, "ref", metric="WA")
