@@ -241,8 +241,8 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
     ---------
     rows : dict
         Row name -> list of per-fold results (dicts with ``fold``, ``WA`` and ``UA`` as
-        fractions, as ``test_results.json`` holds them). A row without one of the metrics (an
-        ensemble's output holds UA only) shows ``n/a`` for it.
+        fractions, as ``test_results.json`` holds them). A row without WA or UA (an ensemble's
+        output holds UA only) shows ``n/a`` for it; one without ``metric`` raises ValueError.
     reference : str
         The name of the reference row (one of ``rows``).
     metric : str
@@ -298,7 +298,7 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
                 raise ValueError(f"row {name!r} shares no fold with {reference!r}")
             # A difference below the last shown digit is a tie: rows read from rounded figures
             # (ensemble.py's) differ from exact ones by up to half of it.
-            better = sum(d >= 10**-decimals for d in diffs)
+            better = sum(d >= 10**-decimals - 1e-9 for d in diffs)
             cells += [spread(diffs), f"{better} / {len(diffs)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -185,7 +185,9 @@ def test_every_hparams_key_is_used():
 def test_every_hparams_file_takes_the_manifest_switches():
     """The README's ``--skip_bad_rows`` and ``--validate_manifests`` overrides work with every
     recipe's hparams file (hyperpyyaml refuses an override of a key the file lacks)."""
-    for yaml_file in glob.glob(os.path.join(ROOT, "recipes", "*", "hnsd", "hparams", "*.yaml")):
+    files = glob.glob(os.path.join(ROOT, "recipes", "*", "hnsd", "hparams", "*.yaml"))
+    assert len(files) >= 7
+    for yaml_file in files:
         text = open(yaml_file, encoding="utf-8").read()
         for key, default in (("validate_manifests", "True"), ("skip_bad_rows", "False")):
             assert re.search(rf"^{key}: {default}\b", text, re.M), f"{yaml_file}: no {key}"

@@ -123,19 +123,40 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     )
     assert proc.returncode == 0, proc.stderr
     assert "| 2 |" in proc.stdout and "reference" in proc.stdout
-    # An ensemble.py output is a row too (UA only), and --timing reads each fold's logs.
+    # An ensemble.py output is a row too (UA only); --validation and --timing read the logs.
     ensemble = tmp_path / "ensemble.jsonl"
     lines = [{"fold": k, "ensemble test UA": 50.0, "ensemble valid UA": 40.0} for k in (1, 2)]
     ensemble.write_text("".join(json.dumps(line) + "\n" for line in lines + [{"mean": 1}]))
-    for extra in ([str(ensemble)], ["--timing"]):
+
+    def compare(*args):
         proc = subprocess.run(
-            [sys.executable, "compare_rows.py", str(row), *extra],
+            [sys.executable, "compare_rows.py", *map(str, args)],
             cwd=RECIPE,
             capture_output=True,
             text=True,
         )
-        assert proc.returncode == 0, proc.stderr
-    assert re.search(r"\| fold1 \| 1 \| [\d.]+ \| \d+ \|", proc.stdout), proc.stdout
+        return proc.returncode, proc.stdout + proc.stderr
+
+    code, out = compare(row, ensemble)
+    assert code == 0 and "| 2 | n/a | 50.00 ± 0.00 |" in out, out
+    code, out = compare("--validation", 1, row)
+    assert code == 0 and re.search(r"1: [\d.]+ / [\d.]+ \(1 ep\), 2: ", out), out
+    code, out = compare("--timing", row)
+    assert code == 0 and re.search(r"\| fold1 \| 1 \| [\d.]+ \| \d+ \|", out), out
+    # A fold without its test results is still running: no time, no validation mean from it.
+    (row / "fold2" / "test_results.json").unlink()
+    code, out = compare("--timing", row)
+    assert code == 0 and "| fold2 | | running | |" in out, out
+    code, out = compare("--validation", 1, row)
+    assert code == 0 and "(1 ep, running)" in out and re.search(r"\| 1 \| [\d.]+ \|", out), out
+    # Bad input: a test figure never printed for --validation 0, errors name the file.
+    code, out = compare("--validation", 0, row)
+    assert code == 2 and "K >= 1" in out and "| reference |" not in out
+    ensemble.write_text(ensemble.read_text() + "oops\n")
+    code, out = compare(row, ensemble)
+    assert code == 1 and f"{ensemble}, line 4: not a JSON line" in out
+    code, out = compare("--metric", "WA", row, tmp_path / "missing.jsonl")
+    assert code != 0 and "missing.jsonl" in out
 
 
 def test_run_experiments_fails_loudly_when_a_fold_fails(subset, tmp_path):

@@ -27,56 +27,86 @@ from datetime import datetime
 from hnsd_sb.report import compare_to_reference
 
 
+def fold_folders(cv_folder):
+    """The ``fold<k>`` folders of a cross-validation folder, as {k: path}, in fold order."""
+    folders = {}
+    for path in glob.glob(os.path.join(cv_folder, "fold*")):
+        m = re.fullmatch(r"fold(\d+)", os.path.basename(path))
+        if m and os.path.isdir(path):
+            folders[int(m[1])] = path
+    return dict(sorted(folders.items()))
+
+
+def finished(fold_folder):
+    """Whether a fold has been tested (its ``test_results.json`` exists; nothing is read)."""
+    return os.path.exists(os.path.join(fold_folder, "test_results.json"))
+
+
 def read_row(cv_folder):
     """The per-fold test results of one cross-validation folder (or ``ensemble.py`` output), in
     fold order."""
     if cv_folder.endswith(".jsonl"):
         return read_ensemble(cv_folder)
     results = []
-    for path in glob.glob(os.path.join(cv_folder, "fold*", "test_results.json")):
-        fold = int(re.search(r"fold(\d+)", path).group(1))
-        with open(path, encoding="utf-8") as f:
-            results.append({"fold": fold, **json.load(f)})
+    for fold, path in fold_folders(cv_folder).items():
+        if finished(path):
+            with open(os.path.join(path, "test_results.json"), encoding="utf-8") as f:
+                results.append({"fold": fold, **json.load(f)})
     if not results:
         raise SystemExit(f"{cv_folder}: no fold<k>/test_results.json (has it been run?)")
-    return sorted(results, key=lambda r: r["fold"])
+    return results
 
 
 def read_ensemble(path):
     """The per-fold test UA of an ensemble, from the JSON lines ``ensemble.py`` printed."""
+    results = {}
     with open(path, encoding="utf-8") as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    results = [
-        {"fold": line["fold"], "UA": line["ensemble test UA"] / 100}
-        for line in lines
-        if "fold" in line
-    ]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise SystemExit(
+                    f"{path}, line {number}: not a JSON line of ensemble.py's output"
+                ) from None
+            if "fold" not in record:
+                continue  # the closing line of means
+            if record["fold"] in results:
+                raise SystemExit(f"{path}, line {number}: fold {record['fold']} again")
+            ua = record["ensemble test UA"] / 100
+            results[record["fold"]] = {"fold": record["fold"], "UA": ua}
     if not results:
         raise SystemExit(f"{path}: no per-fold line of ensemble.py's output")
-    return sorted(results, key=lambda r: r["fold"])
+    return [results[k] for k in sorted(results)]
 
 
 def validation_scores(cv_folder, last):
     """Per fold (in order), the best validation UA, the mean validation UA of the last ``last``
-    epochs logged in ``fold<k>/train_log.txt``, and the number of epochs logged."""
+    epochs logged in ``fold<k>/train_log.txt``, the number of epochs logged, and whether the
+    fold has finished."""
     scores = {}
-    for path in glob.glob(os.path.join(cv_folder, "fold*", "train_log.txt")):
-        fold = int(re.search(r"fold(\d+)", path).group(1))
-        with open(path, encoding="utf-8") as f:
+    for fold, path in fold_folders(cv_folder).items():
+        log = os.path.join(path, "train_log.txt")
+        if not os.path.exists(log):
+            continue
+        with open(log, encoding="utf-8") as f:
             epochs = {
                 int(m[1]): float(m[2])
                 for m in re.finditer(r"^epoch: (\d+),.* valid UA: ([\d.]+)", f.read(), re.M)
             }
         if epochs:
             tail = [epochs[e] for e in sorted(epochs)[-last:]]
-            scores[fold] = (max(epochs.values()), sum(tail) / len(tail), len(epochs))
+            best, mean_tail = max(epochs.values()), sum(tail) / len(tail)
+            scores[fold] = (best, mean_tail, len(epochs), finished(path))
     if not scores:
         raise SystemExit(f"{cv_folder}: no fold<k>/train_log.txt with epoch lines")
-    return dict(sorted(scores.items()))
+    return scores
 
 
 def print_validation(folders, last):
-    """Prints the validation scores of each row (see ``validation_scores``) as Markdown."""
+    """Prints the validation scores of each row (see ``validation_scores``) as Markdown; the
+    means are over the finished folds, and a fold still training is marked so."""
     print(
         f"| row | folds | best valid UA | valid UA, last {last} epochs "
         f"| per fold: best / last {last} |"
@@ -84,66 +114,84 @@ def print_validation(folders, last):
     print("|---|---|---|---|---|")
     for folder in folders:
         scores = validation_scores(folder, last)
-        best = sum(s[0] for s in scores.values()) / len(scores)
-        tail = sum(s[1] for s in scores.values()) / len(scores)
-        folds = ", ".join(f"{k}: {s[0]:.2f} / {s[1]:.2f} ({s[2]} ep)" for k, s in scores.items())
-        print(f"| {row_name(folder)} | {len(scores)} | {best:.2f} | {tail:.2f} | {folds} |")
+        done = [s for s in scores.values() if s[3]]
+        best = f"{sum(s[0] for s in done) / len(done):.2f}" if done else "n/a"
+        tail = f"{sum(s[1] for s in done) / len(done):.2f}" if done else "n/a"
+        folds = ", ".join(
+            f"{k}: {s[0]:.2f} / {s[1]:.2f} ({s[2]} ep{'' if s[3] else ', running'})"
+            for k, s in scores.items()
+        )
+        print(f"| {row_name(folder)} | {len(done)} | {best} | {tail} | {folds} |")
 
 
-def fold_minutes(fold_folder):
-    """Wall-clock minutes from the first to the last timestamped line of a fold's ``log.txt``,
-    and the number of epochs in its ``train_log.txt``."""
+def log_span(fold_folder):
+    """The first and last timestamps of a fold's ``log.txt`` (None if it has none yet)."""
     stamps = []
-    with open(os.path.join(fold_folder, "log.txt"), encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)
-            if m:
-                stamps.append(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S"))
-    with open(os.path.join(fold_folder, "train_log.txt"), encoding="utf-8") as f:
-        epochs = len(re.findall(r"^epoch: ", f.read(), re.M))
-    return (stamps[-1] - stamps[0]).total_seconds() / 60, epochs
+    path = os.path.join(fold_folder, "log.txt")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)
+                if m:
+                    stamps.append(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S"))
+    return (stamps[0], stamps[-1]) if stamps else None
 
 
 def print_timing(folders):
-    """Prints each fold's wall-clock minutes and seconds per epoch, and each row's total."""
+    """Prints each finished fold's wall-clock minutes (first to last line of its ``log.txt``)
+    and seconds per epoch; per row, the sum over its folds and the span from the first fold's
+    start to the last one's end (shorter when folds ran side by side)."""
     print("| row | fold | epochs | minutes | s / epoch |")
     print("|---|---:|---:|---:|---:|")
     for folder in folders:
-        total = 0.0
-        for path in sorted(glob.glob(os.path.join(folder, "fold*", "log.txt"))):
-            fold = os.path.dirname(path)
-            minutes, epochs = fold_minutes(fold)
-            total += minutes
+        spans = []
+        for fold, path in fold_folders(folder).items():
+            span = log_span(path)
+            if not finished(path) or span is None:
+                print(f"| {row_name(folder)} | fold{fold} | | running | |")
+                continue
+            with open(os.path.join(path, "train_log.txt"), encoding="utf-8") as f:
+                epochs = len(re.findall(r"^epoch: ", f.read(), re.M))
+            minutes = (span[1] - span[0]).total_seconds() / 60
             per_epoch = f"{60 * minutes / epochs:.0f}" if epochs else "n/a"
-            name = os.path.basename(fold)
-            print(f"| {row_name(folder)} | {name} | {epochs} | {minutes:.1f} | {per_epoch} |")
+            print(f"| {row_name(folder)} | fold{fold} | {epochs} | {minutes:.1f} | {per_epoch} |")
+            spans.append(span)
+        if not spans:
+            raise SystemExit(f"{folder}: no finished fold<k> with a log.txt")
+        total = sum((b - a).total_seconds() for a, b in spans) / 60
+        wall = (max(b for _, b in spans) - min(a for a, _ in spans)).total_seconds() / 60
         print(f"| {row_name(folder)} | all, one after another | | {total:.1f} | |")
+        print(f"| {row_name(folder)} | all, first start to last end | | {wall:.1f} | |")
 
 
 def row_name(cv_folder):
-    """The row's name: its folder, without a leading ``experiments/``."""
-    parts = os.path.normpath(cv_folder).split(os.sep)
+    """The row's name: its folder (or ensemble output, without ``.jsonl``), without a leading
+    ``experiments/``."""
+    parts = os.path.normpath(cv_folder).removesuffix(".jsonl").split(os.sep)
     return "/".join(parts[1:] if parts[0] == "experiments" and len(parts) > 1 else parts)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("reference", help="the reference row's cv folder")
+    parser.add_argument("reference", help="the reference row's cv folder (or ensemble.py output)")
     parser.add_argument(
         "rows", nargs="*", help="the cv folders (or ensemble.py outputs) to compare with it"
     )
     parser.add_argument("--metric", default="UA", choices=["UA", "WA"])
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--validation",
         type=int,
         metavar="K",
         help="print validation scores only (best, and mean of the last K epochs), no test figure",
     )
-    parser.add_argument(
+    only.add_argument(
         "--timing", action="store_true", help="print each fold's wall-clock time, no result"
     )
     args = parser.parse_args()
-    if args.validation:
+    if args.validation is not None and args.validation < 1:
+        parser.error("--validation K needs K >= 1")
+    if args.validation is not None:
         print_validation([args.reference, *args.rows], args.validation)
         raise SystemExit(0)
     if args.timing:
@@ -152,4 +200,7 @@ if __name__ == "__main__":
     rows = {row_name(args.reference): read_row(args.reference)}
     for folder in args.rows:
         rows.setdefault(row_name(folder), read_row(folder))
-    print(compare_to_reference(rows, row_name(args.reference), metric=args.metric))
+    try:
+        print(compare_to_reference(rows, row_name(args.reference), metric=args.metric))
+    except ValueError as error:
+        raise SystemExit(f"compare_rows.py: {error}") from None
