@@ -276,8 +276,6 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
 
     def spread(values):
         """``mean ± std`` of ``values`` as text (``n/a`` for the std of one value)."""
-        if not values:
-            return "n/a"
         mean, std = _mean_std(values)
         return f"{mean:.{decimals}f} ± " + ("n/a" if math.isnan(std) else f"{std:.{decimals}f}")
 
@@ -289,7 +287,7 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
         cells = [name, str(len(results))]
         for m in ("WA", "UA"):
             values = [100 * float(r[m]) for r in results if r.get(m) is not None]
-            cells.append(spread(values) if len(values) == len(results) else "n/a")
+            cells.append(spread(values) if values and len(values) == len(results) else "n/a")
         if name == reference:
             cells += ["reference", ""]
         else:
