@@ -139,6 +139,14 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
 
     code, out = compare(row, ensemble)
     assert code == 0 and "| 2 | n/a | 50.00 ± 0.00 |" in out, out
+    # Rows joined by "+" are their mean per fold: a row with itself is the row, paired 0.
+    code, out = compare(row, f"{row}+{row}")
+    own = re.search(r"\| 2 \| ([\d.]+ ± [\d.]+) \| ([\d.]+ ± [\d.]+) \| reference", out)
+    assert code == 0 and own and f"| 2 | {own[1]} | {own[2]} | 0.00 ± 0.00 | 0 / 2 |" in out, out
+    uas = [json.load(open(row / f"fold{k}" / "test_results.json"))["UA"] for k in (1, 2)]
+    mean = sum(100 * (ua + 0.5) / 2 for ua in uas) / 2  # with the ensemble's 50 %, no WA
+    code, out = compare(row, f"{row}+{ensemble}")
+    assert code == 0 and f"| 2 | n/a | {mean:.2f} ± " in out, out
     code, out = compare("--validation", 1, row)
     assert code == 0 and re.search(r"1: [\d.]+ / [\d.]+ \(1 ep\), 2: ", out), out
     code, out = compare("--timing", row)

@@ -7,7 +7,9 @@ The first folder is the reference; each folder is a ``cross_validate.py`` output
 whose ``fold<k>/test_results.json`` are read. Prints a Markdown table: mean ± std WA and UA over
 the folds, and the paired difference in UA from the reference on the same folds. A row may also
 be the JSON lines that ``ensemble.py`` printed (a ``.jsonl`` file): its ensemble's test UA per
-fold (it records no WA).
+fold (it records no WA). Rows joined by ``+`` (``ROW_SEED1+ROW_SEED2``) are one row: per fold,
+the mean of their figures, e.g. one setting over several seeds; only the folds that all of them
+finished count.
 
 With ``--validation K`` it reads only the epoch lines of each fold's ``train_log.txt`` (never a
 test figure, so settings can be chosen with it): per fold, the best validation UA and the mean
@@ -45,6 +47,8 @@ def finished(fold_folder):
 def read_row(cv_folder):
     """The per-fold test results of one cross-validation folder (or ``ensemble.py`` output), in
     fold order."""
+    if "+" in cv_folder:
+        return read_mean(cv_folder.split("+"))
     if cv_folder.endswith(".jsonl"):
         return read_ensemble(cv_folder)
     results = []
@@ -55,6 +59,23 @@ def read_row(cv_folder):
     if not results:
         raise SystemExit(f"{cv_folder}: no fold<k>/test_results.json (has it been run?)")
     return results
+
+
+def read_mean(folders):
+    """Per fold, the mean WA and UA of several rows (see ``read_row``), on the folds that all of
+    them finished; a figure that one of them lacks (an ensemble's WA) is left out."""
+    rows = [{result["fold"]: result for result in read_row(folder)} for folder in folders]
+    common = sorted(set.intersection(*(set(row) for row in rows)))
+    if not common:
+        raise SystemExit(f"{'+'.join(folders)}: no fold that all of these rows finished")
+    means = []
+    for fold in common:
+        mean = {"fold": fold}
+        for metric in ("WA", "UA"):
+            if all(metric in row[fold] for row in rows):
+                mean[metric] = sum(row[fold][metric] for row in rows) / len(rows)
+        means.append(mean)
+    return means
 
 
 def read_ensemble(path):
@@ -166,7 +187,9 @@ def print_timing(folders):
 
 def row_name(cv_folder):
     """The row's name: its folder (or ensemble output, without ``.jsonl``), without a leading
-    ``experiments/``."""
+    ``experiments/``; rows joined by ``+`` keep it between their names."""
+    if "+" in cv_folder:
+        return " + ".join(row_name(part) for part in cv_folder.split("+"))
     parts = os.path.normpath(cv_folder).removesuffix(".jsonl").split(os.sep)
     return "/".join(parts[1:] if parts[0] == "experiments" and len(parts) > 1 else parts)
 
@@ -175,7 +198,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("reference", help="the reference row's cv folder (or ensemble.py output)")
     parser.add_argument(
-        "rows", nargs="*", help="the cv folders (or ensemble.py outputs) to compare with it"
+        "rows",
+        nargs="*",
+        help="the cv folders (or ensemble.py outputs) to compare with it; A+B: their mean per fold",
     )
     parser.add_argument("--metric", default="UA", choices=["UA", "WA"])
     only = parser.add_mutually_exclusive_group()
@@ -191,11 +216,13 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.validation is not None and args.validation < 1:
         parser.error("--validation K needs K >= 1")
+    # The logs are per run: a mean of rows is read as its rows.
+    folders = [part for row in [args.reference, *args.rows] for part in row.split("+")]
     if args.validation is not None:
-        print_validation([args.reference, *args.rows], args.validation)
+        print_validation(folders, args.validation)
         raise SystemExit(0)
     if args.timing:
-        print_timing([args.reference, *args.rows])
+        print_timing(folders)
         raise SystemExit(0)
     rows = {row_name(args.reference): read_row(args.reference)}
     for folder in args.rows:
