@@ -147,6 +147,16 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     mean = sum(100 * (ua + 0.5) / 2 for ua in uas) / 2  # with the ensemble's 50 %, no WA
     code, out = compare(row, f"{row}+{ensemble}")
     assert code == 0 and f"| 2 | n/a | {mean:.2f} ± " in out, out
+    code, own = compare("--validation", 1, row)
+    code, out = compare("--validation", 1, f"{row}+{row}")
+    assert code == 0 and own.split("| 2 |")[1] == out.split("| 2 |")[1], out
+    # Only the folds that every row finished count, and the others are named; "A+" is refused.
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(json.dumps({"fold": 1, "ensemble test UA": 60.0}) + "\n")
+    code, out = compare(f"{row}+{partial}", row)
+    assert code == 0 and "fold(s) [2] left out" in out and "reference" in out, out
+    code, out = compare(row, f"{row}+")
+    assert code == 1 and "an empty row between the + signs" in out, out
     code, out = compare("--validation", 1, row)
     assert code == 0 and re.search(r"1: [\d.]+ / [\d.]+ \(1 ep\), 2: ", out), out
     code, out = compare("--timing", row)

@@ -7,9 +7,10 @@ The first folder is the reference; each folder is a ``cross_validate.py`` output
 whose ``fold<k>/test_results.json`` are read. Prints a Markdown table: mean ± std WA and UA over
 the folds, and the paired difference in UA from the reference on the same folds. A row may also
 be the JSON lines that ``ensemble.py`` printed (a ``.jsonl`` file): its ensemble's test UA per
-fold (it records no WA). Rows joined by ``+`` (``ROW_SEED1+ROW_SEED2``) are one row: per fold,
-the mean of their figures, e.g. one setting over several seeds; only the folds that all of them
-finished count.
+fold (it records no WA). Rows joined by ``+`` (``ROW_SEED1+ROW_SEED2``, unless that is a
+folder's own name) are one row: per fold, the mean of their figures, e.g. one setting over
+several seeds; only the folds that all of them finished count, and the others are named on
+stderr. ``--validation`` averages them the same way; ``--timing`` lists their folds row by row.
 
 With ``--validation K`` it reads only the epoch lines of each fold's ``train_log.txt`` (never a
 test figure, so settings can be chosen with it): per fold, the best validation UA and the mean
@@ -24,6 +25,7 @@ import glob
 import json
 import os
 import re
+import sys
 from datetime import datetime
 
 from hnsd_sb.report import compare_to_reference
@@ -47,8 +49,8 @@ def finished(fold_folder):
 def read_row(cv_folder):
     """The per-fold test results of one cross-validation folder (or ``ensemble.py`` output), in
     fold order."""
-    if "+" in cv_folder:
-        return read_mean(cv_folder.split("+"))
+    if mean_parts(cv_folder):
+        return read_mean(mean_parts(cv_folder))
     if cv_folder.endswith(".jsonl"):
         return read_ensemble(cv_folder)
     results = []
@@ -61,13 +63,33 @@ def read_row(cv_folder):
     return results
 
 
+def mean_parts(row):
+    """The rows that a ``+`` argument joins (``[]`` for a plain row, or a path that exists with
+    its ``+``); an empty part is refused."""
+    if "+" not in row or os.path.exists(row):
+        return []
+    parts = row.split("+")
+    if not all(parts):
+        raise SystemExit(f"{row}: an empty row between the + signs")
+    return parts
+
+
+def common_folds(row, per_part):
+    """The folds that every part of ``row`` has (dicts keyed by fold), naming the others."""
+    common = set.intersection(*(set(part) for part in per_part))
+    left_out = sorted(set().union(*per_part) - common)
+    if left_out:
+        print(f"{row}: fold(s) {left_out} left out: not finished in every row", file=sys.stderr)
+    if not common:
+        raise SystemExit(f"{row}: no fold that all of these rows finished")
+    return sorted(common)
+
+
 def read_mean(folders):
     """Per fold, the mean WA and UA of several rows (see ``read_row``), on the folds that all of
     them finished; a figure that one of them lacks (an ensemble's WA) is left out."""
     rows = [{result["fold"]: result for result in read_row(folder)} for folder in folders]
-    common = sorted(set.intersection(*(set(row) for row in rows)))
-    if not common:
-        raise SystemExit(f"{'+'.join(folders)}: no fold that all of these rows finished")
+    common = common_folds("+".join(folders), rows)
     means = []
     for fold in common:
         mean = {"fold": fold}
@@ -105,7 +127,20 @@ def read_ensemble(path):
 def validation_scores(cv_folder, last):
     """Per fold (in order), the best validation UA, the mean validation UA of the last ``last``
     epochs logged in ``fold<k>/train_log.txt``, the number of epochs logged, and whether the
-    fold has finished."""
+    fold has finished. Rows joined by ``+``: per fold, the means of their scores (finished only
+    if every row's fold is)."""
+    if mean_parts(cv_folder):
+        per_part = [validation_scores(part, last) for part in mean_parts(cv_folder)]
+        means = {}
+        for fold in common_folds(cv_folder, per_part):
+            scores = [part[fold] for part in per_part]
+            means[fold] = (
+                sum(s[0] for s in scores) / len(scores),
+                sum(s[1] for s in scores) / len(scores),
+                min(s[2] for s in scores),
+                all(s[3] for s in scores),
+            )
+        return means
     scores = {}
     for fold, path in fold_folders(cv_folder).items():
         log = os.path.join(path, "train_log.txt")
@@ -188,8 +223,8 @@ def print_timing(folders):
 def row_name(cv_folder):
     """The row's name: its folder (or ensemble output, without ``.jsonl``), without a leading
     ``experiments/``; rows joined by ``+`` keep it between their names."""
-    if "+" in cv_folder:
-        return " + ".join(row_name(part) for part in cv_folder.split("+"))
+    if mean_parts(cv_folder):
+        return " + ".join(row_name(part) for part in mean_parts(cv_folder))
     parts = os.path.normpath(cv_folder).removesuffix(".jsonl").split(os.sep)
     return "/".join(parts[1:] if parts[0] == "experiments" and len(parts) > 1 else parts)
 
@@ -216,13 +251,12 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.validation is not None and args.validation < 1:
         parser.error("--validation K needs K >= 1")
-    # The logs are per run: a mean of rows is read as its rows.
-    folders = [part for row in [args.reference, *args.rows] for part in row.split("+")]
     if args.validation is not None:
-        print_validation(folders, args.validation)
+        print_validation([args.reference, *args.rows], args.validation)
         raise SystemExit(0)
-    if args.timing:
-        print_timing(folders)
+    if args.timing:  # times are per run: a mean of rows is listed as its rows
+        rows = [args.reference, *args.rows]
+        print_timing([part for row in rows for part in mean_parts(row) or [row]])
         raise SystemExit(0)
     rows = {row_name(args.reference): read_row(args.reference)}
     for folder in args.rows:
