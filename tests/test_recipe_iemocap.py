@@ -232,6 +232,67 @@ def test_feature_masking_applies_in_training_only():
         assert torch.equal(torch.cat(brain.compute_features(batch, sb.Stage.TEST)[:2], -1), clean)
 
 
+def test_waveform_augmentation_switches_off_from_the_command_line():
+    """``--wav_augment=null`` trains on the clean waveforms (the loss too: no replicated labels)
+    and ``--speeds=[100]`` leaves the speed alone; by default training batches are augmented."""
+    import importlib.util
+
+    import speechbrain as sb
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.dataio.batch import PaddedBatch
+
+    spec = importlib.util.spec_from_file_location("hnsd_train", os.path.join(RECIPE, "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    gen = torch.Generator().manual_seed(0)
+    batch = PaddedBatch(
+        [
+            {"id": str(i), "sig": torch.randn(16000, generator=gen), "spk_id": "s",
+             "emo_encoded": torch.tensor([i % 2])}
+            for i in range(4)
+        ]
+    )
+
+    def brain(**overrides):
+        path = os.path.join(RECIPE, "hparams", "hnsd_improved.yaml")
+        with open(path, encoding="utf-8") as f:
+            sizes = {"data_folder": "unused", "lstm_size": 16, "fc_size": 8}
+            hparams = load_hyperpyyaml(f, {**sizes, **overrides})
+        return hparams, train.EmotionBrain(
+            modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
+        )
+
+    hparams, plain = brain(wav_augment=None)
+    assert hparams["wav_augment"] is None
+    with torch.no_grad():
+        clean = torch.cat(plain.compute_features(batch, sb.Stage.VALID)[:2], -1)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            trained_on = torch.cat(plain.compute_features(batch, sb.Stage.TRAIN)[:2], -1)
+            assert torch.equal(trained_on, clean)
+        plain.label_encoder = sb.dataio.encoder.CategoricalEncoder()
+        plain.label_encoder.update_from_iterable(["neu", "ang"])
+        plain.on_stage_start(sb.Stage.TRAIN)
+        loss = plain.compute_objectives(plain.compute_forward(batch, sb.Stage.TRAIN), batch,
+                                        sb.Stage.TRAIN)
+        assert torch.isfinite(loss)
+
+        _, augmented = brain()
+        changed = 0
+        for seed in range(3):
+            torch.manual_seed(seed)
+            feats = augmented.compute_features(batch, sb.Stage.TRAIN)[:2]
+            trained_on = torch.cat(feats, -1)
+            changed += trained_on.shape != clean.shape or not torch.equal(trained_on, clean)
+        assert changed == 3  # 1 to 3 augmentations on every training batch
+
+    hparams, _ = brain(speeds=[100])
+    assert hparams["speed_perturb"].speeds == [100]
+    wavs = torch.randn(2, 16000)
+    assert torch.equal(hparams["speed_perturb"](wavs), wavs)
+
+
 TOY_FUSION = '''"""A fusion of one's own: the mean of the two streams' frames (no weights)."""
 
 import torch

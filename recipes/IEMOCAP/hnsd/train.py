@@ -61,11 +61,12 @@ class EmotionBrain(sb.Brain):
         wavs, wav_lens = batch.sig
         feat_augment = None
         if stage == sb.Stage.TRAIN:
-            if hasattr(self.hparams, "wav_augment"):
-                wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
-            if hasattr(self.hparams, "feat_augment"):
-                # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
-                feat_augment = self.hparams.feat_augment
+            # absent or null (e.g. --wav_augment=null): no augmentation
+            wav_augment = getattr(self.hparams, "wav_augment", None)
+            if wav_augment is not None:
+                wavs, wav_lens = wav_augment(wavs, wav_lens)
+            # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
+            feat_augment = getattr(self.hparams, "feat_augment", None)
         return wavs, wav_lens, feat_augment
 
     def compute_features(self, batch, stage):
@@ -102,8 +103,9 @@ class EmotionBrain(sb.Brain):
         """Negative log-likelihood of the true emotions; tracks WA/UA and padding."""
         log_probs, lens = predictions
         emo = batch.emo_encoded.data.view(-1)
-        if stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment"):
-            emo = self.hparams.wav_augment.replicate_labels(emo)
+        wav_augment = getattr(self.hparams, "wav_augment", None)
+        if stage == sb.Stage.TRAIN and wav_augment is not None:
+            emo = wav_augment.replicate_labels(emo)
         # class_weighting (hparams): each emotion weighs inversely to its share of the train set
         loss = torch.nn.functional.nll_loss(log_probs, emo, weight=self.class_weights)
         self.padded_frames[0] += float((1 - lens).sum())
