@@ -177,6 +177,40 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     assert code != 0 and "missing.jsonl" in out
 
 
+def test_run_experiments_leaves_a_fold_that_another_run_is_training(subset, tmp_path):
+    """A second run_experiments.sh on the same folder skips, and names, a fold whose lock a first
+    run holds, and leaves its log alone; once the lock is released the fold trains."""
+    import fcntl
+    import shutil
+
+    if shutil.which("flock") is None:
+        pytest.skip("flock(1) is not installed: the script trains without fold locks")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHON=sys.executable,
+        ROWS="four/mean_pooling",
+        FOLDS="1",
+        EXP=str(tmp_path),
+        EPOCHS="1",
+        ARGS="--lstm_size=8 --fc_size=4 --num_workers=0",
+    )
+    row = tmp_path / "four" / "mean_pooling"
+    row.mkdir(parents=True)
+    (row / "fold1.out").write_text("the first run's log\n")
+    cmd = ["bash", "run_experiments.sh", str(subset)]
+    with open(row / "fold1.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the first run holds
+        proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "SKIPPED four/mean_pooling fold 1: another run is training it" in proc.stdout
+    assert (row / "fold1.out").read_text() == "the first run's log\n"
+    assert not (row / "fold1" / "test_results.json").exists()
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "done four/mean_pooling fold 1" in proc.stdout
+
+
 def test_run_experiments_fails_loudly_when_a_fold_fails(subset, tmp_path):
     """A fold whose training fails is named, and the script's exit status says so."""
     env = dict(

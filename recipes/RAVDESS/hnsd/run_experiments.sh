@@ -14,6 +14,7 @@
 #   PYTHON  the interpreter (default python)
 #   ARGS    more train.py overrides for every row, split at spaces (e.g. "--debug" for a dry run)
 #   REPORT_ONLY=1  train nothing; write the reports of the folds that have finished
+# A fold being trained by another run of this script (its lock held) is skipped, and named.
 set -euo pipefail
 cd "$(dirname "$0")"
 export DATA=${1:-../../../../shared/data/ravdess} PYTHON=${PYTHON:-python}
@@ -60,9 +61,15 @@ row_args() {  # the cross_validate.py arguments of row $1, one per line
 }
 
 train_fold() {  # train_fold ROW FOLD: one fold of one row, its output in <row>/fold<k>.out
-  local args
+  local args lock
   mapfile -t args < <(row_args "$1")
   mkdir -p "$EXP/$1"
+  # A second run on the same EXP must not train a fold that a first one is training (the two
+  # would interleave its log and checkpoints): the fold's lock, released when its process ends.
+  if command -v flock >/dev/null; then
+    exec {lock}>"$EXP/$1/fold$2.lock"
+    flock -n "$lock" || { echo "SKIPPED $1 fold $2: another run is training it"; return 1; }
+  fi
   "$PYTHON" cross_validate.py "${args[@]}" --folds "$2" --no_report >"$EXP/$1/fold$2.out" 2>&1 \
     && echo "done $1 fold $2" || { echo "FAILED $1 fold $2 (see $EXP/$1/fold$2.out)"; return 1; }
 }
