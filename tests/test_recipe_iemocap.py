@@ -234,7 +234,8 @@ def test_feature_masking_applies_in_training_only():
 
 def test_waveform_augmentation_switches_off_from_the_command_line():
     """``--wav_augment=null`` trains on the clean waveforms (the loss too: no replicated labels)
-    and ``--speeds=[100]`` leaves the speed alone; by default training batches are augmented."""
+    ``--speeds=[100]`` leaves the speed alone and ``--wav_augmentations`` picks the augmentations;
+    by default training batches are augmented."""
     import importlib.util
 
     import speechbrain as sb
@@ -254,16 +255,16 @@ def test_waveform_augmentation_switches_off_from_the_command_line():
         ]
     )
 
-    def brain(**overrides):
+    def brain(overrides=""):  # yaml text, as SpeechBrain makes of --key=value arguments
         path = os.path.join(RECIPE, "hparams", "hnsd_improved.yaml")
         with open(path, encoding="utf-8") as f:
-            sizes = {"data_folder": "unused", "lstm_size": 16, "fc_size": 8}
-            hparams = load_hyperpyyaml(f, {**sizes, **overrides})
+            sizes = "data_folder: unused\nlstm_size: 16\nfc_size: 8\n"
+            hparams = load_hyperpyyaml(f, sizes + overrides)
         return hparams, train.EmotionBrain(
             modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
         )
 
-    hparams, plain = brain(wav_augment=None)
+    hparams, plain = brain("wav_augment: null")
     assert hparams["wav_augment"] is None
     with torch.no_grad():
         clean = torch.cat(plain.compute_features(batch, sb.Stage.VALID)[:2], -1)
@@ -287,10 +288,13 @@ def test_waveform_augmentation_switches_off_from_the_command_line():
             changed += trained_on.shape != clean.shape or not torch.equal(trained_on, clean)
         assert changed == 3  # 1 to 3 augmentations on every training batch
 
-    hparams, _ = brain(speeds=[100])
+    hparams, _ = brain("speeds: [100]")
     assert hparams["speed_perturb"].speeds == [100]
     wavs = torch.randn(2, 16000)
     assert torch.equal(hparams["speed_perturb"](wavs), wavs)
+    assert len(hparams["wav_augment"].augmentations) == 3
+    hparams, _ = brain("wav_augmentations: [!ref <speed_perturb>]")
+    assert list(hparams["wav_augment"].augmentations.values()) == [hparams["speed_perturb"]]
 
 
 TOY_FUSION = '''"""A fusion of one's own: the mean of the two streams' frames (no weights)."""
