@@ -177,7 +177,9 @@ def test_every_hparams_key_is_used():
         for key in set(keys) - RUN_OPTIONS:
             used_in_yaml = re.search(rf"<{key}[>\[.]", text)
             used_in_code = re.search(
-                rf"(\[[\"']{key}[\"']\]|\.{key}\b|\.get\([\"']{key}[\"'])", code
+                rf"(\[[\"']{key}[\"']\]|\.{key}\b|\.get\([\"']{key}[\"']"
+                rf"|getattr\([\w.]+, [\"']{key}[\"'])",
+                code,
             )
             assert used_in_yaml or used_in_code, f"{yaml_file}: {key} is never used"
 
@@ -249,8 +251,12 @@ def test_waveform_augmentation_switches_off_from_the_command_line():
     gen = torch.Generator().manual_seed(0)
     batch = PaddedBatch(
         [
-            {"id": str(i), "sig": torch.randn(16000, generator=gen), "spk_id": "s",
-             "emo_encoded": torch.tensor([i % 2])}
+            {
+                "id": str(i),
+                "sig": torch.randn(16000, generator=gen),
+                "spk_id": "s",
+                "emo_encoded": torch.tensor([i % 2]),
+            }
             for i in range(4)
         ]
     )
@@ -275,8 +281,9 @@ def test_waveform_augmentation_switches_off_from_the_command_line():
         plain.label_encoder = sb.dataio.encoder.CategoricalEncoder()
         plain.label_encoder.update_from_iterable(["neu", "ang"])
         plain.on_stage_start(sb.Stage.TRAIN)
-        loss = plain.compute_objectives(plain.compute_forward(batch, sb.Stage.TRAIN), batch,
-                                        sb.Stage.TRAIN)
+        loss = plain.compute_objectives(
+            plain.compute_forward(batch, sb.Stage.TRAIN), batch, sb.Stage.TRAIN
+        )
         assert torch.isfinite(loss)
 
         _, augmented = brain()
