@@ -237,7 +237,7 @@ def test_feature_masking_applies_in_training_only():
 def test_waveform_augmentation_switches_off_from_the_command_line():
     """``--wav_augment=null`` trains on the clean waveforms (the loss too: no replicated labels)
     ``--speeds=[100]`` leaves the speed alone and ``--wav_augmentations`` picks the augmentations;
-    by default training batches are augmented."""
+    by default every training batch is speed-perturbed, at one speed drawn per batch."""
     import importlib.util
 
     import speechbrain as sb
@@ -286,22 +286,27 @@ def test_waveform_augmentation_switches_off_from_the_command_line():
         )
         assert torch.isfinite(loss)
 
-        _, augmented = brain()
-        changed = 0
-        for seed in range(3):
+        hparams, augmented = brain()
+        assert list(hparams["wav_augment"].augmentations.values()) == [hparams["speed_perturb"]]
+        frames = set()
+        for seed in range(10):
             torch.manual_seed(seed)
-            feats = augmented.compute_features(batch, sb.Stage.TRAIN)[:2]
-            trained_on = torch.cat(feats, -1)
-            changed += trained_on.shape != clean.shape or not torch.equal(trained_on, clean)
-        assert changed == 3  # 1 to 3 augmentations on every training batch
+            trained_on = torch.cat(augmented.compute_features(batch, sb.Stage.TRAIN)[:2], -1)
+            frames.add(trained_on.shape[1])
+            if trained_on.shape == clean.shape:  # drawn at 100 %: untouched
+                assert torch.equal(trained_on, clean)
+        # one speed per batch, all three drawn: at s % the second lasts 100/s s (10 ms frames)
+        assert frames == {16000 * 100 // s // 160 + 1 for s in (90, 100, 110)} == {112, 101, 91}
 
     hparams, _ = brain("speeds: [100]")
     assert hparams["speed_perturb"].speeds == [100]
     wavs = torch.randn(2, 16000)
     assert torch.equal(hparams["speed_perturb"](wavs), wavs)
-    assert len(hparams["wav_augment"].augmentations) == 3
-    hparams, _ = brain("wav_augmentations: [!ref <speed_perturb>]")
-    assert list(hparams["wav_augment"].augmentations.values()) == [hparams["speed_perturb"]]
+    # an augmentation added from the command line, beside the speed perturbation
+    added = "- !new:speechbrain.augment.time_domain.DropChunk\n    drop_count_low: 2\n"
+    hparams, _ = brain("wav_augmentations:\n- !ref <speed_perturb>\n" + added)
+    picked = list(hparams["wav_augment"].augmentations.values())
+    assert picked[0] is hparams["speed_perturb"] and type(picked[1]).__name__ == "DropChunk"
 
 
 TOY_FUSION = '''"""A fusion of one's own: the mean of the two streams' frames (no weights)."""
