@@ -302,9 +302,9 @@ def test_waveform_augmentation_switches_off_from_the_command_line():
     assert hparams["speed_perturb"].speeds == [100]
     wavs = torch.randn(2, 16000)
     assert torch.equal(hparams["speed_perturb"](wavs), wavs)
-    # an augmentation added from the command line, beside the speed perturbation
-    added = "- !new:speechbrain.augment.time_domain.DropChunk\n    drop_count_low: 2\n"
-    hparams, _ = brain("wav_augmentations:\n- !ref <speed_perturb>\n" + added)
+    # an augmentation added from the command line, beside the speed perturbation (README)
+    added = "!new:speechbrain.augment.time_domain.DropChunk"
+    hparams, _ = brain(f"wav_augmentations: [!ref <speed_perturb>, {added} ]")
     picked = list(hparams["wav_augment"].augmentations.values())
     assert picked[0] is hparams["speed_perturb"] and type(picked[1]).__name__ == "DropChunk"
 
