@@ -5,7 +5,8 @@ The model's parts are ``torch.nn.Module``s that a hyperpyyaml file can wire: fea
 network (``HNSD``), assembled from its encoders (``SequenceEncoder``), fusion
 (``GatedMultiFeatureUnit``), pooling (``AdditiveAttentionPooling``) and classifier head
 (``UtteranceClassifier``). ``EmotionRecognizer`` runs a trained
-model folder (written by ``export_model``) on recordings, the SpeechBrain inference way.
+model folder (written by ``export_model``) on recordings, the SpeechBrain inference way, or
+several at once, their probabilities averaged (``HNSDEnsemble``).
 
 The names below are imported on first use, so that ``import hnsd_sb`` (and ``hnsd --help``)
 does not load torch and SpeechBrain, which takes seconds.
@@ -28,6 +29,7 @@ _EXPORTS = {
     "ConcatFusion": "hnsd_sb.fusion",
     "GatedMultiFeatureUnit": "hnsd_sb.fusion",
     "EmotionRecognizer": "hnsd_sb.inference",
+    "HNSDEnsemble": "hnsd_sb.ensemble",
     "SpeakerNormalization": "hnsd_sb.normalization",
     "StaticDynamicFeatures": "hnsd_sb.features",
     "export_model": "hnsd_sb.export",

@@ -58,6 +58,7 @@ examples:
   hnsd predict --model hnsd-iemocap --format csv -o predictions.csv recordings/
   hnsd predict --model hnsd-iemocap --enroll alice_reference/ alice_session/
   hnsd predict --model hnsd-iemocap --segment --plot timelines/ interview.wav
+  hnsd predict --model hnsd-seed1986 --model hnsd-seed1987 recordings/
 
 exit status: predict: 0 every file was classified, 1 some files failed (their records say
 why), 2 bad usage, a model folder that cannot be loaded, no input files, or an output that
@@ -87,6 +88,10 @@ with its own statistics (the model's "unseen" policy). With --enroll, the statis
 speaker's reference recordings normalise every input file instead (all inputs are then assumed
 to come from that one speaker); --speaker picks a speaker the model already has statistics
 for, e.g. a training speaker.
+
+Ensembles: with --model given several times, the models' class probabilities (and attention)
+are averaged, and the records are those of the average. The folders must share labels,
+features and speaker statistics, as the runs of one recipe with other seeds do.
 """
 
 
@@ -355,14 +360,15 @@ def run_predict(args):
     if not files:
         print("hnsd predict: no input files", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        check_model_folder(args.model)
-        warning = near_chance_warning(read_model_info(args.model))
-    except (OSError, ValueError) as err:
-        print(f"hnsd predict: cannot load the model: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    if warning:
-        print(f"hnsd predict: warning: {args.model}: {warning}", file=sys.stderr)
+    for folder in args.model:
+        try:
+            check_model_folder(folder)
+            warning = near_chance_warning(read_model_info(folder))
+        except (OSError, ValueError) as err:
+            print(f"hnsd predict: cannot load the model: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        if warning:
+            print(f"hnsd predict: warning: {folder}: {warning}", file=sys.stderr)
 
     from tqdm import tqdm
 
@@ -371,7 +377,7 @@ def run_predict(args):
 
     run_opts = {"device": args.device} if args.device else None
     try:
-        recognizer = EmotionRecognizer.from_folder(
+        recognizer = EmotionRecognizer.from_folders(
             args.model, run_opts=run_opts, backend=args.backend
         )
     except (OSError, ValueError, RuntimeError, ImportError) as err:
@@ -695,7 +701,7 @@ def build_parser():
     -------
     >>> args = build_parser().parse_args(["predict", "--model", "m", "a.wav", "b/"])
     >>> args.model, args.inputs, args.format
-    ('m', ['a.wav', 'b/'], 'jsonl')
+    (['m'], ['a.wav', 'b/'], 'jsonl')
     """
     parser = argparse.ArgumentParser(
         prog="hnsd",
@@ -713,7 +719,14 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files, folders")
-    predict.add_argument("--model", required=True, help="model folder written by `hnsd export`")
+    predict.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model folder written by `hnsd export`; give it again to average the class "
+        "probabilities of several models (e.g. runs of one recipe with other seeds: same labels, "
+        "features and training speakers)",
+    )
     predict.add_argument(
         "--format", choices=("jsonl", "csv"), default="jsonl", help="output format (jsonl)"
     )

@@ -22,7 +22,7 @@ from speechbrain.inference.interfaces import Pretrained
 
 from hnsd_sb import cpu, pipeline
 from hnsd_sb.audio import load_audio
-from hnsd_sb.model_info import MODEL_INFO_FILE, MODULE_CLASSES, read_architecture
+from hnsd_sb.model_info import DEFAULTS, MODEL_INFO_FILE, MODULE_CLASSES, read_architecture
 
 logger = logging.getLogger(__name__)
 # Peak amplitude below which an enrolment recording is taken as silence (-80 dB full scale).
@@ -147,6 +147,76 @@ class EmotionRecognizer(Pretrained):
             modules["model"] = _backend_network(modules["model"], path, backend)
         sample_rate = architecture["features"]["sample_rate"]
         hparams = {"labels": labels, "sample_rate": sample_rate}
+        return cls(modules=modules, hparams=hparams, run_opts=run_opts)
+
+    @classmethod
+    def from_folders(cls, folders, run_opts=None, backend="torch"):
+        """Loads several model folders as one recogniser that averages their probabilities.
+
+        Runs of one recipe that differ only in their seed (or size) disagree on many
+        utterances, and the mean of their probabilities is more accurate than the average run
+        (``hnsd_sb.ensemble``). The folders are loaded as ``from_folder`` does, and must share
+        the labels (in the same order), the features and the speaker statistics: the recording
+        is turned into features and normalised once, then every member's network reads it.
+
+        Arguments
+        ---------
+        folders : list of str or path-like
+            Model folders written by ``hnsd_sb.export``; one folder gives ``from_folder``'s
+            recogniser.
+        run_opts : dict or None
+            As for ``from_folder``.
+        backend : str
+            As for ``from_folder``, for every member.
+
+        Returns
+        -------
+        EmotionRecognizer
+            Its ``mods.model`` is an ``hnsd_sb.ensemble.HNSDEnsemble`` of the members'
+            networks; attention weights are the members' mean.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            As ``from_folder``; and ValueError naming the folder whose labels, features or
+            speaker statistics differ from the first folder's.
+
+        Example
+        -------
+        >>> from hnsd_sb import HNSD
+        >>> from hnsd_sb.export import write_model_folder
+        >>> tmp = getfixture("tmpdir")
+        >>> spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
+        >>> folders = [write_model_folder(tmp.join(name).strpath, ["neg", "pos"],
+        ...     HNSD(hidden_size=8, fc_size=4, n_classes=2).state_dict(), modules=spec)
+        ...     for name in ("seed1", "seed2")]
+        >>> both = EmotionRecognizer.from_folders(folders)
+        >>> alone = [EmotionRecognizer.from_folder(folder) for folder in folders]
+        >>> wavs = torch.randn(2, 16000)
+        >>> mean = sum(r.classify_batch(wavs)[0] for r in alone) / 2
+        >>> bool(torch.allclose(both.classify_batch(wavs)[0], mean, atol=1e-6))
+        True
+        """
+        from hnsd_sb.ensemble import HNSDEnsemble
+
+        folders = list(folders)
+        if not folders:
+            raise ValueError("no model folder given")
+        first = cls.from_folder(folders[0], run_opts=run_opts, backend=backend)
+        if len(folders) == 1:
+            return first
+        reference = _shared_parts(folders[0], first)
+        members = [first.mods.model]
+        for folder in folders[1:]:
+            member = cls.from_folder(folder, run_opts=run_opts, backend=backend)
+            _check_member(folder, _shared_parts(folder, member), folders[0], reference)
+            members.append(member.mods.model)
+        modules = {
+            "features": first.mods.features,
+            "normalizer": first.mods.normalizer,
+            "model": HNSDEnsemble(members),
+        }
+        hparams = {"labels": first.labels, "sample_rate": first.sample_rate}
         return cls(modules=modules, hparams=hparams, run_opts=run_opts)
 
     @property
@@ -417,3 +487,43 @@ def _backend_network(model, folder, backend):
         except Exception as err:  # ONNX Runtime rejects a graph with many exception types
             raise ValueError(f"{folder / name}: not the network of model.ckpt ({err})") from None
     return network
+
+
+def _shared_parts(folder, recognizer):
+    """What the members of an ensemble must share: labels, features and normaliser settings
+    (with the defaults filled in), and the speaker statistics."""
+    _, architecture = read_architecture(folder)
+    features = {**DEFAULTS["features"], **architecture["features"]}
+    return {
+        "labels": recognizer.labels,
+        "features": features,
+        "normalizer": architecture["normalizer"],
+        "statistics": recognizer.mods.normalizer.state(),
+    }
+
+
+def _check_member(folder, parts, first_folder, reference):
+    """Raises ValueError naming ``folder`` where its shared parts differ from the first's."""
+    for key in ("labels", "features", "normalizer"):
+        if parts[key] != reference[key]:
+            raise ValueError(
+                f"{folder}: its {key} ({parts[key]}) differ from those of {first_folder} "
+                f"({reference[key]}); an ensemble's models must share them"
+            )
+    ours, theirs = parts["statistics"], reference["statistics"]
+    same = ours["speakers"] == theirs["speakers"] and all(
+        _close(ours[key], theirs[key]) for key in ("count", "sum", "sumsq")
+    )
+    if not same:
+        raise ValueError(
+            f"{folder}: its speaker statistics differ from those of {first_folder} "
+            f"({len(ours['speakers'])} speakers against {len(theirs['speakers'])}); an "
+            "ensemble's models must come from runs on the same training data"
+        )
+
+
+def _close(a, b):
+    """Whether two optional statistics tensors are equal up to float summation order."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-8)

@@ -6,8 +6,9 @@
 
 Per fold, the tested checkpoint of each row (best validation UA, kept in ``fold<k>/save/``) is
 exported to a temporary model folder and run by ``EmotionRecognizer`` on the fold's
-``valid.csv`` and ``test.csv``, with each actor's own statistics as in training. The ensemble's
-probabilities are the members' mean. Prints, per fold, each member's and the ensemble's
+``valid.csv`` and ``test.csv``, with each actor's own statistics as in training. The ensemble is
+run as users run it, by ``EmotionRecognizer.from_folders`` (``hnsd predict --model A --model B``),
+and must give the members' mean probabilities. Prints, per fold, each member's and the ensemble's
 validation and test UA as JSON lines, then the means; a member's test UA is checked against the
 row's ``test_results.json``, so the scores are those of the runs.
 """
@@ -72,32 +73,37 @@ def main(argv=None):
     totals = {}
     for fold in args.folds:
         result = {"fold": fold}
-        sums, labels, rows_of = {}, None, {}
-        for row in args.rows:
-            run = os.path.join(row, f"fold{fold}")
-            with tempfile.TemporaryDirectory() as tmp:
-                recognizer = EmotionRecognizer.from_folder(
-                    export_model(run, os.path.join(tmp, "model")), run_opts={"device": "cpu"}
-                )
-            if labels is None:
-                labels = recognizer.labels
-            assert recognizer.labels == labels, f"{run}: other labels"
+        sums, labels, rows_of, folders = {}, None, {}, []
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, row in enumerate(args.rows):
+                run = os.path.join(row, f"fold{fold}")
+                folders.append(export_model(run, os.path.join(tmp, f"member{k}")))
+                recognizer = EmotionRecognizer.from_folder(folders[-1], run_opts={"device": "cpu"})
+                if labels is None:
+                    labels = recognizer.labels
+                assert recognizer.labels == labels, f"{run}: other labels"
+                for split in ("valid", "test"):
+                    rows = read_manifest(os.path.join(run, f"{split}.csv"), args.data_folder)
+                    if [r["ID"] for r in rows] != [
+                        r["ID"] for r in rows_of.setdefault(split, rows)
+                    ]:
+                        sys.exit(f"{run}: {split}.csv lists other utterances than {args.rows[0]}'s")
+                    probs = probabilities(recognizer, rows)
+                    sums[split] = sums.get(split, 0) + probs
+                    result[f"{row} {split} UA"] = ua(probs, rows, labels)
+                with open(os.path.join(run, "test_results.json"), encoding="utf-8") as f:
+                    recorded = round(100 * json.load(f)["UA"], 2)
+                got = result[f"{row} test UA"]
+                if abs(recorded - got) > 0.01:
+                    sys.exit(f"{run}: test UA {got} here, but the run recorded {recorded}")
+            # The ensemble as users run it (hnsd predict --model A --model B): it must give the
+            # members' mean probabilities.
+            ensemble = EmotionRecognizer.from_folders(folders, run_opts={"device": "cpu"})
             for split in ("valid", "test"):
-                rows = read_manifest(os.path.join(run, f"{split}.csv"), args.data_folder)
-                if [r["ID"] for r in rows] != [r["ID"] for r in rows_of.setdefault(split, rows)]:
-                    sys.exit(f"{run}: {split}.csv lists other utterances than {args.rows[0]}'s")
-                probs = probabilities(recognizer, rows)
-                sums[split] = sums.get(split, 0) + probs
-                result[f"{row} {split} UA"] = ua(probs, rows, labels)
-            with open(os.path.join(run, "test_results.json"), encoding="utf-8") as f:
-                recorded = round(100 * json.load(f)["UA"], 2)
-            got = result[f"{row} test UA"]
-            if abs(recorded - got) > 0.01:
-                sys.exit(f"{run}: test UA {got} here, but the run recorded {recorded}")
-        for split in ("valid", "test"):
-            result[f"ensemble {split} UA"] = ua(
-                sums[split] / len(args.rows), rows_of[split], labels
-            )
+                probs = probabilities(ensemble, rows_of[split])
+                if not torch.allclose(probs, sums[split] / len(args.rows), atol=1e-5):
+                    sys.exit(f"fold {fold}: from_folders does not give the members' mean")
+                result[f"ensemble {split} UA"] = ua(probs, rows_of[split], labels)
         for key, value in result.items():
             if key != "fold":
                 totals.setdefault(key, []).append(value)
