@@ -54,14 +54,8 @@ class HNSDEnsemble(torch.nn.Module):
 
         Arguments
         ---------
-        static : torch.Tensor
-            ``[batch, time, n_static]``.
-        dynamic : torch.Tensor
-            ``[batch, time, n_dynamic]``.
-        lengths : torch.Tensor
-            Relative lengths ``[batch]``; ``None`` means all are full length.
-        return_attention : bool
-            Also return the mean pooling weights over frames ``[batch, time]``.
+        static, dynamic, lengths, return_attention
+            As for ``hnsd_sb.HNSD.forward``.
 
         Returns
         -------
