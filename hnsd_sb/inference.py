@@ -146,7 +146,8 @@ class EmotionRecognizer(Pretrained):
         if backend != "torch":
             modules["model"] = _backend_network(modules["model"], path, backend)
         sample_rate = architecture["features"]["sample_rate"]
-        hparams = {"labels": labels, "sample_rate": sample_rate}
+        # the architecture stays at hand for from_folders, which checks members against it
+        hparams = {"labels": labels, "sample_rate": sample_rate, "architecture": architecture}
         return cls(modules=modules, hparams=hparams, run_opts=run_opts)
 
     @classmethod
@@ -205,11 +206,11 @@ class EmotionRecognizer(Pretrained):
         first = cls.from_folder(folders[0], run_opts=run_opts, backend=backend)
         if len(folders) == 1:
             return first
-        reference = _shared_parts(folders[0], first)
+        reference = _shared_parts(first)
         members = [first.mods.model]
         for folder in folders[1:]:
             member = cls.from_folder(folder, run_opts=run_opts, backend=backend)
-            _check_member(folder, _shared_parts(folder, member), folders[0], reference)
+            _check_member(folder, _shared_parts(member), folders[0], reference)
             members.append(member.mods.model)
         modules = {
             "features": first.mods.features,
@@ -489,10 +490,10 @@ def _backend_network(model, folder, backend):
     return network
 
 
-def _shared_parts(folder, recognizer):
+def _shared_parts(recognizer):
     """What the members of an ensemble must share: labels, features and normaliser settings
     (with the defaults filled in), and the speaker statistics."""
-    _, architecture = read_architecture(folder)
+    architecture = recognizer.hparams.architecture
     features = {**DEFAULTS["features"], **architecture["features"]}
     return {
         "labels": recognizer.labels,
