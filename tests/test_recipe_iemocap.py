@@ -356,3 +356,59 @@ def test_a_new_fusion_is_one_class_and_one_yaml(corpus, tmp_path):
     assert proc.returncode != 0
     assert "modules.model.fusion is my_fusion.MeanFusion" in proc.stderr
     assert "hnsd_sb's own parts" in proc.stderr
+
+
+def test_band_masking_drops_the_same_bands_from_every_stream():
+    """``freq_masks`` (hnsd_improved.yaml): in training, whole Mel bands are zeroed in the static
+    stream and in both of its deltas alike, the other bands left alone; evaluation features are
+    never masked."""
+    import importlib.util
+
+    import speechbrain as sb
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.dataio.batch import PaddedBatch
+
+    spec = importlib.util.spec_from_file_location("hnsd_train", os.path.join(RECIPE, "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
+        overrides = {"data_folder": "unused", "freq_masks": 2, "lstm_size": 16, "fc_size": 8}
+        hparams = load_hyperpyyaml(f, overrides)
+    del hparams["wav_augment"]
+    brain = train.EmotionBrain(
+        modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
+    )
+    gen = torch.Generator().manual_seed(0)
+    batch = PaddedBatch(
+        [{"id": str(i), "sig": torch.randn(16000, generator=gen), "spk_id": "s"} for i in range(4)]
+    )
+    with torch.no_grad():
+        clean = torch.cat(brain.compute_features(batch, sb.Stage.VALID)[:2], -1)
+        masked_batches = 0
+        for seed in range(16):
+            torch.manual_seed(seed)
+            masked = torch.cat(brain.compute_features(batch, sb.Stage.TRAIN)[:2], -1)
+            dropped = (masked == 0).all(1)  # (batch, 78): columns zero in every frame
+            blocks = dropped.view(4, 3, 26)
+            assert torch.equal(blocks[:, 0], blocks[:, 1]) and torch.equal(blocks[:, 0], blocks[:, 2])
+            assert torch.equal(masked[:, :, ~dropped.any(0)], clean[:, :, ~dropped.any(0)])
+            assert (blocks[:, 0].sum(1) <= 2 * 6).all()  # at most 2 spans of 2-6 bands
+            masked_batches += bool(dropped.any())
+        assert masked_batches >= 7  # 0-2 masks per batch: about two batches in three
+        assert torch.equal(torch.cat(brain.compute_features(batch, sb.Stage.TEST)[:2], -1), clean)
+
+
+def test_band_masking_off_draws_no_random_number():
+    """With ``freq_masks: 0`` (the default) the masking draws nothing from torch's generator,
+    so runs with it off repeat the runs from before it existed, epoch for epoch."""
+    import torch
+
+    from hnsd_sb.augment import BandDrop
+
+    feats = torch.randn(2, 5, 78)
+    state = torch.get_rng_state()
+    assert BandDrop(drop_count_high=0)(feats) is feats
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="n_bands=26"):
+        BandDrop(drop_count_high=1)(torch.zeros(1, 5, 30))
