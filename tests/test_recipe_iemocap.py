@@ -391,7 +391,8 @@ def test_band_masking_drops_the_same_bands_from_every_stream():
             masked = torch.cat(brain.compute_features(batch, sb.Stage.TRAIN)[:2], -1)
             dropped = (masked == 0).all(1)  # (batch, 78): columns zero in every frame
             blocks = dropped.view(4, 3, 26)
-            assert torch.equal(blocks[:, 0], blocks[:, 1]) and torch.equal(blocks[:, 0], blocks[:, 2])
+            assert torch.equal(blocks[:, 0], blocks[:, 1])
+            assert torch.equal(blocks[:, 0], blocks[:, 2])
             assert torch.equal(masked[:, :, ~dropped.any(0)], clean[:, :, ~dropped.any(0)])
             assert (blocks[:, 0].sum(1) <= 2 * 6).all()  # at most 2 spans of 2-6 bands
             masked_batches += bool(dropped.any())
