@@ -413,3 +413,53 @@ def test_band_masking_off_draws_no_random_number():
     assert torch.equal(torch.get_rng_state(), state)
     with pytest.raises(ValueError, match="n_bands=26"):
         BandDrop(drop_count_high=1)(torch.zeros(1, 5, 30))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_in_training_loss_only(smoothing):
+    """``label_smoothing`` (hnsd_improved.yaml): the training loss is the class-weighted
+    cross-entropy against targets with that share spread evenly over the emotions (worked out
+    here by hand); validation loss stays the plain weighted likelihood, and 0 is exactly it."""
+    import importlib.util
+
+    import speechbrain as sb
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.dataio.batch import PaddedBatch
+
+    spec = importlib.util.spec_from_file_location("hnsd_train", os.path.join(RECIPE, "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
+        overrides = {"data_folder": "unused", "label_smoothing": smoothing, "lstm_size": 16}
+        hparams = load_hyperpyyaml(f, overrides)
+    del hparams["wav_augment"]  # no replicated labels
+    brain = train.EmotionBrain(
+        modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
+    )
+    brain.class_weights = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    targets = [0, 2, 3, 3, 1]
+    batch = PaddedBatch(
+        [{"id": str(i), "emo_encoded": torch.tensor([t])} for i, t in enumerate(targets)]
+    )
+    log_probs = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    target = torch.tensor(targets)
+    w = brain.class_weights
+    smooth = (1 - smoothing) * torch.nn.functional.one_hot(target, 4) + smoothing / 4
+    # torch's weighted smoothing: each class term carries its own weight, the sum is
+    # normalised by the weights of the true classes
+    expected = -(smooth * w * log_probs).sum() / w[target].sum()
+    plain = torch.nn.functional.nll_loss(log_probs, target, weight=w)
+    lens = torch.ones(5)
+    for stage, want in [(sb.Stage.TRAIN, expected), (sb.Stage.VALID, plain)]:
+        brain.metrics = hparams["error_stats"](label_names=["a", "b", "c", "d"])
+        brain.padded_frames = [0.0, 0.0]
+        loss = brain.compute_objectives((log_probs, lens), batch, stage)
+        assert torch.allclose(loss, want, atol=1e-6), (stage, loss, want)
+    if smoothing == 0:
+        brain.metrics = hparams["error_stats"](label_names=["a", "b", "c", "d"])
+        assert torch.equal(
+            brain.compute_objectives((log_probs, lens), batch, sb.Stage.TRAIN), plain
+        )
+    else:
+        assert not torch.allclose(expected, plain, atol=1e-3)

@@ -107,7 +107,15 @@ class EmotionBrain(sb.Brain):
         if stage == sb.Stage.TRAIN and wav_augment is not None:
             emo = wav_augment.replicate_labels(emo)
         # class_weighting (hparams): each emotion weighs inversely to its share of the train set
-        loss = torch.nn.functional.nll_loss(log_probs, emo, weight=self.class_weights)
+        smoothing = getattr(self.hparams, "label_smoothing", 0.0)
+        if stage == sb.Stage.TRAIN and smoothing:
+            # label_smoothing (hparams): that share of each target is spread over all emotions;
+            # cross_entropy's log_softmax leaves log-probabilities as they are
+            loss = torch.nn.functional.cross_entropy(
+                log_probs, emo, weight=self.class_weights, label_smoothing=smoothing
+            )
+        else:  # validation and test losses stay the likelihood, which NewBob anneals on
+            loss = torch.nn.functional.nll_loss(log_probs, emo, weight=self.class_weights)
         self.padded_frames[0] += float((1 - lens).sum())
         self.padded_frames[1] += float(lens.numel())
         self.metrics.append(batch.id, log_probs.detach(), emo)
