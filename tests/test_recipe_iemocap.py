@@ -195,30 +195,44 @@ def test_every_hparams_file_takes_the_manifest_switches():
             assert re.search(rf"^{key}: {default}\b", text, re.M), f"{yaml_file}: no {key}"
 
 
-def test_feature_masking_applies_in_training_only():
-    """``time_masks`` (hnsd_improved.yaml): whole normalised frames are zeroed in training, the
-    rest of each frame left alone; evaluation features are never masked."""
+def improved_brain(**overrides):
+    """The recipe's ``EmotionBrain`` on a small ``hnsd_improved.yaml`` model with ``overrides``,
+    without the waveform augmentation (so only what a test switches on is random)."""
     import importlib.util
 
-    import speechbrain as sb
-    import torch
     from hyperpyyaml import load_hyperpyyaml
-    from speechbrain.dataio.batch import PaddedBatch
 
     spec = importlib.util.spec_from_file_location("hnsd_train", os.path.join(RECIPE, "train.py"))
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
     with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
-        overrides = {"data_folder": "unused", "time_masks": 3, "lstm_size": 16, "fc_size": 8}
+        overrides = {"data_folder": "unused", "lstm_size": 16, "fc_size": 8, **overrides}
         hparams = load_hyperpyyaml(f, overrides)
-    del hparams["wav_augment"]  # only the feature masking is random here
-    brain = train.EmotionBrain(
+    del hparams["wav_augment"]
+    return train.EmotionBrain(
         modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
     )
+
+
+def noise_batch():
+    """A batch of four 1 s noise waveforms of one speaker, the same every call."""
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
     gen = torch.Generator().manual_seed(0)
-    batch = PaddedBatch(
+    return PaddedBatch(
         [{"id": str(i), "sig": torch.randn(16000, generator=gen), "spk_id": "s"} for i in range(4)]
     )
+
+
+def test_feature_masking_applies_in_training_only():
+    """``time_masks`` (hnsd_improved.yaml): whole normalised frames are zeroed in training, the
+    rest of each frame left alone; evaluation features are never masked."""
+    import speechbrain as sb
+    import torch
+
+    brain = improved_brain(time_masks=3)
+    batch = noise_batch()
     with torch.no_grad():
         clean = torch.cat(brain.compute_features(batch, sb.Stage.VALID)[:2], -1)
         assert not (clean == 0).all(-1).any()
@@ -362,27 +376,11 @@ def test_band_masking_drops_the_same_bands_from_every_stream():
     """``freq_masks`` (hnsd_improved.yaml): in training, whole Mel bands are zeroed in the static
     stream and in both of its deltas alike, the other bands left alone; evaluation features are
     never masked."""
-    import importlib.util
-
     import speechbrain as sb
     import torch
-    from hyperpyyaml import load_hyperpyyaml
-    from speechbrain.dataio.batch import PaddedBatch
 
-    spec = importlib.util.spec_from_file_location("hnsd_train", os.path.join(RECIPE, "train.py"))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
-        overrides = {"data_folder": "unused", "freq_masks": 2, "lstm_size": 16, "fc_size": 8}
-        hparams = load_hyperpyyaml(f, overrides)
-    del hparams["wav_augment"]
-    brain = train.EmotionBrain(
-        modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
-    )
-    gen = torch.Generator().manual_seed(0)
-    batch = PaddedBatch(
-        [{"id": str(i), "sig": torch.randn(16000, generator=gen), "spk_id": "s"} for i in range(4)]
-    )
+    brain = improved_brain(freq_masks=2)
+    batch = noise_batch()
     with torch.no_grad():
         clean = torch.cat(brain.compute_features(batch, sb.Stage.VALID)[:2], -1)
         masked_batches = 0
@@ -420,23 +418,11 @@ def test_label_smoothing_in_training_loss_only(smoothing):
     """``label_smoothing`` (hnsd_improved.yaml): the training loss is the class-weighted
     cross-entropy against targets with that share spread evenly over the emotions (worked out
     here by hand); validation loss stays the plain weighted likelihood, and 0 is exactly it."""
-    import importlib.util
-
     import speechbrain as sb
     import torch
-    from hyperpyyaml import load_hyperpyyaml
     from speechbrain.dataio.batch import PaddedBatch
 
-    spec = importlib.util.spec_from_file_location("hnsd_train", os.path.join(RECIPE, "train.py"))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
-        overrides = {"data_folder": "unused", "label_smoothing": smoothing, "lstm_size": 16}
-        hparams = load_hyperpyyaml(f, overrides)
-    del hparams["wav_augment"]  # no replicated labels
-    brain = train.EmotionBrain(
-        modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
-    )
+    brain = improved_brain(label_smoothing=smoothing)
     brain.class_weights = torch.tensor([0.5, 1.0, 2.0, 1.5])
     targets = [0, 2, 3, 3, 1]
     batch = PaddedBatch(
@@ -452,12 +438,12 @@ def test_label_smoothing_in_training_loss_only(smoothing):
     plain = torch.nn.functional.nll_loss(log_probs, target, weight=w)
     lens = torch.ones(5)
     for stage, want in [(sb.Stage.TRAIN, expected), (sb.Stage.VALID, plain)]:
-        brain.metrics = hparams["error_stats"](label_names=["a", "b", "c", "d"])
+        brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
         brain.padded_frames = [0.0, 0.0]
         loss = brain.compute_objectives((log_probs, lens), batch, stage)
         assert torch.allclose(loss, want, atol=1e-6), (stage, loss, want)
     if smoothing == 0:
-        brain.metrics = hparams["error_stats"](label_names=["a", "b", "c", "d"])
+        brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
         assert torch.equal(
             brain.compute_objectives((log_probs, lens), batch, sb.Stage.TRAIN), plain
         )
