@@ -32,7 +32,7 @@ class BandDrop(torch.nn.Module):
     >>> drop = BandDrop(n_bands=4, drop_count_high=1, drop_length_low=2, drop_length_high=3)
     >>> _ = torch.manual_seed(0)
     >>> feats = torch.ones(1, 2, 12)  # [static, delta, delta-delta] of 4 bands, 2 frames
-    >>> # 0 or 1 mask of 2 bands per draw; one that starts at the top band keeps 1
+    >>> # 0 or 1 mask of 2 bands per draw; one that starts at the top band drops only it
     >>> draws = [drop(feats.clone()).split(4, dim=-1) for _ in range(4)]
     >>> all(torch.equal(static, delta) and torch.equal(static, delta2)
     ...     for static, delta, delta2 in draws)
