@@ -5,6 +5,10 @@ of the same Mel bands side by side. SpeechBrain's ``SpectrogramDrop`` masks alon
 axis of whatever it is given, so on these 78 columns it would drop a band from one block and
 leave its deltas, which still carry the band's movement. ``BandDrop`` lays the three blocks
 over each other first, so SpeechBrain's masking drops the same bands from all of them.
+
+``Mixup`` trains on mixtures of pairs of utterances and of their labels. SpeechBrain has no
+mixup; it is kept here because the mixture has to reach the loss: the module remembers the
+pairing it drew, and ``Mixup.loss`` mixes the two labels' losses with it.
 """
 
 import torch
@@ -77,3 +81,103 @@ class BandDrop(torch.nn.Module):
             )
         stacked = feats.reshape(batch, frames * (size // self.n_bands), self.n_bands)
         return self.drop(stacked).reshape(batch, frames, size)
+
+
+class Mixup(torch.nn.Module):
+    """Mixup of a training batch: each utterance is mixed with another of the same batch, and
+    the loss with the two labels' losses in the same proportion (Zhang et al., ICLR 2018).
+
+    The weight ``lam ~ Beta(alpha, alpha)`` is drawn per batch and folded to ``lam >= 0.5``, so
+    the first utterance of each pair dominates and the training metrics read its label. The
+    mixture keeps the first utterance's length (the recipe buckets batches by length, so a
+    pair's lengths are close). The partners are a random permutation of the batch, which may
+    leave an utterance paired with itself, i.e. unmixed. Use it on the features only in
+    training, and take the loss from ``loss`` after each call.
+
+    Arguments
+    ---------
+    alpha : float
+        Beta distribution parameter; 0 turns mixup off without drawing a random number, so a
+        run with it off is the run without it.
+
+    Example
+    -------
+    >>> mixup = Mixup(alpha=0.2)
+    >>> feats = torch.stack([torch.zeros(3, 2), torch.ones(3, 2)])  # 2 utterances, 3 frames
+    >>> _ = torch.manual_seed(2)
+    >>> mixed = mixup(feats)
+    >>> partner, lam = mixup.pairing
+    >>> partner.tolist(), round(lam, 2)  # each mixed with the other
+    ([1, 0], 0.51)
+    >>> torch.allclose(mixed[0], torch.full((3, 2), 1 - lam))
+    True
+    >>> nll = torch.nn.functional.nll_loss
+    >>> log_probs, targets = torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8]])), torch.tensor([0, 1])
+    >>> expected = lam * nll(log_probs, targets) + (1 - lam) * nll(log_probs, targets.flip(0))
+    >>> torch.allclose(mixup.loss(nll, log_probs, targets), expected)
+    True
+    >>> Mixup(alpha=0.0)(feats) is feats  # off
+    True
+    """
+
+    def __init__(self, alpha=0.0):
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"Mixup: alpha must be 0 (off) or positive, not {alpha}")
+        self.alpha = float(alpha)
+        self.pairing = None  # (partner of each utterance, lam) of the last batch
+
+    def forward(self, feats):
+        """Mixes each utterance of a batch with a random partner from it.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            ``[batch, frames, features]``, normalised.
+
+        Returns
+        -------
+        torch.Tensor
+            ``lam * feats + (1 - lam) * feats[partner]``.
+        """
+        self.pairing = None
+        if not self.alpha:
+            return feats
+        concentration = torch.tensor(self.alpha)
+        lam = float(torch.distributions.Beta(concentration, concentration).sample())
+        lam = max(lam, 1.0 - lam)
+        partner = torch.randperm(feats.shape[0]).to(feats.device)
+        self.pairing = (partner, lam)
+        return lam * feats + (1.0 - lam) * feats[partner]
+
+    def loss(self, loss_fn, log_probs, targets):
+        """The loss of the last mixed batch: ``lam * loss_fn(first labels) + (1 - lam) *
+        loss_fn(partners' labels)``; ``loss_fn`` itself where the batch was not mixed.
+
+        Arguments
+        ---------
+        loss_fn : callable
+            ``loss_fn(log_probs, targets)``, e.g. a weighted ``nll_loss``.
+        log_probs : torch.Tensor
+            ``[batch, n_classes]``.
+        targets : torch.Tensor
+            ``[batch]`` class indices, in the batch order that ``forward`` saw.
+
+        Returns
+        -------
+        torch.Tensor
+            The scalar loss.
+        """
+        if self.pairing is None:
+            return loss_fn(log_probs, targets)
+        partner, lam = self.pairing
+        self.pairing = None
+        if partner.numel() != targets.numel():
+            raise RuntimeError(
+                f"Mixup: the last mixed batch had {partner.numel()} utterances, "
+                f"the loss got {targets.numel()} labels"
+            )
+        partner = partner.to(targets.device)
+        return lam * loss_fn(log_probs, targets) + (1.0 - lam) * loss_fn(
+            log_probs, targets[partner]
+        )

@@ -449,3 +449,62 @@ def test_label_smoothing_in_training_loss_only(smoothing):
         )
     else:
         assert not torch.allclose(expected, plain, atol=1e-3)
+
+
+def test_mixup_mixes_training_features_and_losses_alike():
+    """``mixup_alpha`` (hnsd_improved.yaml): in training each utterance's normalised features
+    are mixed with its partner's, and the loss is the same mixture of the two labels'
+    class-weighted losses; validation features and losses are never mixed."""
+    import speechbrain as sb
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    brain = improved_brain(mixup_alpha=0.4)
+    brain.class_weights = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    batch = noise_batch()
+    targets = torch.tensor([0, 2, 3, 1])
+    labels = PaddedBatch([{"id": str(i), "emo_encoded": t.view(1)} for i, t in enumerate(targets)])
+    log_probs = torch.randn(4, 4, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    nll = torch.nn.functional.nll_loss
+    w, lens = brain.class_weights, torch.ones(4)
+    with torch.no_grad():
+        clean = torch.cat(brain.compute_features(batch, sb.Stage.VALID)[:2], -1)
+        mixed_batches = 0
+        for seed in range(6):
+            torch.manual_seed(seed)
+            mixed = torch.cat(brain.compute_features(batch, sb.Stage.TRAIN)[:2], -1)
+            partner, lam = brain.hparams.mixup.pairing
+            assert 0.5 <= lam <= 1.0
+            assert torch.allclose(mixed, lam * clean + (1 - lam) * clean[partner], atol=1e-5)
+            mixed_batches += not torch.equal(partner, torch.arange(4))
+            brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
+            brain.padded_frames = [0.0, 0.0]
+            loss = brain.compute_objectives((log_probs, lens), labels, sb.Stage.TRAIN)
+            want = lam * nll(log_probs, targets, weight=w)
+            want = want + (1 - lam) * nll(log_probs, targets[partner], weight=w)
+            assert torch.allclose(loss, want, atol=1e-6)
+            assert brain.hparams.mixup.pairing is None  # used once
+        assert mixed_batches >= 4
+        brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
+        loss = brain.compute_objectives((log_probs, lens), labels, sb.Stage.VALID)
+        assert torch.equal(loss, nll(log_probs, targets, weight=w))
+
+
+def test_mixup_off_draws_no_random_number_and_checks_its_input():
+    """``mixup_alpha: 0.0`` (the default) leaves the features and the RNG alone, so runs with it
+    off repeat the runs from before it existed; a negative alpha and a loss for a batch of
+    another size are clear errors."""
+    import torch
+
+    from hnsd_sb.augment import Mixup
+
+    feats = torch.randn(3, 5, 78)
+    state = torch.get_rng_state()
+    assert Mixup(alpha=0.0)(feats) is feats
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="alpha must be 0"):
+        Mixup(alpha=-0.2)
+    mixup = Mixup(alpha=0.2)
+    mixup(feats)
+    with pytest.raises(RuntimeError, match="3 utterances, the loss got 2 labels"):
+        mixup.loss(torch.nn.functional.nll_loss, torch.zeros(2, 4), torch.tensor([0, 1]))

@@ -15,6 +15,7 @@ speakers are used only for the final evaluation, which writes WA, UA, per-class 
 confusion matrix (CSV and PNG) and ``predictions.csv`` to the output folder.
 """
 
+import functools
 import json
 import logging
 import os
@@ -111,11 +112,19 @@ class EmotionBrain(sb.Brain):
         if stage == sb.Stage.TRAIN and smoothing:
             # label_smoothing (hparams): that share of each target is spread over all emotions;
             # cross_entropy's log_softmax leaves log-probabilities as they are
-            loss = torch.nn.functional.cross_entropy(
-                log_probs, emo, weight=self.class_weights, label_smoothing=smoothing
+            loss_fn = functools.partial(
+                torch.nn.functional.cross_entropy,
+                weight=self.class_weights,
+                label_smoothing=smoothing,
             )
         else:  # validation and test losses stay the likelihood, which NewBob anneals on
-            loss = torch.nn.functional.nll_loss(log_probs, emo, weight=self.class_weights)
+            loss_fn = functools.partial(torch.nn.functional.nll_loss, weight=self.class_weights)
+        mixup = getattr(self.hparams, "mixup", None)
+        if stage == sb.Stage.TRAIN and mixup is not None:
+            # mixup_alpha (hparams): the batch's features were mixed in pairs; so are the losses
+            loss = mixup.loss(loss_fn, log_probs, emo)
+        else:
+            loss = loss_fn(log_probs, emo)
         self.padded_frames[0] += float((1 - lens).sum())
         self.padded_frames[1] += float(lens.numel())
         self.metrics.append(batch.id, log_probs.detach(), emo)
