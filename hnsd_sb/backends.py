@@ -13,9 +13,11 @@ takes ``backend=``:
 - ``"onnx"``: ``model.onnx``, written by ``hnsd export --format onnx``, run with ONNX Runtime
   (``pip install hnsd-sb[onnx]``); dynamic batch and time axes.
 - ``"onnx-int8"``: ``model.int8.onnx``, ONNX Runtime's dynamic quantisation of it (``--quantize
-  int8``): int8 weights of the matrix products, activations quantised on the fly.
+  int8``): int8 weights of the LSTMs (ONNX Runtime's ``DynamicQuantizeLSTM``, so the file runs
+  in ONNX Runtime only) and of the matrix products, activations quantised on the fly.
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from hnsd_sb import cpu
+from hnsd_sb import _DropMessage, cpu
 
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 ONNX_FILE, ONNX_INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -123,6 +125,17 @@ def _export_here(model, path):
             verbose=False,
         )
     program.save(path)
+    # The exporter annotates the LSTMs' outputs and all that follows them, the attention output
+    # too, with the example's frame count, though the graph computes it from the input (ONNX
+    # Runtime warns at every other length, and its optimiser would take it for a fact): drop
+    # the intermediate annotations, which are optional, and name the attention's axis "time".
+    import onnx
+
+    graph = onnx.load(path)
+    del graph.graph.value_info[:]
+    attention = graph.graph.output[_OUTPUTS.index("attention")].type.tensor_type.shape.dim[1]
+    attention.dim_param = "time"
+    onnx.save(graph, path)
 
 
 def _example_inputs(model, batch, frames, seed=0):
@@ -168,7 +181,8 @@ def check_onnx(model, path):
 
 
 def quantize_onnx(source, target):
-    """Writes ONNX Runtime's dynamic int8 quantisation of an ONNX network.
+    """Writes ONNX Runtime's dynamic int8 quantisation of an ONNX network: int8 weights of its
+    LSTMs (``DynamicQuantizeLSTM``, an ONNX Runtime operator) and matrix products.
 
     Arguments
     ---------
@@ -188,9 +202,27 @@ def quantize_onnx(source, target):
         raise FileNotFoundError(
             f"{source}: no such ONNX file; write it with hnsd export --format onnx"
         )
+    import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(os.fspath(source), os.fspath(target), weight_type=QuantType.QInt8)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The exported LSTMs take their weights through Slice/Concat nodes (PyTorch's gate order
+        # is not ONNX's), and ONNX Runtime quantises an LSTM only when its weights are constants:
+        # fold them first. Basic optimisations only, which leave a graph for any CPU.
+        folded = os.path.join(tmp, "folded.onnx")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = folded
+        options.log_severity_level = 3
+        onnxruntime.InferenceSession(os.fspath(source), options, providers=["CPUExecutionProvider"])
+        # the quantiser advises its pre-processing on every call; the folding above is the part
+        # of it this graph needs
+        advice = _DropMessage("Please consider to run pre-processing before quantization")
+        logging.getLogger().addFilter(advice)
+        try:
+            quantize_dynamic(folded, os.fspath(target), weight_type=QuantType.QInt8)
+        finally:
+            logging.getLogger().removeFilter(advice)
 
 
 def quantize_torch(model):

@@ -87,6 +87,23 @@ def test_int8_backends_stay_close_to_fp32(recognizers):
         assert float((probs - reference).abs().max()) < 0.05, backend  # int8, not another model
 
 
+def test_onnx_int8_quantises_the_lstms_and_keeps_the_time_axis_free(folder):
+    """model.int8.onnx holds int8 LSTMs (their weights are folded to constants first, without
+    which ONNX Runtime leaves them fp32), and both files give the attention a free time axis."""
+    import onnx
+
+    int8 = onnx.load(folder / "model.int8.onnx").graph
+    ops = [node.op_type for node in int8.node]
+    assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
+    lstm_weights = {node.input[1] for node in int8.node if node.op_type == "DynamicQuantizeLSTM"}
+    dtypes = {t.name: t.data_type for t in int8.initializer}
+    assert {dtypes[name] for name in lstm_weights} == {onnx.TensorProto.INT8}
+    for name in ("model.onnx", "model.int8.onnx"):
+        output = onnx.load(folder / name).graph.output[1]
+        assert output.name == "attention"
+        assert [d.dim_param for d in output.type.tensor_type.shape.dim] == ["batch", "time"]
+
+
 def test_each_torch_backend_runs_the_form_measured_faster(recognizers):
     """fp32 runs plain, int8 with its streams side by side (benchmarks/RESULTS.md)."""
     from hnsd_sb.cpu import is_accelerated
