@@ -89,10 +89,11 @@ class Mixup(torch.nn.Module):
 
     The weight ``lam ~ Beta(alpha, alpha)`` is drawn per batch and folded to ``lam >= 0.5``, so
     the first utterance of each pair dominates and the training metrics read its label. The
-    mixture keeps the first utterance's length (the recipe buckets batches by length, so a
-    pair's lengths are close). The partners are a random permutation of the batch, which may
-    leave an utterance paired with itself, i.e. unmixed. Use it on the features only in
-    training, and take the loss from ``loss`` after each call.
+    mixture is as long as the longer of the two (normalised features are zero on padding, so
+    each utterance enters it whole). The partners are a random permutation of the batch, which
+    may leave an utterance paired with itself, i.e. unmixed. Use it on the features only in
+    training (``hnsd_sb.pipeline`` takes it as ``mix``), and take the loss from ``loss`` after
+    each call.
 
     Arguments
     ---------
@@ -104,19 +105,20 @@ class Mixup(torch.nn.Module):
     -------
     >>> mixup = Mixup(alpha=0.2)
     >>> feats = torch.stack([torch.zeros(3, 2), torch.ones(3, 2)])  # 2 utterances, 3 frames
+    >>> feats[1, 2:] = 0  # the second is 2 frames long: padding is zero
     >>> _ = torch.manual_seed(2)
-    >>> mixed = mixup(feats)
+    >>> mixed, lens = mixup(feats, torch.tensor([1.0, 2 / 3]))
     >>> partner, lam = mixup.pairing
-    >>> partner.tolist(), round(lam, 2)  # each mixed with the other
-    ([1, 0], 0.51)
-    >>> torch.allclose(mixed[0], torch.full((3, 2), 1 - lam))
+    >>> partner.tolist(), round(lam, 2), lens.tolist()  # each mixed with the other, both whole
+    ([1, 0], 0.51, [1.0, 1.0])
+    >>> torch.allclose(mixed[0, :2], torch.full((2, 2), 1 - lam))
     True
     >>> nll = torch.nn.functional.nll_loss
     >>> log_probs, targets = torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8]])), torch.tensor([0, 1])
     >>> expected = lam * nll(log_probs, targets) + (1 - lam) * nll(log_probs, targets.flip(0))
     >>> torch.allclose(mixup.loss(nll, log_probs, targets), expected)
     True
-    >>> Mixup(alpha=0.0)(feats) is feats  # off
+    >>> Mixup(alpha=0.0)(feats, lens)[0] is feats  # off
     True
     """
 
@@ -127,28 +129,33 @@ class Mixup(torch.nn.Module):
         self.alpha = float(alpha)
         self.pairing = None  # (partner of each utterance, lam) of the last batch
 
-    def forward(self, feats):
+    def forward(self, feats, lengths):
         """Mixes each utterance of a batch with a random partner from it.
 
         Arguments
         ---------
         feats : torch.Tensor
-            ``[batch, frames, features]``, normalised.
+            ``[batch, frames, features]``, normalised, zero on padding.
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``.
 
         Returns
         -------
-        torch.Tensor
+        feats : torch.Tensor
             ``lam * feats + (1 - lam) * feats[partner]``.
+        lengths : torch.Tensor
+            The longer of each pair's relative lengths.
         """
         self.pairing = None
         if not self.alpha:
-            return feats
+            return feats, lengths
         concentration = torch.tensor(self.alpha)
         lam = float(torch.distributions.Beta(concentration, concentration).sample())
         lam = max(lam, 1.0 - lam)
         partner = torch.randperm(feats.shape[0]).to(feats.device)
         self.pairing = (partner, lam)
-        return lam * feats + (1.0 - lam) * feats[partner]
+        mixed = lam * feats + (1.0 - lam) * feats[partner]
+        return mixed, torch.maximum(lengths, lengths[partner.to(lengths.device)])
 
     def loss(self, loss_fn, log_probs, targets):
         """The loss of the last mixed batch: ``lam * loss_fn(first labels) + (1 - lam) *

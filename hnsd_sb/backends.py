@@ -32,6 +32,9 @@ BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 ONNX_FILE, ONNX_INT8_FILE = "model.onnx", "model.int8.onnx"
 # Largest |log-probability| difference an ONNX export may show against PyTorch when it is written.
 ONNX_TOLERANCE = 1e-4
+# The same for the int8 file: a check for gross errors (the six 4-class RAVDESS models of the
+# recommended setting show 0.02-0.07 on the check's random batches, 0.13 on real speech).
+INT8_TOLERANCE = 0.5
 _INPUTS = ("static", "dynamic", "lengths")
 _OUTPUTS = ("log_probs", "attention")
 
@@ -147,9 +150,9 @@ def _example_inputs(model, batch, frames, seed=0):
     return static, dynamic, lengths
 
 
-def check_onnx(model, path):
+def check_onnx(model, path, tolerance=ONNX_TOLERANCE):
     """The largest log-probability difference between an ONNX file and the PyTorch model on
-    padded batches of two shapes; raises ValueError beyond ``ONNX_TOLERANCE``.
+    padded batches of two shapes; raises ValueError beyond ``tolerance``.
 
     Arguments
     ---------
@@ -157,6 +160,8 @@ def check_onnx(model, path):
         The model it was exported from.
     path : str or path-like
         The ``.onnx`` file.
+    tolerance : float
+        ``ONNX_TOLERANCE`` for an fp32 file, ``INT8_TOLERANCE`` for an int8 one.
 
     Returns
     -------
@@ -172,10 +177,10 @@ def check_onnx(model, path):
             expected = model(*inputs, return_attention=True)[0]
             got = session(*inputs, return_attention=True)[0]
             worst = max(worst, float((expected - got).abs().max()))
-    if not worst <= ONNX_TOLERANCE:
+    if not worst <= tolerance:
         raise ValueError(
             f"{path}: the ONNX network differs from PyTorch by {worst:.3g} in log-probability "
-            f"(at most {ONNX_TOLERANCE:g} allowed)"
+            f"(at most {tolerance:g} allowed)"
         )
     return worst
 

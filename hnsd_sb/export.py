@@ -267,11 +267,13 @@ def write_model_folder(
         # SpeechBrain's route through hyperparams.yaml must give the same model.
         recognizer = _check_both_routes(EmotionRecognizer, staging)
         if onnx:
-            from hnsd_sb.backends import ONNX_FILE, ONNX_INT8_FILE, export_onnx, quantize_onnx
+            from hnsd_sb import backends
 
-            export_onnx(recognizer.mods.model, staging / ONNX_FILE)
+            backends.export_onnx(recognizer.mods.model, staging / backends.ONNX_FILE)
             if int8:
-                quantize_onnx(staging / ONNX_FILE, staging / ONNX_INT8_FILE)
+                int8_file = staging / backends.ONNX_INT8_FILE
+                backends.quantize_onnx(staging / backends.ONNX_FILE, int8_file)
+                backends.check_onnx(recognizer.mods.model, int8_file, backends.INT8_TOLERANCE)
     except (OSError, RuntimeError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(err)

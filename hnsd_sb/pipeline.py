@@ -10,7 +10,9 @@ joined and split again live here alone.
 import torch
 
 
-def normalized_streams(features, normalizer, wavs, wav_lens, speakers=None, feat_augment=None):
+def normalized_streams(
+    features, normalizer, wavs, wav_lens, speakers=None, feat_augment=None, mix=None
+):
     """The speaker-normalised static and dynamic streams of a batch of waveforms.
 
     Arguments
@@ -28,6 +30,10 @@ def normalized_streams(features, normalizer, wavs, wav_lens, speakers=None, feat
     feat_augment : callable or None
         Applied to the normalised ``[batch, frames, features]`` (training only: e.g. time
         masking, where a zeroed frame is then the speaker's mean frame).
+    mix : callable or None
+        ``mix(feats, frame_lens) -> (feats, frame_lens)``, applied to the normalised features
+        before ``feat_augment``: mixes utterances of the batch (training only:
+        ``hnsd_sb.augment.Mixup``).
 
     Returns
     -------
@@ -50,12 +56,16 @@ def normalized_streams(features, normalizer, wavs, wav_lens, speakers=None, feat
     static, dynamic, lens = features(wavs, wav_lens, return_lengths=True)
     n_static = static.shape[-1]
     feats = normalizer(torch.cat([static, dynamic], -1), lens, speakers)
+    if mix is not None:
+        feats, lens = mix(feats, lens)
     if feat_augment is not None:
         feats = feat_augment(feats)
     return feats[..., :n_static], feats[..., n_static:], lens
 
 
-def classify(features, normalizer, model, wavs, wav_lens, speakers=None, feat_augment=None):
+def classify(
+    features, normalizer, model, wavs, wav_lens, speakers=None, feat_augment=None, mix=None
+):
     """Emotion log-probabilities and attention of a batch of waveforms.
 
     Arguments
@@ -72,7 +82,7 @@ def classify(features, normalizer, model, wavs, wav_lens, speakers=None, feat_au
         Relative lengths ``[batch]``.
     speakers : list of str or None
         Speaker of each waveform.
-    feat_augment : callable or None
+    feat_augment, mix : callable or None
         See ``normalized_streams``.
 
     Returns
@@ -93,7 +103,7 @@ def classify(features, normalizer, model, wavs, wav_lens, speakers=None, feat_au
     (torch.Size([2, 3]), torch.Size([2, 51]))
     """
     static, dynamic, lens = normalized_streams(
-        features, normalizer, wavs, wav_lens, speakers, feat_augment
+        features, normalizer, wavs, wav_lens, speakers, feat_augment, mix
     )
     log_probs, attention = model(static, dynamic, lens, return_attention=True)
     return log_probs, attention, lens

@@ -145,3 +145,19 @@ def test_predict_with_each_backend(folder, tmp_path, capsys):
 def test_quantize_needs_the_onnx_format(tmp_path, capsys):
     assert main(["export", str(tmp_path), str(tmp_path / "m"), "--quantize", "int8"]) == 1
     assert "--quantize int8 needs --format onnx" in capsys.readouterr().err
+
+
+def test_export_checks_the_int8_file_and_writes_nothing_when_it_fails(tmp_path, monkeypatch):
+    """The int8 file is run against the model before the folder moves into place (a check for
+    gross errors, ``INT8_TOLERANCE``); made impossible here, the export fails and leaves
+    nothing behind."""
+    from hnsd_sb import backends
+
+    monkeypatch.setattr(backends, "INT8_TOLERANCE", 1e-9)
+    state = HNSD(hidden_size=8, fc_size=4, n_classes=4).state_dict()
+    spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 4})}
+    out = tmp_path / "model"
+    with pytest.raises(ValueError, match="model.int8.onnx: the ONNX network differs from PyTorch"):
+        write_model_folder(out, LABELS, state, modules=spec, onnx=True, int8=True)
+    assert not out.exists()
+    assert os.listdir(tmp_path) == []

@@ -461,21 +461,30 @@ def test_mixup_mixes_training_features_and_losses_alike():
 
     brain = improved_brain(mixup_alpha=0.4)
     brain.class_weights = torch.tensor([0.5, 1.0, 2.0, 1.5])
-    batch = noise_batch()
+    gen = torch.Generator().manual_seed(0)
+    batch = PaddedBatch(  # of different lengths: a mixture covers both utterances whole
+        [
+            {"id": str(i), "sig": torch.randn(n, generator=gen), "spk_id": "s"}
+            for i, n in enumerate((16000, 12000, 9000, 16000))
+        ]
+    )
     targets = torch.tensor([0, 2, 3, 1])
     labels = PaddedBatch([{"id": str(i), "emo_encoded": t.view(1)} for i, t in enumerate(targets)])
     log_probs = torch.randn(4, 4, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
     nll = torch.nn.functional.nll_loss
     w, lens = brain.class_weights, torch.ones(4)
     with torch.no_grad():
-        clean = torch.cat(brain.compute_features(batch, sb.Stage.VALID)[:2], -1)
+        *streams, clean_lens = brain.compute_features(batch, sb.Stage.VALID)
+        clean = torch.cat(streams, -1)
         mixed_batches = 0
         for seed in range(6):
             torch.manual_seed(seed)
-            mixed = torch.cat(brain.compute_features(batch, sb.Stage.TRAIN)[:2], -1)
+            *streams, lens_out = brain.compute_features(batch, sb.Stage.TRAIN)
+            mixed = torch.cat(streams, -1)
             partner, lam = brain.hparams.mixup.pairing
             assert 0.5 <= lam <= 1.0
             assert torch.allclose(mixed, lam * clean + (1 - lam) * clean[partner], atol=1e-5)
+            assert torch.equal(lens_out, torch.maximum(clean_lens, clean_lens[partner]))
             mixed_batches += not torch.equal(partner, torch.arange(4))
             brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
             brain.padded_frames = [0.0, 0.0]
@@ -500,11 +509,13 @@ def test_mixup_off_draws_no_random_number_and_checks_its_input():
 
     feats = torch.randn(3, 5, 78)
     state = torch.get_rng_state()
-    assert Mixup(alpha=0.0)(feats) is feats
+    lens = torch.tensor([1.0, 0.6, 0.2])
+    out = Mixup(alpha=0.0)(feats, lens)
+    assert out[0] is feats and out[1] is lens
     assert torch.equal(torch.get_rng_state(), state)
     with pytest.raises(ValueError, match="alpha must be 0"):
         Mixup(alpha=-0.2)
     mixup = Mixup(alpha=0.2)
-    mixup(feats)
+    mixup(feats, lens)
     with pytest.raises(RuntimeError, match="3 utterances, the loss got 2 labels"):
         mixup.loss(torch.nn.functional.nll_loss, torch.zeros(2, 4), torch.tensor([0, 1]))

@@ -54,13 +54,14 @@ class EmotionBrain(sb.Brain):
     averaged = None  # the weight average (``average_epochs`` in the hparams), if any
 
     def pipeline_inputs(self, batch, stage):
-        """Returns the waveforms of a batch, their relative lengths and the feature augmentation
-        to apply (in training, augmented waveforms and masked frames where the hparams have
-        ``wav_augment`` and ``feat_augment``): the inputs of ``hnsd_sb.pipeline``.
+        """Returns the waveforms of a batch, their relative lengths, and the feature mixing and
+        augmentation to apply (in training, augmented waveforms, mixed utterances and masked
+        frames where the hparams have ``wav_augment``, ``mixup`` and ``feat_augment``): the
+        inputs of ``hnsd_sb.pipeline``.
         """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        feat_augment = None
+        feat_augment = mix = None
         if stage == sb.Stage.TRAIN:
             # absent or null (e.g. --wav_augment=null): no augmentation
             wav_augment = getattr(self.hparams, "wav_augment", None)
@@ -68,12 +69,13 @@ class EmotionBrain(sb.Brain):
                 wavs, wav_lens = wav_augment(wavs, wav_lens)
             # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
             feat_augment = getattr(self.hparams, "feat_augment", None)
-        return wavs, wav_lens, feat_augment
+            mix = getattr(self.hparams, "mixup", None)
+        return wavs, wav_lens, feat_augment, mix
 
     def compute_features(self, batch, stage):
         """Returns the speaker-normalised static and dynamic streams of a batch and its relative
         frame lengths (what the statistics baseline, ``baseline.py``, classifies)."""
-        wavs, wav_lens, feat_augment = self.pipeline_inputs(batch, stage)
+        wavs, wav_lens, feat_augment, mix = self.pipeline_inputs(batch, stage)
         return pipeline.normalized_streams(
             self.modules.features,
             self.modules.normalizer,
@@ -81,11 +83,12 @@ class EmotionBrain(sb.Brain):
             wav_lens,
             batch.spk_id,
             feat_augment,
+            mix,
         )
 
     def compute_forward(self, batch, stage):
         """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
-        wavs, wav_lens, feat_augment = self.pipeline_inputs(batch, stage)
+        wavs, wav_lens, feat_augment, mix = self.pipeline_inputs(batch, stage)
         model = self.modules.model
         if stage != sb.Stage.TRAIN and self.averaged is not None:
             model = self.averaged.module  # validation and test score the weight average
@@ -97,11 +100,13 @@ class EmotionBrain(sb.Brain):
             wav_lens,
             batch.spk_id,
             feat_augment,
+            mix,
         )
         return log_probs, lens
 
     def compute_objectives(self, predictions, batch, stage):
-        """Negative log-likelihood of the true emotions; tracks WA/UA and padding."""
+        """Class-weighted negative log-likelihood of the true emotions (in training, with label
+        smoothing and mixup where the hparams ask for them); tracks WA/UA and padding."""
         log_probs, lens = predictions
         emo = batch.emo_encoded.data.view(-1)
         wav_augment = getattr(self.hparams, "wav_augment", None)
