@@ -13,7 +13,9 @@ normalisation are included:
 - the process's peak memory (RSS).
 
 The backends run one after the other, twice in alternating order, and the better of the two
-runs is kept, so a passing load on the machine hurts neither more than the other.
+runs is kept, so a passing load on the machine hurts neither more than the other. The ONNX
+Runtime backends run with ``OMP_WAIT_POLICY=PASSIVE``, as ``hnsd predict`` runs them
+(``hnsd_sb.cli.passive_openmp``).
 
 Usage: python benchmarks/bench_backends.py [--threads N] [--out benchmarks/RESULTS_backends.json]
 """
@@ -78,6 +80,7 @@ def main():
         child(*args.child, args.threads)
         return
     from hnsd_sb import HNSD
+    from hnsd_sb.cli import passive_openmp
     from hnsd_sb.export import write_model_folder
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +95,11 @@ def main():
             for backend in order:
                 cmd = [sys.executable, __file__, "--threads", str(args.threads),
                        "--child", folder, backend]  # fmt: skip
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                env = dict(os.environ)
+                passive_openmp(backend, env)  # as hnsd predict does
+                out = subprocess.run(
+                    cmd, capture_output=True, text=True, check=True, env=env
+                ).stdout
                 runs[backend].append(json.loads(out.strip().splitlines()[-1]))
     results = {}
     for backend, pair in runs.items():
