@@ -155,7 +155,7 @@ class Mixup(torch.nn.Module):
         partner = torch.randperm(feats.shape[0]).to(feats.device)
         self.pairing = (partner, lam)
         mixed = lam * feats + (1.0 - lam) * feats[partner]
-        return mixed, torch.maximum(lengths, lengths[partner.to(lengths.device)])
+        return mixed, torch.maximum(lengths, lengths[partner])
 
     def loss(self, loss_fn, log_probs, targets):
         """The loss of the last mixed batch: ``lam * loss_fn(first labels) + (1 - lam) *

@@ -17,7 +17,6 @@ takes ``backend=``:
   in ONNX Runtime only) and of the matrix products, activations quantised on the fly.
 """
 
-import logging
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from hnsd_sb import _DropMessage, cpu
+from hnsd_sb import cpu
 
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 ONNX_FILE, ONNX_INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -207,27 +206,16 @@ def quantize_onnx(source, target):
         raise FileNotFoundError(
             f"{source}: no such ONNX file; write it with hnsd export --format onnx"
         )
-    import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
         # The exported LSTMs take their weights through Slice/Concat nodes (PyTorch's gate order
         # is not ONNX's), and ONNX Runtime quantises an LSTM only when its weights are constants:
-        # fold them first. Basic optimisations only, which leave a graph for any CPU.
-        folded = os.path.join(tmp, "folded.onnx")
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = folded
-        options.log_severity_level = 3
-        onnxruntime.InferenceSession(os.fspath(source), options, providers=["CPUExecutionProvider"])
-        # the quantiser advises its pre-processing on every call; the folding above is the part
-        # of it this graph needs
-        advice = _DropMessage("Please consider to run pre-processing before quantization")
-        logging.getLogger().addFilter(advice)
-        try:
-            quantize_dynamic(folded, os.fspath(target), weight_type=QuantType.QInt8)
-        finally:
-            logging.getLogger().removeFilter(advice)
+        # its pre-processing folds them (basic optimisations, which leave a graph for any CPU).
+        prepared = os.path.join(tmp, "prepared.onnx")
+        quant_pre_process(os.fspath(source), prepared)
+        quantize_dynamic(prepared, os.fspath(target), weight_type=QuantType.QInt8)
 
 
 def quantize_torch(model):
