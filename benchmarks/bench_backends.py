@@ -15,9 +15,9 @@ normalisation are included:
 The backends run one after the other, twice in alternating order, and the better of the two
 runs is kept, so a passing load on the machine hurts neither more than the other. The ONNX
 Runtime backends run with ``OMP_WAIT_POLICY=PASSIVE``, as ``hnsd predict`` runs them
-(``hnsd_sb.cli.passive_openmp``).
+(``hnsd_sb.cli.passive_openmp``; ``--active-openmp`` leaves the policy alone).
 
-Usage: python benchmarks/bench_backends.py [--threads N] [--out benchmarks/RESULTS_backends.json]
+Usage: python benchmarks/bench_backends.py [--threads N] [--out FILE.json] [--active-openmp]
 """
 
 import argparse
@@ -74,6 +74,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", help="write the results (JSON) here too")
+    parser.add_argument(
+        "--active-openmp",
+        action="store_true",
+        help="leave OMP_WAIT_POLICY alone for the ONNX Runtime backends too (what passive "
+        "waiting gains)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -96,7 +102,8 @@ def main():
                 cmd = [sys.executable, __file__, "--threads", str(args.threads),
                        "--child", folder, backend]  # fmt: skip
                 env = dict(os.environ)
-                passive_openmp(backend, env)  # as hnsd predict does
+                if not args.active_openmp:
+                    passive_openmp(backend, env)  # as hnsd predict does
                 out = subprocess.run(
                     cmd, capture_output=True, text=True, check=True, env=env
                 ).stdout

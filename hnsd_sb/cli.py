@@ -100,8 +100,9 @@ def passive_openmp(backend, environ=None):
 
     After each parallel region (the features) torch's OpenMP threads keep spinning for a while
     on the cores that ONNX Runtime's threads need next for the network; waiting passively, a
-    5 s file ran at a real-time factor of 0.0024 instead of 0.0037 on 2 cores
-    (``benchmarks/RESULTS.md``). OpenMP reads the policy once, when torch is imported, so this
+    5 s file ran at a real-time factor of 0.0025 instead of 0.0032 on 2 cores
+    (``benchmarks/bench_backends.py`` with and without ``--active-openmp``,
+    ``benchmarks/RESULTS.md``). OpenMP reads the policy once, when torch is imported, so this
     runs before that; a value the user set is kept, and other backends are left alone.
 
     Arguments
