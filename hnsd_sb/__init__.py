@@ -26,6 +26,7 @@ _EXPORTS = {
     "UtteranceClassifier": "hnsd_sb.model",
     "AdditiveAttentionPooling": "hnsd_sb.pooling",
     "MeanPooling": "hnsd_sb.pooling",
+    "AttentiveStatisticsPooling": "hnsd_sb.pooling",
     "ConcatFusion": "hnsd_sb.fusion",
     "GatedMultiFeatureUnit": "hnsd_sb.fusion",
     "EmotionRecognizer": "hnsd_sb.inference",

@@ -17,9 +17,18 @@ import torch
 from hnsd_sb.normalization import real_frame_mask
 
 DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+DEFAULT_STATISTICS = ("mean", "std", "min", "max")
+_STATISTICS = {
+    "mean": lambda x: x.mean(0),
+    "std": lambda x: x.std(0, unbiased=False),
+    "min": lambda x: x.amin(0),
+    "max": lambda x: x.amax(0),
+}
 
 
-def utterance_functionals(feats, lengths=None, quantiles=DEFAULT_QUANTILES):
+def utterance_functionals(
+    feats, lengths=None, quantiles=DEFAULT_QUANTILES, statistics=DEFAULT_STATISTICS
+):
     """Summarises each sequence's real frames by per-feature statistics.
 
     Arguments
@@ -29,27 +38,38 @@ def utterance_functionals(feats, lengths=None, quantiles=DEFAULT_QUANTILES):
     lengths : torch.Tensor
         Relative lengths ``[batch]``; ``None`` means all are full length.
     quantiles : sequence of float
-        Quantiles in [0, 1] to add after mean, std, min and max.
+        Quantiles in [0, 1] to add after the statistics.
+    statistics : sequence of str
+        Which of ``"mean"``, ``"std"``, ``"min"`` and ``"max"`` to compute, in this order
+        (a subset measures what the others add).
 
     Returns
     -------
     torch.Tensor
-        ``[batch, n_feats * (4 + len(quantiles))]``: all features' means, then their standard
-        deviations, minima, maxima and each quantile in turn. Padding does not change them.
+        ``[batch, n_feats * (len(statistics) + len(quantiles))]``: all features' first
+        statistic, then the next ones and each quantile in turn. Padding does not change them.
 
     Example
     -------
     >>> x = torch.tensor([[[1.0], [3.0], [100.0]]])
     >>> utterance_functionals(x, torch.tensor([2 / 3]), quantiles=(0.5,)).tolist()
     [[2.0, 1.0, 1.0, 3.0, 2.0]]
+    >>> utterance_functionals(x, torch.tensor([2 / 3]), quantiles=(), statistics=("mean",))
+    tensor([[2.]])
     """
+    unknown = set(statistics) - set(_STATISTICS)
+    if unknown or not (statistics or quantiles):
+        raise ValueError(
+            f"statistics must be some of {sorted(_STATISTICS)}, with at least one statistic "
+            f"or quantile; got statistics={list(statistics)}, quantiles={list(quantiles)}"
+        )
     if lengths is None:
         lengths = torch.ones(feats.shape[0], device=feats.device)
     mask = real_frame_mask(lengths, feats.shape[1], feats.device)
     rows = []
     for x, m in zip(feats, mask):
         x = x[m].double()
-        parts = [x.mean(0), x.std(0, unbiased=False), x.amin(0), x.amax(0)]
+        parts = [_STATISTICS[name](x) for name in statistics]
         if quantiles:
             q = torch.tensor(quantiles, dtype=x.dtype, device=x.device)
             parts += list(torch.quantile(x, q, dim=0))

@@ -389,7 +389,10 @@ class HNSD(torch.nn.Module):
             self.fusion = None
             frame_size = used[0].out_size
         self.pooling = _built(parts["pooling"], frame_size)
-        self.classifier = _built(parts["classifier"], frame_size)
+        # A pooling may return more than a frame (e.g. mean and standard deviation)
+        self.classifier = _built(
+            parts["classifier"], getattr(self.pooling, "out_size", frame_size)
+        )
         # Checkpoints written before the parts had their place (fc, output and a single
         # encoder at the top) still load: their keys are renamed on the way in.
         self.register_load_state_dict_pre_hook(_rename_older_keys)

@@ -63,6 +63,67 @@ class AdditiveAttentionPooling(torch.nn.Module):
         return (u, alpha) if return_weights else u
 
 
+class AttentiveStatisticsPooling(AdditiveAttentionPooling):
+    """Additive attention pooling that also returns the attention-weighted standard deviation.
+
+    The same attention as ``AdditiveAttentionPooling`` (the paper's), and the output is
+    ``[u, s]`` with ``u = sum_t alpha_t h_t`` and ``s = sqrt(sum_t alpha_t (h_t - u)^2)``: how
+    much the frames vary over the utterance, which a weighted mean cannot carry (the statistics
+    baseline's standard deviations are such a measure). Kept here rather than SpeechBrain's
+    ``AttentiveStatisticsPooling``, whose attention is a TDNN with global context, not the
+    paper's additive attention over the frames alone.
+
+    Arguments
+    ---------
+    input_size : int
+        Size of the frame vectors ``h_t``; the output is twice as large (``out_size``).
+    attention_size : int
+        Size of the hidden attention layer.
+    eps : float
+        Added to the variance before the square root, so that its gradient stays finite.
+
+    Example
+    -------
+    >>> pool = AttentiveStatisticsPooling(8, attention_size=16)
+    >>> x = torch.randn(2, 5, 8)
+    >>> u, alpha = pool(x, torch.tensor([1.0, 0.6]), return_weights=True)
+    >>> u.shape, pool.out_size
+    (torch.Size([2, 16]), 16)
+    >>> mean = (alpha.unsqueeze(-1) * x).sum(1)
+    >>> bool(torch.allclose(u[:, :8], mean, atol=1e-6))
+    True
+    """
+
+    def __init__(self, input_size, attention_size=16, eps=1e-5):
+        super().__init__(input_size, attention_size)
+        self.out_size, self.eps = 2 * input_size, eps
+
+    def forward(self, x, lengths=None, return_weights=False):
+        """Pools a batch of sequences into their weighted mean and standard deviation.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Frame vectors ``[batch, time, input_size]``.
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``; ``None`` means all are full length.
+        return_weights : bool
+            Also return the attention weights.
+
+        Returns
+        -------
+        u : torch.Tensor
+            ``[batch, 2 * input_size]``: the weighted mean, then the weighted standard deviation.
+        alpha : torch.Tensor
+            ``[batch, time]`` weights, only when ``return_weights``.
+        """
+        mean, alpha = super().forward(x, lengths, return_weights=True)
+        # Padded frames have weight 0, so they add nothing to the variance
+        var = torch.bmm(alpha.unsqueeze(1), (x - mean.unsqueeze(1)) ** 2).squeeze(1)
+        u = torch.cat([mean, torch.sqrt(var + self.eps)], dim=-1)
+        return (u, alpha) if return_weights else u
+
+
 class MeanPooling(torch.nn.Module):
     """Average of the real frames of each sequence (the ablation of attention pooling).
 

@@ -33,31 +33,37 @@ from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 from train import EmotionBrain, dataio_prepare, speaker_sets, validated_manifests
 
-from hnsd_sb.baseline import LinearClassifier, utterance_functionals
+from hnsd_sb.baseline import (
+    DEFAULT_QUANTILES,
+    DEFAULT_STATISTICS,
+    LinearClassifier,
+    utterance_functionals,
+)
 from hnsd_sb.metrics import balanced_class_weights
 
 logger = logging.getLogger(__name__)
 DEFAULT_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def functionals_of(brain, dataset):
+def functionals_of(brain, dataset, **functionals):
     """Returns the IDs, functionals ``[n, dims]`` and class indices of a dataset's utterances."""
     loader = sb.dataio.dataloader.make_dataloader(dataset, **brain.hparams.test_dataloader_opts)
     ids, rows, labels = [], [], []
     with torch.no_grad():
         for batch in tqdm(loader, desc="functionals", dynamic_ncols=True):
             static, dynamic, lens = brain.compute_features(batch, sb.Stage.TEST)
-            rows.append(utterance_functionals(torch.cat([static, dynamic], -1), lens).cpu())
+            feats = torch.cat([static, dynamic], -1)
+            rows.append(utterance_functionals(feats, lens, **functionals).cpu())
             ids.extend(batch.id)
             labels.append(batch.emo_encoded.data.view(-1).cpu())
     return ids, torch.cat(rows), torch.cat(labels)
 
 
-def select_and_test(brain, datasets, l2_grid, class_weights):
+def select_and_test(brain, datasets, l2_grid, class_weights, **functionals):
     """Fits one classifier per L2 weight on train, keeps the best on valid, tests it once."""
     n_classes = len(brain.label_encoder)
-    train_ids, x_train, y_train = functionals_of(brain, datasets["train"])
-    valid_ids, x_valid, y_valid = functionals_of(brain, datasets["valid"])
+    train_ids, x_train, y_train = functionals_of(brain, datasets["train"], **functionals)
+    valid_ids, x_valid, y_valid = functionals_of(brain, datasets["valid"], **functionals)
     selection, fitted = [], {}
     for l2 in l2_grid:
         fitted[l2] = LinearClassifier(l2=l2).fit(x_train, y_train, n_classes, class_weights)
@@ -69,7 +75,7 @@ def select_and_test(brain, datasets, l2_grid, class_weights):
     best = max(selection, key=lambda row: (row["valid_UA"], row["l2"]))
     clf = fitted[best["l2"]]
 
-    test_ids, x_test, y_test = functionals_of(brain, datasets["test"])
+    test_ids, x_test, y_test = functionals_of(brain, datasets["test"], **functionals)
     brain.on_stage_start(sb.Stage.TEST)
     log_probs = clf(x_test)
     brain.metrics.append(test_ids, log_probs, y_test)
@@ -87,12 +93,15 @@ def select_and_test(brain, datasets, l2_grid, class_weights):
     brain.write_test_results(stats, summary)
     path = os.path.join(brain.hparams.output_folder, "baseline_selection.json")
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"chosen_l2": best["l2"], "grid": selection}, f, indent=2)
+        json.dump({"chosen_l2": best["l2"], "grid": selection, **functionals}, f, indent=2)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--l2", type=float, nargs="+", default=list(DEFAULT_L2))
+    # Subsets of the functionals measure what each adds (e.g. --statistics mean --quantiles)
+    parser.add_argument("--statistics", nargs="*", default=list(DEFAULT_STATISTICS))
+    parser.add_argument("--quantiles", type=float, nargs="*", default=list(DEFAULT_QUANTILES))
     args, sb_args = parser.parse_known_args(sys.argv[1:])
     hparams_file, run_opts, overrides = sb.parse_arguments(sb_args)
     with open(hparams_file, encoding="utf-8") as fin:
@@ -118,4 +127,6 @@ if __name__ == "__main__":
     with datasets["train"].output_keys_as(["emo"]):
         train_labels = [item["emo"] for item in datasets["train"]]
     weights = balanced_class_weights(train_labels, label_encoder)
-    select_and_test(brain, datasets, args.l2, weights)
+    select_and_test(
+        brain, datasets, args.l2, weights, statistics=args.statistics, quantiles=args.quantiles
+    )
