@@ -31,6 +31,7 @@ MODEL_PARTS = (
     "GatedMultiFeatureUnit",
     "ConcatFusion",
     "AdditiveAttentionPooling",
+    "AttentiveStatisticsPooling",
     "MeanPooling",
 )
 # The text of a model folder's hyperparams.yaml, with $placeholders for the run's values.

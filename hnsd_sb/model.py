@@ -13,11 +13,11 @@ import torch
 
 from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
 from hnsd_sb.normalization import real_frame_mask
-from hnsd_sb.pooling import AdditiveAttentionPooling, MeanPooling
+from hnsd_sb.pooling import AdditiveAttentionPooling, AttentiveStatisticsPooling, MeanPooling
 
 STREAMS = ("two", "static", "dynamic", "early")
 FUSIONS = ("gmu", "concat")
-POOLINGS = ("attention", "mean")
+POOLINGS = ("attention", "mean", "attention_stats")
 
 
 def reverse_within_length(x, n_frames):
@@ -220,7 +220,8 @@ def paper_parts(
     fusion : str
         ``"gmu"`` (HNSD) or ``"concat"`` (ungated); used only when ``streams="two"``.
     pooling : str
-        ``"attention"`` (HNSD) or ``"mean"``.
+        ``"attention"`` (HNSD), ``"mean"``, or ``"attention_stats"`` (the same attention, with
+        the weighted standard deviation beside the weighted mean).
 
     Returns
     -------
@@ -255,9 +256,14 @@ def paper_parts(
         "joint_encoder": lstm if streams == "early" else None,
         "fusion": None if streams != "two" else gmu if fusion == "gmu" else ConcatFusion,
         "pooling": (
-            functools.partial(AdditiveAttentionPooling, attention_size=attention_size)
-            if pooling == "attention"
-            else MeanPooling
+            MeanPooling
+            if pooling == "mean"
+            else functools.partial(
+                AttentiveStatisticsPooling
+                if pooling == "attention_stats"
+                else AdditiveAttentionPooling,
+                attention_size=attention_size,
+            )
         ),
         "classifier": functools.partial(
             UtteranceClassifier, fc_size=fc_size, n_classes=n_classes, dropout=dropout
@@ -390,9 +396,7 @@ class HNSD(torch.nn.Module):
             frame_size = used[0].out_size
         self.pooling = _built(parts["pooling"], frame_size)
         # A pooling may return more than a frame (e.g. mean and standard deviation)
-        self.classifier = _built(
-            parts["classifier"], getattr(self.pooling, "out_size", frame_size)
-        )
+        self.classifier = _built(parts["classifier"], getattr(self.pooling, "out_size", frame_size))
         # Checkpoints written before the parts had their place (fc, output and a single
         # encoder at the top) still load: their keys are renamed on the way in.
         self.register_load_state_dict_pre_hook(_rename_older_keys)
@@ -436,7 +440,10 @@ class HNSD(torch.nn.Module):
         known = {
             "encoder": (encoder, (SequenceEncoder,)),
             "fusion": (self.fusion, (GatedMultiFeatureUnit, ConcatFusion, type(None))),
-            "pooling": (self.pooling, (AdditiveAttentionPooling, MeanPooling)),
+            "pooling": (
+                self.pooling,
+                (AdditiveAttentionPooling, AttentiveStatisticsPooling, MeanPooling),
+            ),
             "classifier": (self.classifier, (UtteranceClassifier,)),
         }
         for name, (part, classes) in known.items():
@@ -461,7 +468,11 @@ class HNSD(torch.nn.Module):
         elif isinstance(self.fusion, ConcatFusion):
             sizes["fusion"] = "concat"
         if isinstance(self.pooling, AdditiveAttentionPooling):
-            sizes.update(pooling="attention", attention_size=self.pooling.score.in_features)
+            stats = isinstance(self.pooling, AttentiveStatisticsPooling)
+            sizes.update(
+                pooling="attention_stats" if stats else "attention",
+                attention_size=self.pooling.score.in_features,
+            )
         else:
             sizes["pooling"] = "mean"
         with torch.device("meta"):

@@ -164,3 +164,19 @@ def test_export_checks_the_int8_file_and_writes_nothing_when_it_fails(tmp_path, 
         write_model_folder(out, LABELS, state, modules=spec, onnx=True, int8=True)
     assert not out.exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_model_with_attentive_statistics_pooling_exports_and_runs_in_onnx(tmp_path):
+    """A swapped-in pooling travels through the model folder and the ONNX graph alike."""
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 8, "fc_size": 4, "n_classes": 4, "pooling": "attention_stats"}
+    state = HNSD(**sizes).state_dict()
+    folder = write_model_folder(
+        tmp_path / "model", LABELS, state, modules={"model": ("hnsd_sb.HNSD", sizes)}, onnx=True
+    )
+    wavs, lens = padded([torch.randn(16000) * 0.1, torch.randn(9000) * 0.1])
+    got = {
+        backend: log_probs(EmotionRecognizer.from_folder(folder, backend=backend), wavs, lens)
+        for backend in ("torch", "onnx")
+    }
+    assert float((got["torch"] - got["onnx"]).abs().max()) <= 1e-4

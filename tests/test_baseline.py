@@ -35,6 +35,19 @@ def test_functionals_match_a_direct_computation_and_ignore_padding():
         torch.testing.assert_close(out[b], expected)
 
 
+def test_functionals_subsets_keep_the_order_and_bad_names_are_refused():
+    x = torch.randn(2, 10, 3)
+    full = utterance_functionals(x, quantiles=(0.5,))
+    mean_std = utterance_functionals(x, quantiles=(), statistics=("mean", "std"))
+    torch.testing.assert_close(mean_std, full[:, :6])
+    only_median = utterance_functionals(x, quantiles=(0.5,), statistics=())
+    torch.testing.assert_close(only_median, full[:, -3:])
+    with pytest.raises(ValueError, match="'median'"):
+        utterance_functionals(x, statistics=("mean", "median"))
+    with pytest.raises(ValueError, match="at least one"):
+        utterance_functionals(x, quantiles=(), statistics=())
+
+
 def test_classifier_separates_classes_by_their_means_and_prefers_simpler_with_more_l2():
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(3).repeat(40)

@@ -2,7 +2,12 @@
 
 import torch
 
-from hnsd_sb import AdditiveAttentionPooling, GatedMultiFeatureUnit, MeanPooling
+from hnsd_sb import (
+    AdditiveAttentionPooling,
+    AttentiveStatisticsPooling,
+    GatedMultiFeatureUnit,
+    MeanPooling,
+)
 
 
 def test_gmu_equals_its_formula():
@@ -47,10 +52,37 @@ def test_attention_equals_bahdanau_formula_over_real_frames():
 
 def test_pooling_ignores_whatever_is_in_the_padding():
     pool, mean = AdditiveAttentionPooling(6), MeanPooling()
+    stats = AttentiveStatisticsPooling(6)
     x = torch.randn(2, 8, 6)
     lens = torch.tensor([1.0, 0.375])
     noisy = x.clone()
     noisy[1, 3:] = 1e4
     torch.testing.assert_close(pool(x, lens), pool(noisy, lens))
+    torch.testing.assert_close(stats(x, lens), stats(noisy, lens))
     torch.testing.assert_close(mean(x, lens), mean(noisy, lens))
     torch.testing.assert_close(mean(x, lens)[1], x[1, :3].mean(0))
+
+
+def test_attentive_statistics_are_the_weighted_mean_and_std_of_the_same_attention():
+    """The mean half is the paper's attention output (same weights, same frames); the other
+    half the weighted standard deviation, e.g. a plain one when the attention is uniform."""
+    torch.manual_seed(0)
+    stats, plain = AttentiveStatisticsPooling(6, eps=0.0), AdditiveAttentionPooling(6)
+    plain.load_state_dict(stats.state_dict())
+    x = torch.randn(3, 8, 6)
+    lens = torch.tensor([1.0, 0.5, 0.25])
+    u, alpha = stats(x, lens, return_weights=True)
+    u_plain, alpha_plain = plain(x, lens, return_weights=True)
+    assert u.shape == (3, 12) and stats.out_size == 12
+    torch.testing.assert_close(alpha, alpha_plain)
+    torch.testing.assert_close(u[:, :6], u_plain)
+    for b, n in enumerate((8, 4, 2)):
+        a = alpha[b, :n].unsqueeze(-1)
+        torch.testing.assert_close(u[b, 6:], (a * (x[b, :n] - u_plain[b]) ** 2).sum(0).sqrt())
+    torch.nn.init.zeros_(stats.score.weight)  # uniform attention: the plain statistics
+    torch.testing.assert_close(stats(x)[:, 6:], x.std(1, unbiased=False))
+    # constant frames have no spread, and the gradient stays finite there
+    flat = torch.ones(1, 5, 6, requires_grad=True)
+    out = AttentiveStatisticsPooling(6)(flat)
+    out.sum().backward()
+    assert out[0, 6:].max() < 1e-2 and torch.isfinite(flat.grad).all()

@@ -97,6 +97,7 @@ ABLATIONS = {
     "concat": ["--fusion=!name:hnsd_sb.ConcatFusion"],
     "mean": ["--pooling=!name:hnsd_sb.MeanPooling"],
     "bidirectional": ["--bidirectional=True"],  # not an ablation: the encoders' switch
+    "stats": ["--pooling=!name:hnsd_sb.AttentiveStatisticsPooling"],  # nor this: a pooling
 }
 EXPECTED = {
     "two": {"streams": "two", "fusion": "gmu", "pooling": "attention"},
@@ -106,6 +107,7 @@ EXPECTED = {
     "concat": {"streams": "two", "fusion": "concat", "pooling": "attention"},
     "mean": {"streams": "two", "fusion": "gmu", "pooling": "mean"},
     "bidirectional": {"streams": "two", "bidirectional": True, "pooling": "attention"},
+    "stats": {"streams": "two", "fusion": "gmu", "pooling": "attention_stats"},
 }
 
 
@@ -214,6 +216,9 @@ def test_export_reads_a_model_given_by_parts_as_its_sizes(tmp_path):
     assert sizes["bidirectional"] is False
     path.write_text(text.replace("bidirectional: False", "bidirectional: True"))
     assert read_module_specs(path)["model"][1]["bidirectional"] is True
+    stats = "!name:hnsd_sb.AttentiveStatisticsPooling"
+    path.write_text(text.replace("!name:hnsd_sb.AdditiveAttentionPooling", stats))
+    assert read_module_specs(path)["model"][1]["pooling"] == "attention_stats"
     path.write_text(text.replace("hnsd_sb.AdditiveAttentionPooling", "torch.nn.Identity"))
     with pytest.raises(ValueError, match=r"hyperparams.yaml: modules.model.pooling is torch"):
         read_module_specs(path)
