@@ -148,6 +148,8 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     code, out = compare(row, f"{row}+{ensemble}")
     assert code == 0 and f"| 2 | n/a | {mean:.2f} ± " in out, out
     code, own = compare("--validation", 1, row)
+    # best and last-K validation UA, then the last K epochs' training and validation losses
+    assert re.search(r"\| 2 \| [\d.]+ \| [\d.]+ \| \d+\.\d{3} \| \d+\.\d{3} \| 1: ", own), own
     code, out = compare("--validation", 1, f"{row}+{row}")
     assert code == 0 and own.split("| 2 |")[1] == out.split("| 2 |")[1], out
     # Only the folds that every row finished count, and the others are named; "A+" is refused.

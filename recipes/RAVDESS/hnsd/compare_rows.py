@@ -14,7 +14,9 @@ stderr. ``--validation`` averages them the same way; ``--timing`` lists their fo
 
 With ``--validation K`` it reads only the epoch lines of each fold's ``train_log.txt`` (never a
 test figure, so settings can be chosen with it): per fold, the best validation UA and the mean
-validation UA of the last K epochs, a score that a lucky epoch moves less than the maximum.
+validation UA of the last K epochs, a score that a lucky epoch moves less than the maximum,
+and the row's mean training and validation losses over those epochs (how closely the training
+actors are fitted, against new ones).
 
 With ``--timing`` it prints each fold's wall-clock time from its ``log.txt`` (first to last
 line, so pauses and waits count) and the seconds per epoch that gives.
@@ -126,9 +128,10 @@ def read_ensemble(path):
 
 def validation_scores(cv_folder, last):
     """Per fold (in order), the best validation UA, the mean validation UA of the last ``last``
-    epochs logged in ``fold<k>/train_log.txt``, the number of epochs logged, and whether the
-    fold has finished. Rows joined by ``+``: per fold, the means of their scores (finished only
-    if every row's fold is)."""
+    epochs logged in ``fold<k>/train_log.txt``, the number of epochs logged, whether the
+    fold has finished, and the mean training and validation losses of the last ``last`` epochs
+    (how closely the training actors are fitted, against new ones). Rows joined by ``+``: per
+    fold, the means of their scores (finished only if every row's fold is)."""
     if mean_parts(cv_folder):
         per_part = [validation_scores(part, last) for part in mean_parts(cv_folder)]
         means = {}
@@ -139,6 +142,8 @@ def validation_scores(cv_folder, last):
                 sum(s[1] for s in scores) / len(scores),
                 min(s[2] for s in scores),
                 all(s[3] for s in scores),
+                sum(s[4] for s in scores) / len(scores),
+                sum(s[5] for s in scores) / len(scores),
             )
         return means
     scores = {}
@@ -146,15 +151,20 @@ def validation_scores(cv_folder, last):
         log = os.path.join(path, "train_log.txt")
         if not os.path.exists(log):
             continue
+        number = r"([\d.]+(?:e[+-]?\d+)?)"
+        line = (
+            rf"^epoch: (\d+),.* train loss: {number},.* valid loss: {number},.* valid UA: {number}"
+        )
         with open(log, encoding="utf-8") as f:
             epochs = {
-                int(m[1]): float(m[2])
-                for m in re.finditer(r"^epoch: (\d+),.* valid UA: ([\d.]+)", f.read(), re.M)
+                int(m[1]): (float(m[4]), float(m[2]), float(m[3]))
+                for m in re.finditer(line, f.read(), re.M)
             }
         if epochs:
             tail = [epochs[e] for e in sorted(epochs)[-last:]]
-            best, mean_tail = max(epochs.values()), sum(tail) / len(tail)
-            scores[fold] = (best, mean_tail, len(epochs), finished(path))
+            best = max(ua for ua, _, _ in epochs.values())
+            means = [sum(values) / len(tail) for values in zip(*tail)]
+            scores[fold] = (best, means[0], len(epochs), finished(path), means[1], means[2])
     if not scores:
         raise SystemExit(f"{cv_folder}: no fold<k>/train_log.txt with epoch lines")
     return scores
@@ -165,19 +175,24 @@ def print_validation(folders, last):
     means are over the finished folds, and a fold still training is marked so."""
     print(
         f"| row | folds | best valid UA | valid UA, last {last} epochs "
+        f"| train loss, last {last} | valid loss, last {last} "
         f"| per fold: best / last {last} |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for folder in folders:
         scores = validation_scores(folder, last)
         done = [s for s in scores.values() if s[3]]
-        best = f"{sum(s[0] for s in done) / len(done):.2f}" if done else "n/a"
-        tail = f"{sum(s[1] for s in done) / len(done):.2f}" if done else "n/a"
+
+        def mean(i, digits, done=done):
+            return f"{sum(s[i] for s in done) / len(done):.{digits}f}" if done else "n/a"
+
+        best, tail = mean(0, 2), mean(1, 2)
+        losses = f"{mean(4, 3)} | {mean(5, 3)}"
         folds = ", ".join(
             f"{k}: {s[0]:.2f} / {s[1]:.2f} ({s[2]} ep{'' if s[3] else ', running'})"
             for k, s in scores.items()
         )
-        print(f"| {row_name(folder)} | {len(done)} | {best} | {tail} | {folds} |")
+        print(f"| {row_name(folder)} | {len(done)} | {best} | {tail} | {losses} | {folds} |")
 
 
 def log_span(fold_folder):
