@@ -170,6 +170,12 @@ def validation_scores(cv_folder, last):
     return scores
 
 
+def mean_score(scores, i, digits):
+    """The mean of item ``i`` of the folds' ``scores`` as text with ``digits`` decimals, or
+    ``"n/a"`` when no fold has finished."""
+    return f"{sum(s[i] for s in scores) / len(scores):.{digits}f}" if scores else "n/a"
+
+
 def print_validation(folders, last):
     """Prints the validation scores of each row (see ``validation_scores``) as Markdown; the
     means are over the finished folds, and a fold still training is marked so."""
@@ -182,12 +188,8 @@ def print_validation(folders, last):
     for folder in folders:
         scores = validation_scores(folder, last)
         done = [s for s in scores.values() if s[3]]
-
-        def mean(i, digits, done=done):
-            return f"{sum(s[i] for s in done) / len(done):.{digits}f}" if done else "n/a"
-
-        best, tail = mean(0, 2), mean(1, 2)
-        losses = f"{mean(4, 3)} | {mean(5, 3)}"
+        best, tail = mean_score(done, 0, 2), mean_score(done, 1, 2)
+        losses = f"{mean_score(done, 4, 3)} | {mean_score(done, 5, 3)}"
         folds = ", ".join(
             f"{k}: {s[0]:.2f} / {s[1]:.2f} ({s[2]} ep{'' if s[3] else ', running'})"
             for k, s in scores.items()
