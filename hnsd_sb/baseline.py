@@ -40,7 +40,7 @@ def utterance_functionals(
     quantiles : sequence of float
         Quantiles in [0, 1] to add after the statistics.
     statistics : sequence of str
-        Which of ``"mean"``, ``"std"``, ``"min"`` and ``"max"`` to compute, in this order
+        Which of ``"mean"``, ``"std"``, ``"min"`` and ``"max"`` to compute, in the order given
         (a subset measures what the others add).
 
     Returns
@@ -48,6 +48,11 @@ def utterance_functionals(
     torch.Tensor
         ``[batch, n_feats * (len(statistics) + len(quantiles))]``: all features' first
         statistic, then the next ones and each quantile in turn. Padding does not change them.
+
+    Raises
+    ------
+    ValueError
+        An unknown statistic, a quantile outside [0, 1], or nothing to compute.
 
     Example
     -------
@@ -57,7 +62,10 @@ def utterance_functionals(
     >>> utterance_functionals(x, torch.tensor([2 / 3]), quantiles=(), statistics=("mean",))
     tensor([[2.]])
     """
+    statistics = (statistics,) if isinstance(statistics, str) else tuple(statistics)
     unknown = set(statistics) - set(_STATISTICS)
+    if any(not 0 <= q <= 1 for q in quantiles):
+        raise ValueError(f"quantiles must lie in [0, 1], got {list(quantiles)}")
     if unknown or not (statistics or quantiles):
         raise ValueError(
             f"statistics must be some of {sorted(_STATISTICS)}, with at least one statistic "

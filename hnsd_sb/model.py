@@ -285,8 +285,9 @@ class HNSD(torch.nn.Module):
     of the two frame by frame, a pooling over the real frames, and a classifier head. Each part
     is given built (a module) or as a factory (a class, or ``!name:`` in a hparams file) that
     the model calls with the part's input sizes: ``n_static`` / ``n_dynamic`` for the
-    encoders, the encoders' ``out_size`` for the fusion, the frame size for the pooling and the
-    classifier. Encoders and fusions report their ``out_size``.
+    encoders, the encoders' ``out_size`` for the fusion, the frame size for the pooling, and the
+    pooling's ``out_size`` (the frame size if it has none) for the classifier. Encoders and
+    fusions report their ``out_size``.
 
     The paper's model: ``SequenceEncoder`` LSTMs (512), ``GatedMultiFeatureUnit``,
     ``AdditiveAttentionPooling`` (16) and ``UtteranceClassifier`` (128). Its ablations:

@@ -79,8 +79,6 @@ class AttentiveStatisticsPooling(AdditiveAttentionPooling):
         Size of the frame vectors ``h_t``; the output is twice as large (``out_size``).
     attention_size : int
         Size of the hidden attention layer.
-    eps : float
-        Added to the variance before the square root, so that its gradient stays finite.
 
     Example
     -------
@@ -94,9 +92,13 @@ class AttentiveStatisticsPooling(AdditiveAttentionPooling):
     True
     """
 
-    def __init__(self, input_size, attention_size=16, eps=1e-5):
+    # Added to the variance before the square root, so that its gradient stays finite (a fixed
+    # constant, not an argument: a model folder describes the pooling by its sizes alone)
+    EPS = 1e-5
+
+    def __init__(self, input_size, attention_size=16):
         super().__init__(input_size, attention_size)
-        self.out_size, self.eps = 2 * input_size, eps
+        self.out_size = 2 * input_size
 
     def forward(self, x, lengths=None, return_weights=False):
         """Pools a batch of sequences into their weighted mean and standard deviation.
@@ -118,9 +120,12 @@ class AttentiveStatisticsPooling(AdditiveAttentionPooling):
             ``[batch, time]`` weights, only when ``return_weights``.
         """
         mean, alpha = super().forward(x, lengths, return_weights=True)
-        # Padded frames have weight 0, so they add nothing to the variance
-        var = torch.bmm(alpha.unsqueeze(1), (x - mean.unsqueeze(1)) ** 2).squeeze(1)
-        u = torch.cat([mean, torch.sqrt(var + self.eps)], dim=-1)
+        deviation = x - mean.unsqueeze(1)
+        if lengths is not None:  # zero, not just weight 0: whatever the padding holds
+            mask = real_frame_mask(lengths, x.shape[1], x.device).unsqueeze(-1)
+            deviation = deviation.masked_fill(~mask, 0.0)
+        var = torch.bmm(alpha.unsqueeze(1), deviation**2).squeeze(1)
+        u = torch.cat([mean, torch.sqrt(var + self.EPS)], dim=-1)
         return (u, alpha) if return_weights else u
 
 

@@ -44,6 +44,11 @@ def test_functionals_subsets_keep_the_order_and_bad_names_are_refused():
     torch.testing.assert_close(only_median, full[:, -3:])
     with pytest.raises(ValueError, match="'median'"):
         utterance_functionals(x, statistics=("mean", "median"))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        utterance_functionals(x, quantiles=(50,))
+    torch.testing.assert_close(
+        utterance_functionals(x, quantiles=(), statistics="mean"), full[:, :3]
+    )
     with pytest.raises(ValueError, match="at least one"):
         utterance_functionals(x, quantiles=(), statistics=())
 

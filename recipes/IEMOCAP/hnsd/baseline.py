@@ -18,7 +18,8 @@ of ``--l2`` with the best validation UA (the larger on a tie); the test speakers
 with it. The output folder gets the same ``test_results.json``, ``predictions.csv`` and confusion
 matrix as a ``train.py`` run, plus ``baseline_selection.json`` with the validation UA of every
 L2 weight. Nothing is trained with gradients through the network, and the hparams' model,
-optimiser and training options are unused.
+optimiser and training options are unused. ``--statistics`` and ``--quantiles`` keep a subset of
+the functionals (``--statistics mean --quantiles``: the means alone), to measure what each adds.
 """
 
 import argparse
@@ -46,7 +47,8 @@ DEFAULT_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def functionals_of(brain, dataset, **functionals):
-    """Returns the IDs, functionals ``[n, dims]`` and class indices of a dataset's utterances."""
+    """Returns the IDs, functionals ``[n, dims]`` and class indices of a dataset's utterances
+    (``functionals``: the ``statistics`` and ``quantiles`` of ``utterance_functionals``)."""
     loader = sb.dataio.dataloader.make_dataloader(dataset, **brain.hparams.test_dataloader_opts)
     ids, rows, labels = [], [], []
     with torch.no_grad():
@@ -60,7 +62,8 @@ def functionals_of(brain, dataset, **functionals):
 
 
 def select_and_test(brain, datasets, l2_grid, class_weights, **functionals):
-    """Fits one classifier per L2 weight on train, keeps the best on valid, tests it once."""
+    """Fits one classifier per L2 weight on train, keeps the best on valid, tests it once
+    (``functionals`` as for ``functionals_of``)."""
     n_classes = len(brain.label_encoder)
     train_ids, x_train, y_train = functionals_of(brain, datasets["train"], **functionals)
     valid_ids, x_valid, y_valid = functionals_of(brain, datasets["valid"], **functionals)
@@ -100,7 +103,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--l2", type=float, nargs="+", default=list(DEFAULT_L2))
     # Subsets of the functionals measure what each adds (e.g. --statistics mean --quantiles)
-    parser.add_argument("--statistics", nargs="*", default=list(DEFAULT_STATISTICS))
+    parser.add_argument(
+        "--statistics", nargs="*", choices=DEFAULT_STATISTICS, default=list(DEFAULT_STATISTICS)
+    )
     parser.add_argument("--quantiles", type=float, nargs="*", default=list(DEFAULT_QUANTILES))
     args, sb_args = parser.parse_known_args(sys.argv[1:])
     hparams_file, run_opts, overrides = sb.parse_arguments(sb_args)

@@ -151,7 +151,7 @@ def validation_scores(cv_folder, last):
         log = os.path.join(path, "train_log.txt")
         if not os.path.exists(log):
             continue
-        number = r"([\d.]+(?:e[+-]?\d+)?)"
+        number = r"([\d.]+(?:e[+-]?\d+)?|nan|inf)"  # a diverged epoch still counts
         line = (
             rf"^epoch: (\d+),.* train loss: {number},.* valid loss: {number},.* valid UA: {number}"
         )
