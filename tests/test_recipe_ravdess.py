@@ -163,6 +163,11 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     assert code == 0 and re.search(r"1: [\d.]+ / [\d.]+ \(1 ep\), 2: ", out), out
     code, out = compare("--timing", row)
     assert code == 0 and re.search(r"\| fold1 \| 1 \| [\d.]+ \| \d+ \|", out), out
+    code, out = compare("--curves", 1, row)
+    span = r"\| 1-1 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|  \|"
+    assert code == 0 and re.search(rf"\| 1 {span}", out) and re.search(rf"\| 2 {span}", out), out
+    code, out = compare("--curves", 0, row)
+    assert code == 2 and "K >= 1" in out
     # A fold without its test results is still running: no time, no validation mean from it.
     (row / "fold2" / "test_results.json").unlink()
     code, out = compare("--timing", row)

@@ -18,6 +18,10 @@ validation UA of the last K epochs, a score that a lucky epoch moves less than t
 and the row's mean training and validation losses over those epochs (how closely the training
 actors are fitted, against new ones).
 
+With ``--curves K`` it prints each fold's training and validation curves, as means of
+consecutive K-epoch spans, with the change of the training loss from span to span (whether a
+run has converged); also from the logs alone.
+
 With ``--timing`` it prints each fold's wall-clock time from its ``log.txt`` (first to last
 line, so pauses and waits count) and the seconds per epoch that gives.
 """
@@ -126,6 +130,54 @@ def read_ensemble(path):
     return [results[k] for k in sorted(results)]
 
 
+EPOCH_FIGURES = ("train loss", "train UA", "valid loss", "valid UA")
+
+
+def read_epochs(log):
+    """The epoch lines of a ``train_log.txt`` as {epoch: {figure: value}}, for the figures of
+    ``EPOCH_FIGURES`` (empty if the file does not exist; an epoch missing one is left out)."""
+    if not os.path.exists(log):
+        return {}
+    number = r"([\d.]+(?:e[+-]?\d+)?|nan|inf)"  # a diverged epoch still counts
+    epochs = {}
+    with open(log, encoding="utf-8") as f:
+        for line in f:
+            epoch = re.match(r"epoch: (\d+),", line)
+            figures = {
+                f"{m[1]} {m[2]}": float(m[3])
+                for m in re.finditer(rf"(train|valid) (loss|UA): {number}", line)
+            }
+            if epoch and all(key in figures for key in EPOCH_FIGURES):
+                epochs[int(epoch[1])] = {key: figures[key] for key in EPOCH_FIGURES}
+    return epochs
+
+
+def print_curves(folders, window):
+    """Prints, per fold of each row, the training and validation curves as the means of
+    consecutive ``window``-epoch spans, and how much the training loss fell from the span
+    before (whether training has converged), as Markdown."""
+    print(
+        f"| row | fold | epochs | train loss | train UA | valid loss | valid UA "
+        f"| train loss vs the {window} epochs before |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for folder in folders:
+        for fold, path in fold_folders(folder).items():
+            epochs = read_epochs(os.path.join(path, "train_log.txt"))
+            numbers, before = sorted(epochs), None
+            for start in range(0, len(numbers) - window + 1, window):
+                span = [epochs[e] for e in numbers[start : start + window]]
+                mean = {key: sum(e[key] for e in span) / window for key in EPOCH_FIGURES}
+                change = f"{100 * (mean['train loss'] / before - 1):+.1f} %" if before else ""
+                before = mean["train loss"]
+                span_name = f"{numbers[start]}-{numbers[start + window - 1]}"
+                print(
+                    f"| {row_name(folder)} | {fold} | {span_name} "
+                    f"| {mean['train loss']:.3f} | {mean['train UA']:.1f} "
+                    f"| {mean['valid loss']:.3f} | {mean['valid UA']:.1f} | {change} |"
+                )
+
+
 def validation_scores(cv_folder, last):
     """Per fold (in order), the best validation UA, the mean validation UA of the last ``last``
     epochs logged in ``fold<k>/train_log.txt``, the number of epochs logged, whether the
@@ -148,23 +200,19 @@ def validation_scores(cv_folder, last):
         return means
     scores = {}
     for fold, path in fold_folders(cv_folder).items():
-        log = os.path.join(path, "train_log.txt")
-        if not os.path.exists(log):
-            continue
-        number = r"([\d.]+(?:e[+-]?\d+)?|nan|inf)"  # a diverged epoch still counts
-        line = (
-            rf"^epoch: (\d+),.* train loss: {number},.* valid loss: {number},.* valid UA: {number}"
-        )
-        with open(log, encoding="utf-8") as f:
-            epochs = {
-                int(m[1]): (float(m[4]), float(m[2]), float(m[3]))
-                for m in re.finditer(line, f.read(), re.M)
-            }
+        epochs = read_epochs(os.path.join(path, "train_log.txt"))
         if epochs:
             tail = [epochs[e] for e in sorted(epochs)[-last:]]
-            best = max(ua for ua, _, _ in epochs.values())
-            means = [sum(values) / len(tail) for values in zip(*tail)]
-            scores[fold] = (best, means[0], len(epochs), finished(path), means[1], means[2])
+            best = max(e["valid UA"] for e in epochs.values())
+            means = {key: sum(e[key] for e in tail) / len(tail) for key in tail[0]}
+            scores[fold] = (
+                best,
+                means["valid UA"],
+                len(epochs),
+                finished(path),
+                means["train loss"],
+                means["valid loss"],
+            )
     if not scores:
         raise SystemExit(f"{cv_folder}: no fold<k>/train_log.txt with epoch lines")
     return scores
@@ -265,9 +313,20 @@ if __name__ == "__main__":
     only.add_argument(
         "--timing", action="store_true", help="print each fold's wall-clock time, no result"
     )
+    only.add_argument(
+        "--curves",
+        type=int,
+        metavar="K",
+        help="print each fold's training and validation curves in K-epoch means, no test figure",
+    )
     args = parser.parse_args()
     if args.validation is not None and args.validation < 1:
         parser.error("--validation K needs K >= 1")
+    if args.curves is not None:
+        if args.curves < 1:
+            parser.error("--curves K needs K >= 1")
+        print_curves([args.reference, *args.rows], args.curves)
+        raise SystemExit(0)
     if args.validation is not None:
         print_validation([args.reference, *args.rows], args.validation)
         raise SystemExit(0)
