@@ -166,6 +166,10 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     code, out = compare("--curves", 1, row)
     span = r"\| 1-1 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|  \|"
     assert code == 0 and re.search(rf"\| 1 {span}", out) and re.search(rf"\| 2 {span}", out), out
+    code, out = compare("--curves", 1, f"{row}+{row}")  # a mean of rows: each run's curves
+    assert code == 0 and len(re.findall(rf"\| 1 {span}", out)) == 2, out
+    code, out = compare("--curves", 1, ensemble)
+    assert code == 1 and "no fold<k>/train_log.txt with epoch lines" in out, out
     code, out = compare("--curves", 0, row)
     assert code == 2 and "K >= 1" in out
     # A fold without its test results is still running: no time, no validation mean from it.

@@ -162,8 +162,13 @@ def print_curves(folders, window):
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for folder in folders:
-        for fold, path in fold_folders(folder).items():
-            epochs = read_epochs(os.path.join(path, "train_log.txt"))
+        logs = {
+            fold: read_epochs(os.path.join(path, "train_log.txt"))
+            for fold, path in fold_folders(folder).items()
+        }
+        if not any(logs.values()):
+            raise SystemExit(f"{folder}: no fold<k>/train_log.txt with epoch lines")
+        for fold, epochs in logs.items():
             numbers, before = sorted(epochs), None
             for start in range(0, len(numbers) - window + 1, window):
                 span = [epochs[e] for e in numbers[start : start + window]]
@@ -325,7 +330,8 @@ if __name__ == "__main__":
     if args.curves is not None:
         if args.curves < 1:
             parser.error("--curves K needs K >= 1")
-        print_curves([args.reference, *args.rows], args.curves)
+        rows = [args.reference, *args.rows]  # curves are per run: a mean of rows, its rows
+        print_curves([part for row in rows for part in mean_parts(row) or [row]], args.curves)
         raise SystemExit(0)
     if args.validation is not None:
         print_validation([args.reference, *args.rows], args.validation)
