@@ -237,3 +237,66 @@ def test_run_experiments_fails_loudly_when_a_fold_fails(subset, tmp_path):
     assert proc.returncode != 0
     assert "FAILED four/mean_pooling fold 1" in proc.stdout
     assert (tmp_path / "four" / "mean_pooling" / "fold1.out").exists()
+
+
+def test_diagnose_reads_a_trained_model_as_the_recognizer_does(subset, tmp_path):
+    """diagnose.py --model_folder: the accuracy is the recognizer's on the same files, with the
+    actor enrolled on its files of the model's classes; mean pooling reads as uniform."""
+    import torch
+
+    from hnsd_sb import HNSD, EmotionRecognizer
+    from hnsd_sb.export import write_model_folder
+
+    labels = ["ang", "hap", "neu", "sad"]
+
+    def diagnose(folder, *actors):
+        cmd = [sys.executable, "diagnose.py", f"--data_folder={subset}"]
+        cmd += ["--model_folder", str(folder), "--actors", *actors]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    for pooling in ("attention", "mean"):
+        sizes = {"hidden_size": 8, "n_classes": 4, "pooling": pooling}
+        torch.manual_seed(0)  # weights scaled up: outputs far from uniform, so they tell
+        state = {key: 4 * value for key, value in HNSD(**sizes).state_dict().items()}
+        folder = write_model_folder(
+            tmp_path / pooling, labels, state, modules={"model": ("hnsd_sb.HNSD", sizes)}
+        )
+        code, out, err = diagnose(folder, "1")
+        assert code == 0, err[-3000:]
+        stats = json.loads(out.splitlines()[-1])
+        assert stats["files"] == 28  # Actor_01: 4 neutral + 8 each of happy, sad, angry
+        recognizer = EmotionRecognizer.from_folder(folder)
+        paths = sorted(
+            os.path.join(subset, "Actor_01", name)
+            for name in os.listdir(os.path.join(subset, "Actor_01"))
+            if name.split("-")[2] in ("01", "03", "04", "05")
+        )
+        recognizer.enroll("Actor_01", paths)
+        codes = {"01": "neu", "03": "hap", "04": "sad", "05": "ang"}
+        right, loss = [], 0.0
+        for path in paths:
+            probabilities, _, _, predicted = recognizer.classify_file(path, "Actor_01")
+            truth = codes[os.path.basename(path).split("-")[2]]
+            right.append(predicted[0] == truth)
+            loss -= float(probabilities[0, labels.index(truth)].log()) / len(paths)
+        assert stats["acc"] == round(sum(right) / len(right), 4)
+        assert abs(stats["loss"] - loss) < 2e-4
+        attention = stats["attention"]
+        assert 0 < attention["relative_entropy"] <= 1
+        assert 0 < attention["silent_frames"] < 1
+        if pooling == "mean":
+            assert attention["relative_entropy"] == 1.0
+            assert attention["on_silence"] == attention["silent_frames"]
+    code, _, err = diagnose(folder, "7")  # not in the subset
+    assert code != 0 and "no file of the actors [7]" in err
+    sizes = {"hidden_size": 8, "n_classes": 4, "fusion": "concat"}  # no gate to read
+    concat = write_model_folder(
+        tmp_path / "concat",
+        labels,
+        HNSD(**sizes).state_dict(),
+        modules={"model": ("hnsd_sb.HNSD", sizes)},
+    )
+    code, _, err = diagnose(concat, "1")
+    assert code != 0 and f"{concat}: the statistics need a model with the GMU" in err

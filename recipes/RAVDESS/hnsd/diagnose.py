@@ -11,7 +11,8 @@ paper-size HNSD on them alone, and every ``--every`` updates prints one JSON lin
 - ``gate``: the GMU gate's mean, its share in [0.1, 0.9] and its share saturated (< 0.01 or
   > 0.99), over real frames;
 - ``attention``: the attention's entropy relative to a uniform one (1 = uniform), and the share
-  of its weight on frames more than 40 dB below the utterance's loudest (silence);
+  of its weight on frames more than 40 dB below the utterance's loudest (silence), beside the
+  share of such frames (what uniform weights would put there);
 - ``lstm_saturation``: the share of the encoders' outputs with ``|h| > 0.9``;
 - ``l2_dominates``: per module, the share of weights whose L2 term at the paper's coupled weight
   decay, ``1e-3 |w|``, is larger than the loss gradient ``|dL/dw|`` at that update. Adam divides
@@ -26,6 +27,16 @@ many updates it got there (``null`` if it did not).
 
 ``--silence_stats`` trains nothing: it prints how much of the chosen actors' audio is leading and
 trailing silence (the README's figures: ``--silence_stats --actors $(seq 1 24)``).
+
+``--model_folder`` trains nothing either: it reads the same statistics (accuracy, loss, gate,
+attention, LSTM saturation) off a trained model, a folder written by ``hnsd export``, on the
+chosen actors' files of the model's classes (a model with the GMU; the loss unweighted). The
+speakers that the model's normaliser holds keep their statistics; any other actor's come from
+its files of the model's classes, as in the recipe. On a fold's validation actors the accuracy
+is then that run's validation WA:
+
+> hnsd export experiments/four/hnsd/fold1 /tmp/fold1_model
+> python diagnose.py --data_folder=... --model_folder /tmp/fold1_model --actors 5 6 7 8
 """
 
 import argparse
@@ -38,10 +49,13 @@ import time
 
 import torch
 
-from hnsd_sb import HNSD, SpeakerNormalization, StaticDynamicFeatures
+from hnsd_sb import HNSD, GatedMultiFeatureUnit, SpeakerNormalization, StaticDynamicFeatures
 from hnsd_sb.audio import load_audio
+from hnsd_sb.corpora.ravdess import EMOTIONS as RAVDESS_LABELS
 from hnsd_sb.features import trim_silence
+from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.normalization import real_frame_mask
+from hnsd_sb.pipeline import normalized_streams
 
 EMOTIONS = 8  # RAVDESS: neutral, calm, happy, sad, angry, fearful, disgust, surprised
 
@@ -69,6 +83,7 @@ def parse_args():
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--silence_stats", action="store_true", help="silence figures only")
+    parser.add_argument("--model_folder", help="read the statistics off this trained model")
     return parser.parse_args()
 
 
@@ -105,6 +120,12 @@ def silence_stats(args, trim_db=40.0):
     print(json.dumps({"files": len(files), "trim_db": trim_db, **stats}), flush=True)
 
 
+def silent_frames(static, db=40.0):
+    """Frames more than ``db`` below the loudest, on unnormalised log-Mels ``[frames, n_mels]``."""
+    energy = static.mean(-1)
+    return energy < energy.max() - db
+
+
 def load_probe_set(args):
     """Returns the probe utterances' normalised features, silence masks and labels."""
     features = StaticDynamicFeatures(trim_db=args.trim_db)
@@ -126,9 +147,7 @@ def load_probe_set(args):
     items = []
     for path in chosen:
         x = feats[path]
-        # silence: frames more than 40 dB below the loudest, on the unnormalised log-Mels
-        energy = x[0, :, : features.n_mels].mean(-1)
-        silent = energy < energy.max() - 40
+        silent = silent_frames(x[0, :, : features.n_mels])
         items.append((norm(x, torch.ones(1), [files[path][0]])[0], silent, files[path][1]))
     return items
 
@@ -177,9 +196,42 @@ def inspect(model, items, n_static=26):
         "attention": {
             "relative_entropy": round(float((entropy / uniform).mean()), 4),
             "on_silence": round(float((alpha * silent).sum(1).mean()), 4),
+            # what a uniform attention would put there: the share of silent frames
+            "silent_frames": round(float((silent.sum(1) / mask.sum(1)).mean()), 4),
         },
         "lstm_saturation": round(float((h.abs() > 0.9).float().mean()), 4),
     }
+
+
+@torch.no_grad()
+def trained_model_stats(args):
+    """Prints ``inspect``'s statistics of the model in ``args.model_folder`` (``hnsd export``)
+    over the chosen actors' files of the model's classes, normalised as in the recipe."""
+    recognizer = EmotionRecognizer.from_folder(args.model_folder)
+    labels, mods = list(recognizer.labels), recognizer.mods
+    if not isinstance(getattr(mods.model, "fusion", None), GatedMultiFeatureUnit):
+        raise SystemExit(f"{args.model_folder}: the statistics need a model with the GMU")
+    files = {  # path: (speaker id as in the recipe's manifests, label index)
+        path: (f"Actor_{actor}", labels.index(RAVDESS_LABELS[f"{emotion + 1:02d}"]))
+        for path, (actor, emotion) in actor_files(args).items()
+        if RAVDESS_LABELS[f"{emotion + 1:02d}"] in labels
+    }
+    known = set(mods.normalizer.speakers)
+    for path, (speaker, _) in files.items():
+        if speaker not in known:  # as the recipe: statistics of the files of the label set
+            recognizer.enroll(speaker, [path])
+    items = []
+    for path, (speaker, label) in files.items():
+        wav = recognizer.load_audio(path).unsqueeze(0)
+        static, dynamic, _ = normalized_streams(
+            mods.features, mods.normalizer, wav, torch.ones(1), [speaker]
+        )
+        silent = silent_frames(mods.features(wav)[0][0])
+        items.append((torch.cat([static, dynamic], -1)[0], silent, label))
+    if not items:
+        raise SystemExit(f"no file of the actors {args.actors} has a label in {labels}")
+    stats = inspect(mods.model, items, n_static=static.shape[-1])
+    print(json.dumps({"model_folder": args.model_folder, "files": len(items), **stats}))
 
 
 def main():
@@ -187,6 +239,9 @@ def main():
     args = parse_args()
     if args.silence_stats:
         silence_stats(args)
+        return
+    if args.model_folder:
+        trained_model_stats(args)
         return
     torch.manual_seed(args.seed)
     items = load_probe_set(args)
