@@ -216,13 +216,14 @@ def trained_model_stats(args):
         for path, (actor, emotion) in actor_files(args).items()
         if RAVDESS_LABELS[f"{emotion + 1:02d}"] in labels
     }
+    wavs = {path: recognizer.load_audio(path) for path in files}  # each file read once
     known = set(mods.normalizer.speakers)
     for path, (speaker, _) in files.items():
         if speaker not in known:  # as the recipe: statistics of the files of the label set
-            recognizer.enroll(speaker, [path])
+            recognizer.enroll(speaker, [wavs[path]])
     items = []
     for path, (speaker, label) in files.items():
-        wav = recognizer.load_audio(path).unsqueeze(0)
+        wav = wavs[path].unsqueeze(0)
         static, dynamic, _ = normalized_streams(
             mods.features, mods.normalizer, wav, torch.ones(1), [speaker]
         )
