@@ -140,6 +140,49 @@ def test_cross_validation_driver_writes_mean_and_std(corpus, tmp_path):
     assert (tmp_path / "confusion_sum.png").exists()
 
 
+def test_a_report_written_later_gives_the_arguments_its_folds_ran_with(tmp_path):
+    """A ``--report_only`` run (or one with other arguments) must not relabel the folds."""
+    import doctest
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "hnsd_cross_validate", os.path.join(RECIPE, "cross_validate.py")
+    )
+    cross_validate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cross_validate)
+    assert doctest.testmod(cross_validate).failed == 0
+
+    def write_fold(k, seed):
+        folder = tmp_path / f"fold{k}"
+        folder.mkdir(exist_ok=True)
+        command = (
+            f"python /elsewhere/train.py hparams/hnsd.yaml --fold={k} --output_folder={folder} "
+            f"--seed={seed} '--wav_augmentations=[!ref <speed_perturb>]'"
+        )
+        results = {"labels": ["ang", "hap"], "confusion": [[2, 0], [1, 1]], "command": command}
+        with open(folder / "test_results.json", "w", encoding="utf-8") as f:
+            json.dump(results, f)
+
+    def report():
+        cross_validate.main(
+            ["hparams/hnsd.yaml", f"--cv_folder={tmp_path}", "--folds", "1", "2", "3"]
+            + ["--report_only", "--seed=1"]
+        )
+        return open(tmp_path / "cv_results.md", encoding="utf-8").read()
+
+    write_fold(1, 7)
+    write_fold(2, 7)
+    text = report()
+    assert (
+        "Arguments given to train.py: `--seed=7 '--wav_augmentations=[!ref <speed_perturb>]'`"
+        in text
+    )
+    assert "--seed=1" not in text and "Not finished: fold(s) 3" in text
+    write_fold(2, 8)
+    text = report()
+    assert "per fold:" in text and "- fold 2: `--seed=8 " in text and "- fold 1: `--seed=7 " in text
+
+
 def test_wrong_number_of_classes_is_a_clear_error(corpus, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(

@@ -14,7 +14,9 @@ summed over the folds (also as ``confusion_sum.csv`` and ``.png``).
 ``--script=baseline.py`` runs the statistics baseline on the same folds instead of ``train.py``.
 ``--no_report`` only trains (several such runs, one fold each, can share a machine: see the
 RAVDESS recipe's ``run_experiments.sh``); ``--report_only`` trains nothing and reports the folds
-that have finished, naming the missing ones.
+that have finished, naming the missing ones. The report's header gives the arguments the folds
+were trained with, as their ``test_results.json`` record them, so that a report written later
+(or by another command) still says how its folds were run.
 """
 
 import argparse
@@ -71,6 +73,77 @@ def run_fold(hparams, fold, fold_folder, train_args, train=True, script="train.p
         return {"fold": fold, **json.load(f)}
 
 
+def trained_arguments(result):
+    """The arguments a fold's script was run with, read from the command its
+    ``test_results.json`` records, without the per-fold ``--fold`` and ``--output_folder``.
+
+    Arguments
+    ---------
+    result : dict
+        A fold's test results.
+
+    Returns
+    -------
+    list of str or None
+        The arguments after the hparams file; None when the results record no command.
+
+    Example
+    -------
+    >>> trained_arguments({"command": "python train.py hparams/hnsd.yaml --fold=2 "
+    ...                    "--output_folder=cv/fold2 --seed=7 '--x=[!ref <y>]'"})
+    ['--seed=7', '--x=[!ref <y>]']
+    >>> trained_arguments({}) is None
+    True
+    """
+    command = result.get("command")
+    if not command:
+        return None
+    words = shlex.split(command)[2:]  # the interpreter and the script
+    positional = [w for w in words if not w.startswith("-")]
+    if positional:
+        words.remove(positional[0])  # the hparams file
+    return [w for w in words if not w.startswith(("--fold=", "--output_folder="))]
+
+
+def arguments_header(results, train_args, script):
+    """The report's line (or lines) saying which arguments the folds' script was given.
+
+    Arguments
+    ---------
+    results : list of dict
+        The finished folds' test results, each with its ``fold``.
+    train_args : list of str
+        The arguments given to this driver, used for folds that record no command.
+    script : str
+        The script's name, for the text.
+
+    Returns
+    -------
+    str
+        Markdown: one line when every fold ran with the same arguments, else one per fold.
+
+    Example
+    -------
+    >>> same = [{"fold": k, "command": f"python t.py h.yaml --fold={k} --seed=3"} for k in (1, 2)]
+    >>> print(arguments_header(same, [], "t.py"), end="")
+    Arguments given to t.py: `--seed=3`
+    >>> print(arguments_header([same[0], {"fold": 3}], ["--seed=4"], "t.py"), end="")
+    Arguments given to t.py, per fold:
+    - fold 1: `--seed=3`
+    - fold 3: `--seed=4`
+    """
+    per_fold = []
+    for result in results:
+        trained = trained_arguments(result)
+        per_fold.append((result["fold"], train_args if trained is None else trained))
+    shown = {shlex.join(args) or "(none)" for _, args in per_fold}
+    if len(shown) == 1:
+        return f"Arguments given to {script}: `{shown.pop()}`\n"
+    lines = [f"Arguments given to {script}, per fold:"]
+    lines += [f"- fold {k}: `{shlex.join(args) or '(none)'}`" for k, args in per_fold]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     """Runs the folds and writes the report; returns the report's Markdown text."""
     args, train_args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -102,7 +175,7 @@ def main(argv=None):
         title=f"Summed over folds {', '.join(str(r['fold']) for r in results)}",
     )
     header = f"# Cross-validation of `{args.hparams}`\n\n"
-    header += f"Arguments given to {args.script}: `{shlex.join(train_args) or '(none)'}`\n\n"
+    header += arguments_header(results, train_args, args.script) + "\n"
     if missing:
         header += f"**Not finished: fold(s) {', '.join(map(str, missing))}.**\n\n"
     with open(os.path.join(args.cv_folder, "cv_results.md"), "w", encoding="utf-8") as f:
