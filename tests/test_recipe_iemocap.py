@@ -183,6 +183,31 @@ def test_a_report_written_later_gives_the_arguments_its_folds_ran_with(tmp_path)
     assert "per fold:" in text and "- fold 2: `--seed=8 " in text and "- fold 1: `--seed=7 " in text
 
 
+def test_cross_validation_runs_every_fold_of_the_corpus_by_default():
+    """Without ``--folds`` the driver runs all folds: RAVDESS has 6, not IEMOCAP's 5."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "hnsd_cross_validate", os.path.join(RECIPE, "cross_validate.py")
+    )
+    cross_validate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cross_validate)
+
+    def folds(recipe, hparams, *args):
+        path = os.path.join(ROOT, "recipes", recipe, "hnsd", "hparams", hparams)
+        return cross_validate.parse_args([path, *args])[0].folds
+
+    assert (
+        folds("RAVDESS", "hnsd.yaml")
+        == folds("RAVDESS", "hnsd_improved.yaml")
+        == [1, 2, 3, 4, 5, 6]
+    )
+    assert folds("RAVDESS", "hnsd.yaml", "--n_folds=3") == [1, 2, 3]
+    assert folds("IEMOCAP", "hnsd.yaml") == [1, 2, 3, 4, 5]
+    assert folds("IEMOCAP", "hnsd_improved.yaml", "--protocol=speaker") == list(range(1, 11))
+    assert folds("IEMOCAP", "hnsd.yaml", "--folds", "2", "4") == [2, 4]
+
+
 def test_wrong_number_of_classes_is_a_clear_error(corpus, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(

@@ -5,11 +5,13 @@
 >     --folds 1 2 3 4 5
 
 Other ``--key=value`` arguments go to every ``train.py`` run unchanged (``--number_of_epochs=20``,
-``--protocol=speaker``...). Fold k trains in ``<cv_folder>/fold<k>``; a fold that already has its
-``test_results.json`` is not trained again, so an interrupted cross-validation resumes where it
-stopped (and an interrupted fold resumes from its last checkpoint). The report,
-``<cv_folder>/cv_results.md``, has per-fold and mean ± std WA and UA and the confusion matrix
-summed over the folds (also as ``confusion_sum.csv`` and ``.png``).
+``--protocol=speaker``...). Without ``--folds`` every fold runs: the hparams file's ``n_folds``
+(RAVDESS: 6), or IEMOCAP's 5 sessions (10 speakers with ``--protocol=speaker``). Fold k trains
+in ``<cv_folder>/fold<k>``; a fold that already has its ``test_results.json`` is not trained
+again, so an interrupted cross-validation resumes where it stopped (and an interrupted fold
+resumes from its last checkpoint). The report, ``<cv_folder>/cv_results.md``, has per-fold and
+mean ± std WA and UA and the confusion matrix summed over the folds (also as
+``confusion_sum.csv`` and ``.png``).
 
 ``--script=baseline.py`` runs the statistics baseline on the same folds instead of ``train.py``.
 ``--no_report`` only trains (several such runs, one fold each, can share a machine: see the
@@ -22,6 +24,7 @@ were trained with, as their ``test_results.json`` record them, so that a report 
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -35,7 +38,14 @@ def parse_args(argv):
     """Splits the command line into the driver's options and train.py's overrides."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("hparams", help="hparams file given to train.py")
-    parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the folds to run (default: all of them: the hparams file's n_folds, or IEMOCAP's "
+        "5 sessions, 10 speakers with --protocol=speaker)",
+    )
     parser.add_argument(
         "--script",
         default="train.py",
@@ -52,10 +62,53 @@ def parse_args(argv):
         "--report_only", action="store_true", help="report the finished folds, train none"
     )
     args, train_args = parser.parse_known_args(argv)
+    if args.folds is None:
+        with open(args.hparams, encoding="utf-8") as f:
+            args.folds = list(range(1, number_of_folds(f.read(), train_args) + 1))
     if args.cv_folder is None:
         name = os.path.splitext(os.path.basename(args.hparams))[0]
         args.cv_folder = os.path.join("results", "cv", name)
     return args, train_args
+
+
+def number_of_folds(hparams_text, train_args):
+    """How many folds the hparams file (with the given overrides) has: its top-level
+    ``n_folds``, else IEMOCAP's, whose folds are its protocol's (5 sessions, or 10 speakers).
+    The yaml is read as text, not loaded: loading it would build the model to count the folds.
+
+    Arguments
+    ---------
+    hparams_text : str
+        The hparams file's text.
+    train_args : list of str
+        The ``--key=value`` overrides given for ``train.py``.
+
+    Returns
+    -------
+    int
+        The number of folds.
+
+    Example
+    -------
+    >>> number_of_folds("fold: 1\\nn_folds: 6  # actors\\n", [])
+    6
+    >>> number_of_folds("n_folds: 6\\n", ["--n_folds=4"])
+    4
+    >>> number_of_folds("protocol: session\\n", ["--protocol=speaker"])
+    10
+    """
+
+    def value(key):
+        for arg in reversed(train_args):
+            if arg.startswith(f"--{key}="):
+                return arg.split("=", 1)[1]
+        found = re.search(rf"^{key}:\s*([^\s#]+)", hparams_text, re.MULTILINE)
+        return found.group(1) if found else None
+
+    n_folds = value("n_folds")
+    if n_folds is not None:
+        return int(n_folds)
+    return 10 if value("protocol") == "speaker" else 5
 
 
 def run_fold(hparams, fold, fold_folder, train_args, train=True, script="train.py"):
