@@ -96,12 +96,19 @@ def number_of_folds(hparams_text, train_args):
     4
     >>> number_of_folds("protocol: session\\n", ["--protocol=speaker"])
     10
+    >>> number_of_folds("protocol: session\\n", ["--protocol", "speaker"])
+    10
     """
 
     def value(key):
-        for arg in reversed(train_args):
+        given = None
+        for i, arg in enumerate(train_args):  # the last one wins, as in train.py
             if arg.startswith(f"--{key}="):
-                return arg.split("=", 1)[1]
+                given = arg.split("=", 1)[1]
+            elif arg == f"--{key}" and i + 1 < len(train_args):
+                given = train_args[i + 1]
+        if given is not None:
+            return given
         found = re.search(rf"^{key}:\s*([^\s#]+)", hparams_text, re.MULTILINE)
         return found.group(1) if found else None
 
@@ -145,6 +152,8 @@ def trained_arguments(result):
     >>> trained_arguments({"command": "python train.py hparams/hnsd.yaml --fold=2 "
     ...                    "--output_folder=cv/fold2 --seed=7 '--x=[!ref <y>]'"})
     ['--seed=7', '--x=[!ref <y>]']
+    >>> trained_arguments({"command": "python train.py --seed 7 h.yaml --fold 2 --output_folder o"})
+    ['--seed', '7']
     >>> trained_arguments({}) is None
     True
     """
@@ -152,10 +161,18 @@ def trained_arguments(result):
     if not command:
         return None
     words = shlex.split(command)[2:]  # the interpreter and the script
-    positional = [w for w in words if not w.startswith("-")]
-    if positional:
-        words.remove(positional[0])  # the hparams file
-    return [w for w in words if not w.startswith(("--fold=", "--output_folder="))]
+    yaml_files = [w for w in words if w.endswith((".yaml", ".yml")) and not w.startswith("-")]
+    if yaml_files:
+        words.remove(yaml_files[0])  # the hparams file
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--fold", "--output_folder"):
+            skip = True  # and its value, the next word
+        elif not word.startswith(("--fold=", "--output_folder=")):
+            kept.append(word)
+    return kept
 
 
 def arguments_header(results, train_args, script):
@@ -183,17 +200,18 @@ def arguments_header(results, train_args, script):
     >>> print(arguments_header([same[0], {"fold": 3}], ["--seed=4"], "t.py"), end="")
     Arguments given to t.py, per fold:
     - fold 1: `--seed=3`
-    - fold 3: `--seed=4`
+    - fold 3: `--seed=4` (not recorded by the fold: given to the reporting command)
     """
+    unrecorded = " (not recorded by the fold: given to the reporting command)"
     per_fold = []
     for result in results:
         trained = trained_arguments(result)
-        per_fold.append((result["fold"], train_args if trained is None else trained))
-    shown = {shlex.join(args) or "(none)" for _, args in per_fold}
-    if len(shown) == 1:
-        return f"Arguments given to {script}: `{shown.pop()}`\n"
+        shown = f"`{shlex.join(train_args if trained is None else trained) or '(none)'}`"
+        per_fold.append((result["fold"], shown + (unrecorded if trained is None else "")))
+    if len({shown for _, shown in per_fold}) == 1:
+        return f"Arguments given to {script}: {per_fold[0][1]}\n"
     lines = [f"Arguments given to {script}, per fold:"]
-    lines += [f"- fold {k}: `{shlex.join(args) or '(none)'}`" for k, args in per_fold]
+    lines += [f"- fold {k}: {shown}" for k, shown in per_fold]
     return "\n".join(lines) + "\n"
 
 
