@@ -101,6 +101,7 @@ def number_of_folds(hparams_text, train_args):
     """
 
     def value(key):
+        """The key's value: the last override of it, else the file's, else None."""
         given = None
         for i, arg in enumerate(train_args):  # the last one wins, as in train.py
             if arg.startswith(f"--{key}="):
