@@ -140,16 +140,23 @@ def test_cross_validation_driver_writes_mean_and_std(corpus, tmp_path):
     assert (tmp_path / "confusion_sum.png").exists()
 
 
-def test_a_report_written_later_gives_the_arguments_its_folds_ran_with(tmp_path):
-    """A ``--report_only`` run (or one with other arguments) must not relabel the folds."""
-    import doctest
+def load_cross_validate():
+    """The recipe's ``cross_validate.py`` as a module (a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "hnsd_cross_validate", os.path.join(RECIPE, "cross_validate.py")
     )
-    cross_validate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cross_validate)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_report_written_later_gives_the_arguments_its_folds_ran_with(tmp_path):
+    """A ``--report_only`` run (or one with other arguments) must not relabel the folds."""
+    import doctest
+
+    cross_validate = load_cross_validate()
     assert doctest.testmod(cross_validate).failed == 0
 
     def write_fold(k, seed):
@@ -185,13 +192,7 @@ def test_a_report_written_later_gives_the_arguments_its_folds_ran_with(tmp_path)
 
 def test_cross_validation_runs_every_fold_of_the_corpus_by_default():
     """Without ``--folds`` the driver runs all folds: RAVDESS has 6, not IEMOCAP's 5."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "hnsd_cross_validate", os.path.join(RECIPE, "cross_validate.py")
-    )
-    cross_validate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cross_validate)
+    cross_validate = load_cross_validate()
 
     def folds(recipe, hparams, *args):
         path = os.path.join(ROOT, "recipes", recipe, "hnsd", "hparams", hparams)

@@ -29,6 +29,8 @@ import shlex
 import subprocess
 import sys
 
+import speechbrain as sb
+
 from hnsd_sb.report import save_confusion_matrix, summarize_folds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -81,7 +83,7 @@ def number_of_folds(hparams_text, train_args):
     hparams_text : str
         The hparams file's text.
     train_args : list of str
-        The ``--key=value`` overrides given for ``train.py``.
+        The overrides given for ``train.py`` (``--key=value`` or ``--key value``).
 
     Returns
     -------
@@ -100,18 +102,16 @@ def number_of_folds(hparams_text, train_args):
     10
     """
 
+    # SpeechBrain's own reading of the command line, so every override form it takes counts.
+    _, _, overrides = sb.parse_arguments(["hparams.yaml", *train_args])
+
     def value(key):
-        """The key's value: the last override of it, else the file's, else None."""
-        given = None
-        for i, arg in enumerate(train_args):  # the last one wins, as in train.py
-            if arg.startswith(f"--{key}="):
-                given = arg.split("=", 1)[1]
-            elif arg == f"--{key}" and i + 1 < len(train_args):
-                given = train_args[i + 1]
-        if given is not None:
-            return given
-        found = re.search(rf"^{key}:\s*([^\s#]+)", hparams_text, re.MULTILINE)
-        return found.group(1) if found else None
+        """The key's value: its override, else the file's, else None."""
+        for text in (overrides, hparams_text):
+            found = re.search(rf"^{key}:\s*([^\s#]+)", text, re.MULTILINE)
+            if found:
+                return found.group(1)
+        return None
 
     n_folds = value("n_folds")
     if n_folds is not None:
