@@ -264,6 +264,25 @@ def test_every_hparams_file_takes_the_manifest_switches():
             assert re.search(rf"^{key}: {default}\b", text, re.M), f"{yaml_file}: no {key}"
 
 
+def test_every_hparams_file_sets_the_batch_with_one_override():
+    """``--max_batch_length=N`` sets the training batch of every recipe's hparams file and keeps
+    the sampler's other settings, its seed included (overriding ``dynamic_batch_sampler`` as a
+    whole would drop them)."""
+    from hyperpyyaml import resolve_references
+    from ruamel.yaml import YAML
+
+    files = glob.glob(os.path.join(ROOT, "recipes", "*", "hnsd", "hparams", "*.yaml"))
+    assert len(files) >= 7
+    for yaml_file in files:
+        text = open(yaml_file, encoding="utf-8").read()
+        overrides = {key: "unused" for key in re.findall(r"^(\w+): !PLACEHOLDER", text, re.M)}
+        overrides.update(max_batch_length=7, seed=5)
+        hparams = YAML(typ="rt").load(resolve_references(text, overrides).getvalue())
+        sampler = dict(hparams["dynamic_batch_sampler"])
+        assert sampler["max_batch_length"] == 7, yaml_file
+        assert sampler["seed"] == 5 and sampler["num_buckets"] >= 40, yaml_file
+
+
 def improved_brain(**overrides):
     """The recipe's ``EmotionBrain`` on a small ``hnsd_improved.yaml`` model with ``overrides``,
     without the waveform augmentation (so only what a test switches on is random)."""
