@@ -76,8 +76,8 @@ train_fold() {  # train_fold ROW FOLD: one fold of one row, its output in <row>/
 export -f row_args train_fold
 export TABLE STATIC_ONLY DYNAMIC_ONLY EARLY_FUSION CONCAT_FUSION MEAN_POOLING
 
-# Folds of the rows in order; with JOBS > 1 several run at once (tqdm bars are then off).
-[[ $JOBS -gt 1 ]] && export TQDM_DISABLE=1
+# Folds of the rows in order; with JOBS > 1 several run at once, each writing its log and
+# progress bars to its own fold<k>.out.
 failed=0
 if [[ -z ${REPORT_ONLY:-} ]]; then
   for row in $ROWS; do
