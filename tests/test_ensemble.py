@@ -143,3 +143,41 @@ def test_predict_with_several_models_writes_their_average(folders, recording, tm
     # A bad second folder is named, and nothing is classified.
     assert main(["predict", "--model", str(folders[0]), "--model", "/no/such", str(recording)]) == 2
     assert "/no/such: not a model folder" in capsys.readouterr().err
+
+
+def load_recipe_ensemble():
+    """The RAVDESS recipe's ``ensemble.py``, imported as a module."""
+    import importlib.util
+    import os
+
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "recipes",
+        "RAVDESS",
+        "hnsd",
+        "ensemble.py",
+    )
+    spec = importlib.util.spec_from_file_location("ravdess_ensemble", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_averaging_is_the_mean_over_resampled_recordings(folders):
+    from speechbrain.augment.time_domain import SpeedPerturb
+
+    recipe = load_recipe_ensemble()
+    recognizer = EmotionRecognizer.from_folder(folders[0])
+    wavs, lens = padded_batch()
+    plain = recognizer.infer_batch(wavs, lens, "spk1")[0]
+    # at 100 % alone it is the plain recogniser
+    alone = recipe.speed_averaged(recognizer, wavs, lens, ["spk1"] * 3, [100])
+    assert torch.allclose(alone, plain, atol=1e-6)
+    # at 90 and 110 % each version is what training's SpeedPerturb plays
+    expected = 0
+    for speed in (90, 110):
+        played = SpeedPerturb(16000, speeds=[speed])(wavs)
+        expected = expected + recognizer.infer_batch(played, lens, "spk1")[0].exp() / 2
+    averaged = recipe.speed_averaged(recognizer, wavs, lens, ["spk1"] * 3, [90, 110])
+    assert torch.allclose(averaged.exp(), expected, atol=1e-6)
+    assert not torch.allclose(averaged, plain, atol=1e-3)

@@ -11,6 +11,12 @@ run as users run it, by ``EmotionRecognizer.from_folders`` (``hnsd predict --mod
 and must give the members' mean probabilities. Prints, per fold, each member's and the ensemble's
 validation and test UA as JSON lines, then the means; a member's test UA is checked against the
 row's ``test_results.json``, so the scores are those of the runs.
+
+With ``--speeds 90 100 110`` each member also scores every recording at those speeds (resampled
+as the training augmentation ``SpeedPerturb`` does, speaker statistics unchanged) and averages
+the probabilities; the JSON lines then carry ``... speeds UA`` beside each plain UA, the same
+weights with and without the averaging (``experiments/proxy/SELECTION.md``, "Averaging over
+speeds at test time").
 """
 
 import argparse
@@ -20,7 +26,9 @@ import sys
 import tempfile
 
 import torch
+from speechbrain.augment.time_domain import Resample
 
+from hnsd_sb import pipeline
 from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.manifest import read_rows, resolve_path
@@ -35,8 +43,28 @@ def read_manifest(path, data_folder):
     return rows
 
 
-def probabilities(recognizer, rows, batch_size=16):
-    """Class probabilities ``[n, classes]`` of the rows, in their order, in padded batches."""
+def speed_averaged(recognizer, wavs, lens, speakers, speeds):
+    """Log of the mean class probabilities of a padded batch played at each of ``speeds`` (%).
+
+    A speed of 90 stretches the recording to 100/90 of its length (and lowers its pitch), as
+    ``speechbrain.augment.time_domain.SpeedPerturb`` does in training; the padding stretches
+    with it, so the relative lengths stay.
+    """
+    mods = recognizer.mods
+    probs = 0
+    for speed in speeds:
+        played = wavs if speed == 100 else Resample(orig_freq=speed, new_freq=100)(wavs)
+        with torch.no_grad():
+            log_probs = pipeline.classify(
+                mods.features, mods.normalizer, mods.model, played, lens, speakers
+            )[0]
+        probs = probs + log_probs.exp()
+    return (probs / len(speeds)).log()
+
+
+def probabilities(recognizer, rows, batch_size=16, speeds=None):
+    """Class probabilities ``[n, classes]`` of the rows, in their order, in padded batches
+    (averaged over ``speeds`` where given)."""
     out = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: float(rows[i]["duration"]))
     for start in range(0, len(order), batch_size):
@@ -48,7 +76,10 @@ def probabilities(recognizer, rows, batch_size=16):
             batch[j, : w.numel()] = w
         lens = torch.tensor([w.numel() / longest for w in wavs])
         speakers = [rows[i]["spk_id"] for i in chunk]
-        log_probs = recognizer.infer_batch(batch, lens, speakers)[0]
+        if speeds:
+            log_probs = speed_averaged(recognizer, batch, lens, speakers, speeds)
+        else:
+            log_probs = recognizer.infer_batch(batch, lens, speakers)[0]
         for j, i in enumerate(chunk):
             out[i] = log_probs[j].exp()
     return torch.stack(out)
@@ -68,6 +99,12 @@ def main(argv=None):
     parser.add_argument("rows", nargs="+", help="cross-validation folders (the members)")
     parser.add_argument("--data_folder", required=True, help="the folder holding Actor_01/...")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
+    parser.add_argument(
+        "--speeds",
+        type=int,
+        nargs="+",
+        help="also score each recording at these speeds (%%) and average (e.g. 90 100 110)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     totals = {}
@@ -91,6 +128,9 @@ def main(argv=None):
                     probs = probabilities(recognizer, rows)
                     sums[split] = sums.get(split, 0) + probs
                     result[f"{row} {split} UA"] = ua(probs, rows, labels)
+                    if args.speeds:
+                        averaged = probabilities(recognizer, rows, speeds=args.speeds)
+                        result[f"{row} {split} speeds UA"] = ua(averaged, rows, labels)
                 with open(os.path.join(run, "test_results.json"), encoding="utf-8") as f:
                     recorded = round(100 * json.load(f)["UA"], 2)
                 got = result[f"{row} test UA"]
