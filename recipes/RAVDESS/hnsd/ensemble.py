@@ -15,8 +15,9 @@ row's ``test_results.json``, so the scores are those of the runs.
 With ``--speeds 90 100 110`` each member also scores every recording at those speeds (resampled
 as the training augmentation ``SpeedPerturb`` does, speaker statistics unchanged) and averages
 the probabilities; the JSON lines then carry ``... speeds UA`` beside each plain UA, the same
-weights with and without the averaging (``experiments/proxy/SELECTION.md``, "Averaging over
-speeds at test time").
+weights with and without the averaging, and end with one line per member and split: the
+per-fold differences (averaged minus plain), their mean and how many folds are at least 0 and
+above 0 (``experiments/proxy/SELECTION.md``, "Averaging over speeds at test time").
 """
 
 import argparse
@@ -149,6 +150,16 @@ def main(argv=None):
                 totals.setdefault(key, []).append(value)
         print(json.dumps(result), flush=True)
     print(json.dumps({key: round(sum(v) / len(v), 2) for key, v in totals.items()}))
+    if args.speeds:  # the averaging against the plain recordings, paired over the folds
+        for row in args.rows:
+            for split in ("valid", "test"):
+                plain, averaged = totals[f"{row} {split} UA"], totals[f"{row} {split} speeds UA"]
+                diffs = [round(a - b, 2) for a, b in zip(averaged, plain)]
+                summary = {"row": row, "split": split, "speeds minus plain": diffs}
+                summary["mean"] = round(sum(diffs) / len(diffs), 2)
+                summary["folds at least 0"] = sum(d >= 0 for d in diffs)
+                summary["folds above 0"] = sum(d > 0 for d in diffs)
+                print(json.dumps(summary))
 
 
 if __name__ == "__main__":
