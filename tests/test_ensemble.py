@@ -1,12 +1,15 @@
 """Tests of ensembles: ``HNSDEnsemble``, ``EmotionRecognizer.from_folders`` and
 ``hnsd predict --model A --model B``."""
 
+import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from speechbrain.augment.time_domain import SpeedPerturb
 
 from hnsd_sb import HNSD, SpeakerNormalization
 from hnsd_sb.cli import main
@@ -147,9 +150,6 @@ def test_predict_with_several_models_writes_their_average(folders, recording, tm
 
 def load_recipe_ensemble():
     """The RAVDESS recipe's ``ensemble.py``, imported as a module."""
-    import importlib.util
-    import os
-
     path = os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         "recipes",
@@ -163,21 +163,16 @@ def load_recipe_ensemble():
     return module
 
 
-def test_speed_averaging_is_the_mean_over_resampled_recordings(folders):
-    from speechbrain.augment.time_domain import SpeedPerturb
-
+def test_playing_at_speeds_is_what_training_augmentation_plays(folders):
     recipe = load_recipe_ensemble()
     recognizer = EmotionRecognizer.from_folder(folders[0])
     wavs, lens = padded_batch()
-    plain = recognizer.infer_batch(wavs, lens, "spk1")[0]
-    # at 100 % alone it is the plain recogniser
-    alone = recipe.speed_averaged(recognizer, wavs, lens, ["spk1"] * 3, [100])
-    assert torch.allclose(alone, plain, atol=1e-6)
-    # at 90 and 110 % each version is what training's SpeedPerturb plays
-    expected = 0
-    for speed in (90, 110):
+    probs = recipe.at_speeds(recognizer, wavs, lens, ["spk1"] * 3, [100, 90, 110])
+    assert probs.shape == (3, 3, len(LABELS))
+    # at 100 % it is the plain recogniser; at 90 and 110 % what training's SpeedPerturb plays
+    assert torch.allclose(probs[0], recognizer.classify_batch(wavs, lens, "spk1")[0], atol=1e-6)
+    for k, speed in ((1, 90), (2, 110)):
         played = SpeedPerturb(16000, speeds=[speed])(wavs)
-        expected = expected + recognizer.infer_batch(played, lens, "spk1")[0].exp() / 2
-    averaged = recipe.speed_averaged(recognizer, wavs, lens, ["spk1"] * 3, [90, 110])
-    assert torch.allclose(averaged.exp(), expected, atol=1e-6)
-    assert not torch.allclose(averaged, plain, atol=1e-3)
+        expected = recognizer.classify_batch(played, lens, "spk1")[0]
+        assert torch.allclose(probs[k], expected, atol=1e-6)
+        assert not torch.allclose(probs[k], probs[0], atol=1e-3)

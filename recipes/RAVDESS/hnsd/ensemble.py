@@ -29,7 +29,6 @@ import tempfile
 import torch
 from speechbrain.augment.time_domain import Resample
 
-from hnsd_sb import pipeline
 from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.manifest import read_rows, resolve_path
@@ -44,28 +43,24 @@ def read_manifest(path, data_folder):
     return rows
 
 
-def speed_averaged(recognizer, wavs, lens, speakers, speeds):
-    """Log of the mean class probabilities of a padded batch played at each of ``speeds`` (%).
+def at_speeds(recognizer, wavs, lens, speakers, speeds):
+    """Class probabilities ``[len(speeds), batch, classes]`` of a padded batch played at each of
+    ``speeds`` (%, 100: as recorded).
 
     A speed of 90 stretches the recording to 100/90 of its length (and lowers its pitch), as
-    ``speechbrain.augment.time_domain.SpeedPerturb`` does in training; the padding stretches
-    with it, so the relative lengths stay.
+    ``speechbrain.augment.time_domain.SpeedPerturb`` does in training (without its random
+    draw); the padding stretches with it, so the relative lengths stay.
     """
-    mods = recognizer.mods
-    probs = 0
+    out = []
     for speed in speeds:
         played = wavs if speed == 100 else Resample(orig_freq=speed, new_freq=100)(wavs)
-        with torch.no_grad():
-            log_probs = pipeline.classify(
-                mods.features, mods.normalizer, mods.model, played, lens, speakers
-            )[0]
-        probs = probs + log_probs.exp()
-    return (probs / len(speeds)).log()
+        out.append(recognizer.infer_batch(played, lens, speakers)[0].exp())
+    return torch.stack(out)
 
 
-def probabilities(recognizer, rows, batch_size=16, speeds=None):
-    """Class probabilities ``[n, classes]`` of the rows, in their order, in padded batches
-    (averaged over ``speeds`` where given)."""
+def probabilities(recognizer, rows, batch_size=16, speeds=(100,)):
+    """Class probabilities ``[len(speeds), n, classes]`` of the rows, in their order, in padded
+    batches, each recording read once and played at each of ``speeds``."""
     out = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: float(rows[i]["duration"]))
     for start in range(0, len(order), batch_size):
@@ -77,13 +72,10 @@ def probabilities(recognizer, rows, batch_size=16, speeds=None):
             batch[j, : w.numel()] = w
         lens = torch.tensor([w.numel() / longest for w in wavs])
         speakers = [rows[i]["spk_id"] for i in chunk]
-        if speeds:
-            log_probs = speed_averaged(recognizer, batch, lens, speakers, speeds)
-        else:
-            log_probs = recognizer.infer_batch(batch, lens, speakers)[0]
+        probs = at_speeds(recognizer, batch, lens, speakers, speeds)
         for j, i in enumerate(chunk):
-            out[i] = log_probs[j].exp()
-    return torch.stack(out)
+            out[i] = probs[:, j]
+    return torch.stack(out, dim=1)
 
 
 def ua(probs, rows, labels):
@@ -107,6 +99,9 @@ def main(argv=None):
         help="also score each recording at these speeds (%%) and average (e.g. 90 100 110)",
     )
     args = parser.parse_args(argv)
+    speeds = args.speeds or []
+    # every recording is read once and played as recorded and at each other speed once
+    played_at = [100, *dict.fromkeys(s for s in speeds if s != 100)]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     totals = {}
     for fold in args.folds:
@@ -126,11 +121,12 @@ def main(argv=None):
                         r["ID"] for r in rows_of.setdefault(split, rows)
                     ]:
                         sys.exit(f"{run}: {split}.csv lists other utterances than {args.rows[0]}'s")
-                    probs = probabilities(recognizer, rows)
+                    played = probabilities(recognizer, rows, speeds=played_at)
+                    probs = played[0]  # as recorded
                     sums[split] = sums.get(split, 0) + probs
                     result[f"{row} {split} UA"] = ua(probs, rows, labels)
-                    if args.speeds:
-                        averaged = probabilities(recognizer, rows, speeds=args.speeds)
+                    if speeds:
+                        averaged = played[[played_at.index(s) for s in speeds]].mean(0)
                         result[f"{row} {split} speeds UA"] = ua(averaged, rows, labels)
                 with open(os.path.join(run, "test_results.json"), encoding="utf-8") as f:
                     recorded = round(100 * json.load(f)["UA"], 2)
@@ -141,7 +137,7 @@ def main(argv=None):
             # members' mean probabilities.
             ensemble = EmotionRecognizer.from_folders(folders, run_opts={"device": "cpu"})
             for split in ("valid", "test"):
-                probs = probabilities(ensemble, rows_of[split])
+                probs = probabilities(ensemble, rows_of[split])[0]
                 if not torch.allclose(probs, sums[split] / len(args.rows), atol=1e-5):
                     sys.exit(f"fold {fold}: from_folders does not give the members' mean")
                 result[f"ensemble {split} UA"] = ua(probs, rows_of[split], labels)
