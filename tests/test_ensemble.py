@@ -176,3 +176,20 @@ def test_playing_at_speeds_is_what_training_augmentation_plays(folders):
         expected = recognizer.classify_batch(played, lens, "spk1")[0]
         assert torch.allclose(probs[k], expected, atol=1e-6)
         assert not torch.allclose(probs[k], probs[0], atol=1e-3)
+
+
+def test_scoring_over_some_classes_ignores_the_others():
+    recipe = load_recipe_ensemble()
+    labels = ["ang", "cal", "hap", "sad"]
+    rows = [{"emo": e} for e in ("ang", "cal", "hap", "sad")]
+    # calm is most probable for every utterance, so over all classes only calm is right
+    probs = torch.tensor(
+        [[0.3, 0.4, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1], [0.1, 0.5, 0.3, 0.1], [0.3, 0.4, 0.1, 0.2]]
+    )
+    assert recipe.ua(probs, rows, labels) == 25.0
+    # over angry and happy: the calm and sad utterances are left out, the other two are right
+    assert recipe.ua(probs, rows, labels, ["ang", "hap"]) == 100.0
+    # over angry and sad: the sad utterance now counts, and is taken for angry
+    assert recipe.ua(probs, rows, labels, ["ang", "sad"]) == 50.0
+    with pytest.raises(ValueError, match=r"\['sur'\]: not labels of the model"):
+        recipe.ua(probs, rows, labels, ["ang", "sur"])

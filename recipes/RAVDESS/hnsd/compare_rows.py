@@ -22,11 +22,18 @@ With ``--curves K`` it prints each fold's training and validation curves, as mea
 consecutive K-epoch spans, with the change of the training loss from span to span (whether a
 run has converged); also from the logs alone.
 
+With ``--classes neu hap sad ang`` the test figures are computed from each fold's
+``predictions.csv`` over those emotions alone: only the utterances labelled with one of them
+count, each predicted as the most probable of them (its ``p_<label>`` columns), e.g. a row
+trained on 8 emotions scored as the 4-class task. An ``ensemble.py`` output is refused there:
+``ensemble.py --classes`` scores ensembles that way itself.
+
 With ``--timing`` it prints each fold's wall-clock time from its ``log.txt`` (first to last
 line, so pauses and waits count) and the seconds per epoch that gives.
 """
 
 import argparse
+import csv
 import glob
 import json
 import os
@@ -52,21 +59,52 @@ def finished(fold_folder):
     return os.path.exists(os.path.join(fold_folder, "test_results.json"))
 
 
-def read_row(cv_folder):
+def read_row(cv_folder, classes=None):
     """The per-fold test results of one cross-validation folder (or ``ensemble.py`` output), in
-    fold order."""
+    fold order; over ``classes`` alone if given (see ``scores_over``)."""
     if mean_parts(cv_folder):
-        return read_mean(mean_parts(cv_folder))
+        return read_mean(mean_parts(cv_folder), classes)
     if cv_folder.endswith(".jsonl"):
+        if classes:
+            raise SystemExit(f"{cv_folder}: --classes reads predictions.csv; use ensemble.py's")
         return read_ensemble(cv_folder)
     results = []
     for fold, path in fold_folders(cv_folder).items():
-        if finished(path):
+        if finished(path) and classes:
+            results.append({"fold": fold, **scores_over(path, classes)})
+        elif finished(path):
             with open(os.path.join(path, "test_results.json"), encoding="utf-8") as f:
                 results.append({"fold": fold, **json.load(f)})
     if not results:
         raise SystemExit(f"{cv_folder}: no fold<k>/test_results.json (has it been run?)")
     return results
+
+
+def scores_over(fold_folder, classes):
+    """WA and UA (fractions) of a fold's ``predictions.csv`` over ``classes`` alone: on the
+    utterances labelled with one of them, each predicted as the one of them with the highest
+    probability (the first on a tie)."""
+    path = os.path.join(fold_folder, "predictions.csv")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: not found (--classes reads the predictions)") from None
+    columns = rows[0].keys() if rows else []
+    missing = [c for c in classes if f"p_{c}" not in columns]
+    if missing:
+        raise SystemExit(f"{path}: no probability column for {missing} (p_<label>)")
+    hits = {c: [] for c in classes}
+    for row in rows:
+        if row["target"] in hits:
+            predicted = max(classes, key=lambda c: float(row[f"p_{c}"]))
+            hits[row["target"]].append(predicted == row["target"])
+    empty = [c for c, h in hits.items() if not h]
+    if empty:
+        raise SystemExit(f"{path}: no utterance of {empty}, so no UA over {list(classes)}")
+    scored = [hit for h in hits.values() for hit in h]
+    recalls = [sum(h) / len(h) for h in hits.values()]
+    return {"WA": sum(scored) / len(scored), "UA": sum(recalls) / len(recalls)}
 
 
 def mean_parts(row):
@@ -91,10 +129,10 @@ def common_folds(row, per_part):
     return sorted(common)
 
 
-def read_mean(folders):
+def read_mean(folders, classes=None):
     """Per fold, the mean WA and UA of several rows (see ``read_row``), on the folds that all of
     them finished; a figure that one of them lacks (an ensemble's WA) is left out."""
-    rows = [{result["fold"]: result for result in read_row(folder)} for folder in folders]
+    rows = [{r["fold"]: r for r in read_row(folder, classes)} for folder in folders]
     common = common_folds("+".join(folders), rows)
     means = []
     for fold in common:
@@ -324,7 +362,16 @@ if __name__ == "__main__":
         metavar="K",
         help="print each fold's training and validation curves in K-epoch means, no test figure",
     )
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="LABEL",
+        help="test figures over these emotions alone, from predictions.csv (e.g. neu hap sad ang)",
+    )
     args = parser.parse_args()
+    reads_logs = args.validation is not None or args.curves is not None or args.timing
+    if args.classes and reads_logs:
+        parser.error("--classes scores test predictions; --validation, --timing, --curves do not")
     if args.validation is not None and args.validation < 1:
         parser.error("--validation K needs K >= 1")
     if args.curves is not None:
@@ -340,9 +387,9 @@ if __name__ == "__main__":
         rows = [args.reference, *args.rows]
         print_timing([part for row in rows for part in mean_parts(row) or [row]])
         raise SystemExit(0)
-    rows = {row_name(args.reference): read_row(args.reference)}
+    rows = {row_name(args.reference): read_row(args.reference, args.classes)}
     for folder in args.rows:
-        rows.setdefault(row_name(folder), read_row(folder))
+        rows.setdefault(row_name(folder), read_row(folder, args.classes))
     try:
         print(compare_to_reference(rows, row_name(args.reference), metric=args.metric))
     except ValueError as error:

@@ -1,0 +1,66 @@
+"""Tests of the RAVDESS recipe's ``compare_rows.py`` on hand-made rows (no audio, no training):
+the figures it computes from a fold's files rather than reads."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "RAVDESS", "hnsd")
+LABELS = ["ang", "cal", "hap", "sad"]
+
+
+def write_fold(folder, predictions):
+    """A finished fold: ``test_results.json`` (over all classes) and ``predictions.csv`` from
+    (target, probabilities) pairs."""
+    folder.mkdir(parents=True)
+    (folder / "test_results.json").write_text(json.dumps({"WA": 0.25, "UA": 0.25}))
+    with open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", "target", "prediction", *(f"p_{c}" for c in LABELS)])
+        for k, (target, probs) in enumerate(predictions):
+            predicted = LABELS[max(range(len(LABELS)), key=probs.__getitem__)]
+            writer.writerow([f"utt{k}", target, predicted, *probs])
+
+
+def compare(*args):
+    proc = subprocess.run(
+        [sys.executable, "compare_rows.py", *map(str, args)],
+        cwd=RECIPE,
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_classes_score_the_predictions_over_some_emotions_alone(tmp_path):
+    # calm is the most probable for every utterance: over all four, only calm's are right
+    predictions = [
+        ("ang", [0.3, 0.4, 0.2, 0.1]),
+        ("ang", [0.1, 0.4, 0.3, 0.2]),
+        ("cal", [0.1, 0.6, 0.2, 0.1]),
+        ("hap", [0.1, 0.5, 0.3, 0.1]),
+        ("sad", [0.3, 0.4, 0.1, 0.2]),
+    ]
+    row = tmp_path / "row"
+    write_fold(row / "fold1", predictions)
+    code, out = compare(row, row)
+    assert code == 0 and "| 1 | 25.00 ± n/a | 25.00 ± n/a | reference |" in out, out
+    # Over angry, happy and sad: calm's utterance is left out, and of the other four, the first
+    # angry and the happy one are right (WA 2/4), recalls 1/2, 1 and 0 (UA 50).
+    code, out = compare("--classes", "ang", "hap", "sad", "--", row, row)
+    assert code == 0 and "| 1 | 50.00 ± n/a | 50.00 ± n/a | reference |" in out, out
+    # Bad input is named: a label without a column, a label without an utterance, an ensemble.
+    code, out = compare("--classes", "ang", "sur", "--", row)
+    assert code == 1 and "predictions.csv: no probability column for ['sur']" in out, out
+    write_fold(tmp_path / "nosad" / "fold1", predictions[:4])
+    code, out = compare("--classes", "ang", "sad", "--", tmp_path / "nosad")
+    assert code == 1 and "no utterance of ['sad']" in out, out
+    ensemble = tmp_path / "ensemble.jsonl"
+    ensemble.write_text(json.dumps({"fold": 1, "ensemble test UA": 50.0}) + "\n")
+    code, out = compare("--classes", "ang", "sad", "--", row, ensemble)
+    assert code == 1 and "use ensemble.py's" in out, out
+    code, out = compare("--classes", "ang", "--validation", "10", row)
+    assert code == 2 and "--classes scores test predictions" in out, out
