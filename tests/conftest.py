@@ -1,5 +1,6 @@
 """Session fixtures shared by the test modules: one generated IEMOCAP-format corpus, and one tiny
-HNSD trained on it by the IEMOCAP recipe (one epoch) and exported to a model folder.
+HNSD trained on it by the IEMOCAP recipe (one epoch) and exported to a model folder; and
+``compare_rows``, which runs the RAVDESS recipe's ``compare_rows.py``.
 
 The modules that need a trained model (``test_inference``, ``test_finetune``) read these and
 never change them: a test that edits a folder copies it first.
@@ -18,6 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "IEMOCAP" / "hnsd"
 # The shared model's sizes, which a fine-tuning run from it must repeat.
 TINY_SIZES = ["--lstm_size=32", "--fc_size=16"]
+
+
+def compare_rows(*args):
+    """Runs the RAVDESS recipe's ``compare_rows.py`` with ``args``; returns its exit status and
+    its stdout and stderr together."""
+    proc = subprocess.run(
+        [sys.executable, "compare_rows.py", *map(str, args)],
+        cwd=ROOT / "recipes" / "RAVDESS" / "hnsd",
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,9 @@ the figures it computes from a fold's files rather than reads."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "recipes", "RAVDESS", "hnsd")
+from conftest import compare_rows as compare
+
 LABELS = ["ang", "cal", "hap", "sad"]
 
 
@@ -23,16 +20,6 @@ def write_fold(folder, predictions):
         for k, (target, probs) in enumerate(predictions):
             predicted = LABELS[max(range(len(LABELS)), key=probs.__getitem__)]
             writer.writerow([f"utt{k}", target, predicted, *probs])
-
-
-def compare(*args):
-    proc = subprocess.run(
-        [sys.executable, "compare_rows.py", *map(str, args)],
-        cwd=RECIPE,
-        capture_output=True,
-        text=True,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 def test_classes_score_the_predictions_over_some_emotions_alone(tmp_path):

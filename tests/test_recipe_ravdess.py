@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import compare_rows as compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAVDESS = os.path.join(os.path.dirname(ROOT), "shared", "data", "ravdess")
@@ -115,27 +116,12 @@ def test_run_experiments_trains_folds_in_parallel_and_reports_the_missing(subset
     assert "Not finished: fold(s) 3, 4, 5, 6" in report
     assert (row / "confusion_sum.png").exists()
     # The reference comparison reads the same folders.
-    proc = subprocess.run(
-        [sys.executable, "compare_rows.py", str(row), str(row)],
-        cwd=RECIPE,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "| 2 |" in proc.stdout and "reference" in proc.stdout
+    code, out = compare(row, row)
+    assert code == 0 and "| 2 |" in out and "reference" in out, out
     # An ensemble.py output is a row too (UA only); --validation and --timing read the logs.
     ensemble = tmp_path / "ensemble.jsonl"
     lines = [{"fold": k, "ensemble test UA": 50.0, "ensemble valid UA": 40.0} for k in (1, 2)]
     ensemble.write_text("".join(json.dumps(line) + "\n" for line in lines + [{"mean": 1}]))
-
-    def compare(*args):
-        proc = subprocess.run(
-            [sys.executable, "compare_rows.py", *map(str, args)],
-            cwd=RECIPE,
-            capture_output=True,
-            text=True,
-        )
-        return proc.returncode, proc.stdout + proc.stderr
 
     code, out = compare(row, ensemble)
     assert code == 0 and "| 2 | n/a | 50.00 ± 0.00 |" in out, out
