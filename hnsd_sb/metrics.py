@@ -123,6 +123,48 @@ def unweighted_accuracy(cm):
     return float(recall[present].mean()) if present.any() else float("nan")
 
 
+def restrict_to_classes(probs, targets, labels, classes):
+    """Scores of a model over some of its classes alone: the utterances whose target is one of
+    ``classes``, with the scores of those classes only (in ``classes``' order), so that the most
+    probable is the most probable of them. For a model trained on more emotions than a task
+    scores, e.g. RAVDESS's 8 scored as the IEMOCAP-style 4.
+
+    Arguments
+    ---------
+    probs : torch.Tensor
+        ``[n, len(labels)]`` class probabilities (or log-probabilities) of the utterances.
+    targets : torch.Tensor
+        ``[n]`` true class indices into ``labels``.
+    labels : list of str
+        The model's labels, one per column of ``probs``.
+    classes : list of str
+        The labels to keep.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[m, len(classes)]`` scores of the ``m`` utterances whose target is in ``classes``.
+    torch.Tensor
+        ``[m]`` their targets, as indices into ``classes``.
+
+    Example
+    -------
+    >>> probs = torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.125, 0.375], [0.25, 0.25, 0.5]])
+    >>> kept, targets = restrict_to_classes(probs, [0, 1, 2], ["cal", "sad", "ang"], ["ang", "sad"])
+    >>> kept.tolist(), targets.tolist()
+    ([[0.375, 0.125], [0.5, 0.25]], [1, 0])
+    """
+    missing = [c for c in classes if c not in labels]
+    if missing:
+        raise ValueError(f"{missing}: not among the labels {list(labels)}")
+    columns = torch.tensor([list(labels).index(c) for c in classes], dtype=torch.long)
+    into_classes = torch.full((len(labels),), -1, dtype=torch.long)
+    into_classes[columns] = torch.arange(len(classes))
+    targets = into_classes[torch.as_tensor(targets).reshape(-1).long()]
+    keep = targets >= 0
+    return torch.as_tensor(probs)[keep][:, columns], targets[keep]
+
+
 def balanced_class_weights(labels, label_encoder):
     """Loss weights that give every emotion the same total weight in the training set.
 

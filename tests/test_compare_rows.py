@@ -39,12 +39,16 @@ def test_classes_score_the_predictions_over_some_emotions_alone(tmp_path):
     # angry and the happy one are right (WA 2/4), recalls 1/2, 1 and 0 (UA 50).
     code, out = compare("--classes", "ang", "hap", "sad", "--", row, row)
     assert code == 0 and "| 1 | 50.00 ± n/a | 50.00 ± n/a | reference |" in out, out
-    # Bad input is named: a label without a column, a label without an utterance, an ensemble.
-    code, out = compare("--classes", "ang", "sur", "--", row)
-    assert code == 1 and "predictions.csv: no probability column for ['sur']" in out, out
+    # A class without an utterance is left out of UA, as everywhere: over angry and sad without
+    # the sad utterance, only angry's recall (1 of 2) counts.
     write_fold(tmp_path / "nosad" / "fold1", predictions[:4])
     code, out = compare("--classes", "ang", "sad", "--", tmp_path / "nosad")
-    assert code == 1 and "no utterance of ['sad']" in out, out
+    assert code == 0 and "| 1 | 50.00 ± n/a | 50.00 ± n/a | reference |" in out, out
+    # Bad input is named: a label without a column, no utterance at all, an ensemble.
+    code, out = compare("--classes", "ang", "sur", "--", row)
+    assert code == 1 and "predictions.csv: ['sur']: not among the labels" in out, out
+    code, out = compare("--classes", "sad", "--", tmp_path / "nosad")
+    assert code == 1 and "predictions.csv: no utterance of ['sad']" in out, out
     ensemble = tmp_path / "ensemble.jsonl"
     ensemble.write_text(json.dumps({"fold": 1, "ensemble test UA": 50.0}) + "\n")
     code, out = compare("--classes", "ang", "sad", "--", row, ensemble)

@@ -191,5 +191,5 @@ def test_scoring_over_some_classes_ignores_the_others():
     assert recipe.ua(probs, rows, labels, ["ang", "hap"]) == 100.0
     # over angry and sad: the sad utterance now counts, and is taken for angry
     assert recipe.ua(probs, rows, labels, ["ang", "sad"]) == 50.0
-    with pytest.raises(ValueError, match=r"\['sur'\]: not labels of the model"):
+    with pytest.raises(ValueError, match=r"\['sur'\]: not among the labels"):
         recipe.ua(probs, rows, labels, ["ang", "sur"])

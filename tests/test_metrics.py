@@ -12,6 +12,7 @@ from hnsd_sb.metrics import (
     EmotionMetrics,
     confusion_matrix,
     per_class_recall,
+    restrict_to_classes,
     unweighted_accuracy,
     weighted_accuracy,
 )
@@ -62,6 +63,25 @@ def scores_for(predictions, n_classes=4, seed=0):
     logits = torch.randn(len(predictions), n_classes, generator=gen)
     logits[torch.arange(len(predictions)), torch.tensor(predictions)] += 10
     return torch.log_softmax(logits, dim=-1).unsqueeze(1)
+
+
+def test_restricting_to_some_classes_keeps_their_utterances_and_scores():
+    labels = ["ang", "cal", "hap", "sad"]
+    probs = torch.tensor(
+        [[0.3, 0.4, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1], [0.1, 0.5, 0.3, 0.1], [0.3, 0.4, 0.1, 0.2]]
+    )
+    # the order of ``classes`` sets the columns and the new target indices
+    kept, targets = restrict_to_classes(probs, [0, 1, 2, 3], labels, ["sad", "ang"])
+    assert torch.equal(kept, probs[[0, 3]][:, [3, 0]])
+    assert targets.tolist() == [1, 0]
+    # calm wins every utterance over all labels; over angry and sad, the sad one is taken for angry
+    assert kept.argmax(1).tolist() == [1, 1]
+    cm = confusion_matrix(targets, kept.argmax(1), 2)
+    assert unweighted_accuracy(cm) == 0.5 and weighted_accuracy(cm) == 0.5
+    kept, targets = restrict_to_classes(probs[:2], [1, 1], labels, ["ang"])
+    assert kept.shape == (0, 1) and targets.numel() == 0  # no utterance of the class
+    with pytest.raises(ValueError, match=r"\['sur'\]: not among the labels"):
+        restrict_to_classes(probs, [0, 1, 2, 3], labels, ["ang", "sur"])
 
 
 def test_emotion_metrics_batches_and_fields():

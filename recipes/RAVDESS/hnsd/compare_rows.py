@@ -41,6 +41,14 @@ import re
 import sys
 from datetime import datetime
 
+import torch
+
+from hnsd_sb.metrics import (
+    confusion_matrix,
+    restrict_to_classes,
+    unweighted_accuracy,
+    weighted_accuracy,
+)
 from hnsd_sb.report import compare_to_reference
 
 
@@ -81,30 +89,28 @@ def read_row(cv_folder, classes=None):
 
 
 def scores_over(fold_folder, classes):
-    """WA and UA (fractions) of a fold's ``predictions.csv`` over ``classes`` alone: on the
-    utterances labelled with one of them, each predicted as the one of them with the highest
-    probability (the first on a tie)."""
+    """WA and UA (fractions) of a fold's ``predictions.csv`` over ``classes`` alone
+    (``hnsd_sb.metrics.restrict_to_classes`` on its ``p_<label>`` columns; the first of them on
+    a tie). As everywhere, a class without an utterance is left out of UA."""
     path = os.path.join(fold_folder, "predictions.csv")
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            labels = [name[2:] for name in reader.fieldnames or [] if name.startswith("p_")]
+            rows = list(reader)
     except FileNotFoundError:
         raise SystemExit(f"{path}: not found (--classes reads the predictions)") from None
-    columns = rows[0].keys() if rows else []
-    missing = [c for c in classes if f"p_{c}" not in columns]
-    if missing:
-        raise SystemExit(f"{path}: no probability column for {missing} (p_<label>)")
-    hits = {c: [] for c in classes}
-    for row in rows:
-        if row["target"] in hits:
-            predicted = max(classes, key=lambda c: float(row[f"p_{c}"]))
-            hits[row["target"]].append(predicted == row["target"])
-    empty = [c for c, h in hits.items() if not h]
-    if empty:
-        raise SystemExit(f"{path}: no utterance of {empty}, so no UA over {list(classes)}")
-    scored = [hit for h in hits.values() for hit in h]
-    recalls = [sum(h) / len(h) for h in hits.values()]
-    return {"WA": sum(scored) / len(scored), "UA": sum(recalls) / len(recalls)}
+    try:
+        targets = [labels.index(row["target"]) for row in rows]
+        probs = torch.tensor([[float(row[f"p_{c}"]) for c in labels] for row in rows])
+        probs = probs.reshape(len(rows), len(labels))
+        probs, targets = restrict_to_classes(probs, targets, labels, classes)
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"{path}: {error} (--classes reads target and p_<label>)") from None
+    if not len(targets):
+        raise SystemExit(f"{path}: no utterance of {list(classes)}")
+    cm = confusion_matrix(targets, probs.argmax(1), len(classes))
+    return {"WA": weighted_accuracy(cm), "UA": unweighted_accuracy(cm)}
 
 
 def mean_parts(row):

@@ -38,7 +38,7 @@ from speechbrain.augment.time_domain import Resample
 from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.manifest import read_rows, resolve_path
-from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
+from hnsd_sb.metrics import confusion_matrix, restrict_to_classes, unweighted_accuracy
 
 
 def read_manifest(path, data_folder):
@@ -84,34 +84,14 @@ def probabilities(recognizer, rows, batch_size=16, speeds=(100,)):
     return torch.stack(out, dim=1)
 
 
-def restrict(probs, rows, labels, classes):
-    """The probabilities, rows and labels of the utterances labelled with one of ``classes``,
-    with the probabilities of ``classes`` alone (in that order), so that the most probable label
-    is the most probable of them.
-
-    Example
-    -------
-    >>> probs = torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.125, 0.375], [0.25, 0.25, 0.5]])
-    >>> rows = [{"emo": "cal"}, {"emo": "sad"}, {"emo": "ang"}]
-    >>> kept, rows, labels = restrict(probs, rows, ["cal", "sad", "ang"], ["ang", "sad"])
-    >>> kept.tolist(), [r["emo"] for r in rows], labels
-    ([[0.375, 0.125], [0.5, 0.25]], ['sad', 'ang'], ['ang', 'sad'])
-    """
-    missing = [c for c in classes if c not in labels]
-    if missing:
-        raise ValueError(f"--classes {missing}: not labels of the model ({labels})")
-    keep = [i for i, r in enumerate(rows) if r["emo"] in classes]
-    columns = [labels.index(c) for c in classes]
-    return probs[keep][:, columns], [rows[i] for i in keep], list(classes)
-
-
 def ua(probs, rows, labels, classes=None):
     """Unweighted accuracy (%) of the most probable labels (of ``classes`` alone, over the
-    utterances labelled with one of them, if given; see ``restrict``)."""
-    if classes:
-        probs, rows, labels = restrict(probs, rows, labels, classes)
+    utterances labelled with one of them, if given: ``restrict_to_classes``)."""
     index = {label: i for i, label in enumerate(labels)}
     targets = torch.tensor([index[r["emo"]] for r in rows])
+    if classes:
+        probs, targets = restrict_to_classes(probs, targets, labels, classes)
+        labels = classes
     cm = confusion_matrix(targets, probs.argmax(1), len(labels))
     return round(100 * float(unweighted_accuracy(cm)), 2)
 
@@ -159,7 +139,10 @@ def main(argv=None):
                     played = probabilities(recognizer, rows, speeds=played_at)
                     probs = played[0]  # as recorded
                     sums[split] = sums.get(split, 0) + probs
-                    result[f"{row} {split} UA"] = ua(probs, rows, labels, args.classes)
+                    try:
+                        result[f"{row} {split} UA"] = ua(probs, rows, labels, args.classes)
+                    except ValueError as error:
+                        sys.exit(f"{run}: --classes {error}")
                     if speeds:
                         averaged = played[[played_at.index(s) for s in speeds]].mean(0)
                         result[f"{row} {split} speeds UA"] = ua(
