@@ -291,6 +291,56 @@ def next_fold_split(speakers, fold, n_folds, corpus):
     return folds[fold - 1], folds[fold % n_folds]
 
 
+def unused_speakers(speakers, fold, n_folds, train_groups, corpus):
+    """The speakers left out of training when only ``train_groups`` groups train.
+
+    The training groups of fold ``k`` are taken in order after its validation group (cyclic):
+    groups ``k + 2``, ``k + 3``, ... Keeping the first ``train_groups`` of them measures how a
+    model's quality grows with the number of training speakers (a learning curve over
+    speakers), with the test and validation speakers unchanged.
+
+    Arguments
+    ---------
+    speakers : iterable of str
+        All speaker ids of the corpus.
+    fold : int
+        The fold, from 1 to ``n_folds``.
+    n_folds : int
+        Number of contiguous speaker groups (see ``contiguous_folds``).
+    train_groups : int or None
+        Groups that train, from 1 to ``n_folds - 2``; None: all of them.
+    corpus : str
+        Name of the corpus, used in error messages.
+
+    Returns
+    -------
+    list of str
+        The speakers that neither train, validate nor test (empty for None).
+
+    Example
+    -------
+    >>> unused_speakers("abcdef", 1, 6, 2, "demo")
+    ['e', 'f']
+    >>> unused_speakers("abcdef", 6, 6, 1, "demo")
+    ['c', 'd', 'e']
+    """
+    check_fold(fold, n_folds, corpus)
+    if train_groups is None:
+        return []
+    if (
+        isinstance(train_groups, bool)
+        or not isinstance(train_groups, int)
+        or not 1 <= train_groups <= n_folds - 2
+    ):
+        raise ValueError(
+            f"{corpus}: train_groups must be null or an integer between 1 and "
+            f"{n_folds - 2} (n_folds - 2), got {train_groups!r}"
+        )
+    folds = contiguous_folds(speakers, n_folds, corpus)
+    training = [folds[(fold - 1 + j) % n_folds] for j in range(2, n_folds)]
+    return sorted(spk for group in training[train_groups:] for spk in group)
+
+
 def split_by_speaker(utterances, test_speakers, valid_speakers, corpus):
     """Assigns each utterance to train, valid or test by its speaker.
 
@@ -559,7 +609,15 @@ class CodedCorpus:
 
 
 def prepare_coded_corpus(
-    corpus, data_folder, save_folder, fold, n_folds, label_map=None, options=None, skip=False
+    corpus,
+    data_folder,
+    save_folder,
+    fold,
+    n_folds,
+    label_map=None,
+    options=None,
+    skip=False,
+    train_groups=None,
 ):
     r"""Prepares the manifests of a ``CodedCorpus`` with speaker folds.
 
@@ -585,6 +643,9 @@ def prepare_coded_corpus(
         Further corpus options to record (e.g. the label set).
     skip : bool
         If True, do nothing (the ``skip_prep`` of the corpus functions).
+    train_groups : int or None
+        How many of the other groups train, taken in order after the validation group (see
+        ``unused_speakers``); None: all of them. The others' utterances are left out.
 
     Example
     -------
@@ -605,6 +666,7 @@ def prepare_coded_corpus(
     identity = {label: label for label in corpus.raw_labels}
     label_map = check_label_map(label_map, identity, corpus.raw_labels, corpus.name)
     test_valid = next_fold_split(corpus.speakers, fold, n_folds, corpus.name)
+    unused = set(unused_speakers(corpus.speakers, fold, n_folds, train_groups, corpus.name))
     options = dict(
         options or {},
         corpus=corpus.name,
@@ -613,6 +675,8 @@ def prepare_coded_corpus(
         n_folds=n_folds,
         label_map=label_map,
     )
+    if train_groups is not None:  # recorded only when set, so older folders stay prepared
+        options["train_groups"] = train_groups
 
     def collect():
         """Scans the corpus and returns its utterances with their labels mapped."""
@@ -622,6 +686,16 @@ def prepare_coded_corpus(
         if len(kept) < len(utterances):
             skipped = len(utterances) - len(kept)
             logger.info("%s: skipped %d %s files", corpus.name, skipped, corpus.skipped_what)
+        if unused:
+            n_kept = len(kept)
+            kept = [utt for utt in kept if utt["spk_id"] not in unused]
+            logger.info(
+                "%s: train_groups=%d leaves out %d files of %d speakers",
+                corpus.name,
+                train_groups,
+                n_kept - len(kept),
+                len(unused),
+            )
         return apply_label_map(kept, label_map)
 
     prepare_manifests(

@@ -52,7 +52,14 @@ RAVDESS = CodedCorpus(
 
 
 def prepare_ravdess(
-    data_folder, save_folder, fold=1, n_folds=6, label_set="all", label_map=None, skip_prep=False
+    data_folder,
+    save_folder,
+    fold=1,
+    n_folds=6,
+    label_set="all",
+    label_map=None,
+    skip_prep=False,
+    train_groups=None,
 ):
     """Writes the RAVDESS ``train.csv``, ``valid.csv`` and ``test.csv`` of one fold.
 
@@ -82,6 +89,10 @@ def prepare_ravdess(
         replaces the map of ``label_set``. Unmapped labels are dropped.
     skip_prep : bool
         If True, return without reading or writing anything.
+    train_groups : int or None
+        How many of the other actor groups train, in order after the validation group (1 to
+        ``n_folds - 2``; e.g. 3 of the default 4: 12 training actors); None: all of them. For
+        a learning curve over training actors; test and validation actors stay the same.
 
     Example
     -------
@@ -112,4 +123,5 @@ def prepare_ravdess(
         n_folds,
         LABEL_SETS[label_set] if label_map is None else label_map,
         options={"label_set": label_set},
+        train_groups=train_groups,
     )
