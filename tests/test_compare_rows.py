@@ -55,3 +55,28 @@ def test_classes_score_the_predictions_over_some_emotions_alone(tmp_path):
     assert code == 1 and "use ensemble.py's" in out, out
     code, out = compare("--classes", "ang", "--validation", "10", row)
     assert code == 2 and "--classes scores test predictions" in out, out
+
+
+def write_baseline_fold(folder, grid, chosen):
+    """A finished ``baseline.py`` fold: its L2 grid's validation UA and the chosen weight."""
+    folder.mkdir(parents=True)
+    (folder / "test_results.json").write_text(json.dumps({"WA": 0.5, "UA": 0.5}))
+    selection = {"chosen_l2": chosen, "grid": [{"l2": k, "valid_UA": v} for k, v in grid]}
+    (folder / "baseline_selection.json").write_text(json.dumps(selection))
+
+
+def test_validation_of_baseline_rows(tmp_path):
+    # a baseline fold's validation UA is the one at its chosen L2, whatever the others
+    grid = [(0.01, 0.5), (0.1, 0.75), (1.0, 0.625)]
+    write_baseline_fold(tmp_path / "base" / "fold1", grid, 0.1)
+    write_baseline_fold(tmp_path / "base" / "fold2", grid, 1.0)
+    code, out = compare("--validation", "10", tmp_path / "base")
+    assert code == 0, out
+    assert "base | 2 | 68.75 | 68.75 | n/a | n/a | 1: 75.00 / 75.00 (baseline), 2: 62.50" in out
+    # two seeds of a baseline averaged as one row: per fold the mean
+    code, out = compare("--validation", "10", f"{tmp_path / 'base'}+{tmp_path / 'base'}")
+    assert code == 0 and "| 2 | 68.75 | 68.75 | n/a | n/a |" in out, out
+    # a selection without its chosen weight in the grid is named
+    write_baseline_fold(tmp_path / "bad" / "fold1", grid, 0.5)
+    code, out = compare("--validation", "10", tmp_path / "bad")
+    assert code == 1 and "baseline_selection.json: not a baseline selection" in out, out

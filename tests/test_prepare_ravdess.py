@@ -86,6 +86,22 @@ def test_shared_copy_folds_are_disjoint(shared_folds):
     assert tested == set(range(1, 25))
 
 
+@needs_shared
+@pytest.mark.parametrize("train_groups", [3, 2])
+def test_shared_copy_fewer_training_actors(tmp_path, shared_folds, train_groups):
+    """A learning curve over training actors: the first groups after the validation group
+    train, the test and validation actors stay those of the full fold."""
+    for fold in range(1, 7):
+        save = tmp_path / f"fold{fold}"
+        prepare_ravdess(SHARED_RAVDESS, save, fold=fold, train_groups=train_groups)
+        actors = actors_by_split(manifest_rows(save))
+        full = actors_by_split(shared_folds[fold])
+        assert actors["test"] == full["test"] and actors["valid"] == full["valid"]
+        groups = [(fold + j - 1) % 6 for j in range(2, 2 + train_groups)]
+        assert actors["train"] == {4 * g + a for g in groups for a in range(1, 5)}
+        assert actors["train"] < full["train"]
+
+
 def write_ravdess_48k(root):
     """A few 48 kHz files in the RAVDESS layout, with known lengths, plus files to ignore."""
     lengths = {}
@@ -137,12 +153,31 @@ def test_label_map_options_and_rebuild(tmp_path):
         (dict(fold=1, n_folds=1), "n_folds"),
         (dict(label_set="three"), "label_set"),
         (dict(label_map={"happy": "hap"}), "happy"),
+        (dict(train_groups=0), "train_groups must be null or an integer between 1 and 4"),
+        (dict(train_groups=5), "train_groups"),
+        (dict(train_groups=True), "train_groups"),
+        (dict(n_folds=3, train_groups=2), "between 1 and 1"),
     ],
 )
 def test_bad_options(tmp_path, kwargs, message):
     write_ravdess_48k(tmp_path / "ravdess")
     with pytest.raises(ValueError, match=message):
         prepare_ravdess(tmp_path / "ravdess", tmp_path / "save", **kwargs)
+
+
+def test_train_groups_rebuild(tmp_path):
+    """Fewer training actors only in train.csv; changing the option prepares again."""
+    write_ravdess_48k(tmp_path / "ravdess")
+    for actor in (13, 17):
+        folder = tmp_path / "ravdess" / f"Actor_{actor}"
+        folder.mkdir()
+        sf.write(folder / f"03-01-05-01-01-01-{actor}.wav", np.zeros(4800), 48000)
+    save = tmp_path / "save"
+    # fold 2: test actors 5-8, validation 9-12, training groups 13-16, 17-20, 21-24, 1-4
+    for train_groups, train in [(1, {13}), (2, {13, 17}), (None, {1, 2, 13, 17})]:
+        prepare_ravdess(tmp_path / "ravdess", save, fold=2, train_groups=train_groups)
+        actors = actors_by_split(manifest_rows(save))
+        assert actors == {"test": {5, 6}, "valid": {9, 10}, "train": train}
 
 
 def test_bad_data_folder(tmp_path):

@@ -16,7 +16,8 @@ With ``--validation K`` it reads only the epoch lines of each fold's ``train_log
 test figure, so settings can be chosen with it): per fold, the best validation UA and the mean
 validation UA of the last K epochs, a score that a lucky epoch moves less than the maximum,
 and the row's mean training and validation losses over those epochs (how closely the training
-actors are fitted, against new ones).
+actors are fitted, against new ones). A ``baseline.py`` row has no epochs: both figures are
+its validation UA at its chosen L2 weight (``baseline_selection.json``), and no losses.
 
 With ``--curves K`` it prints each fold's training and validation curves, as means of
 consecutive K-epoch spans, with the change of the training loss from span to span (whether a
@@ -250,7 +251,11 @@ def validation_scores(cv_folder, last):
     scores = {}
     for fold, path in fold_folders(cv_folder).items():
         epochs = read_epochs(os.path.join(path, "train_log.txt"))
-        if epochs:
+        chosen = baseline_validation(path)
+        if chosen is not None and not epochs:
+            # a baseline.py fold: one validation UA (at its chosen L2), no epochs or losses
+            scores[fold] = (chosen, chosen, 0, finished(path), float("nan"), float("nan"))
+        elif epochs:
             tail = [epochs[e] for e in sorted(epochs)[-last:]]
             best = max(e["valid UA"] for e in epochs.values())
             means = {key: sum(e[key] for e in tail) / len(tail) for key in tail[0]}
@@ -263,14 +268,32 @@ def validation_scores(cv_folder, last):
                 means["valid loss"],
             )
     if not scores:
-        raise SystemExit(f"{cv_folder}: no fold<k>/train_log.txt with epoch lines")
+        raise SystemExit(
+            f"{cv_folder}: no fold<k>/train_log.txt with epoch lines (nor baseline_selection.json)"
+        )
     return scores
+
+
+def baseline_validation(fold_folder):
+    """The validation UA (%) of a ``baseline.py`` fold at its chosen L2 weight, from its
+    ``baseline_selection.json`` (None where there is none)."""
+    path = os.path.join(fold_folder, "baseline_selection.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            selection = json.load(f)
+        (ua,) = [g["valid_UA"] for g in selection["grid"] if g["l2"] == selection["chosen_l2"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a baseline selection with one chosen L2 ({err!r})") from None
+    return 100 * ua
 
 
 def mean_score(scores, i, digits):
     """The mean of item ``i`` of the folds' ``scores`` as text with ``digits`` decimals, or
     ``"n/a"`` when no fold has finished."""
-    return f"{sum(s[i] for s in scores) / len(scores):.{digits}f}" if scores else "n/a"
+    mean = sum(s[i] for s in scores) / len(scores) if scores else float("nan")
+    return "n/a" if mean != mean else f"{mean:.{digits}f}"  # none, or a baseline's losses
 
 
 def print_validation(folders, last):
@@ -288,7 +311,8 @@ def print_validation(folders, last):
         best, tail = mean_score(done, 0, 2), mean_score(done, 1, 2)
         losses = f"{mean_score(done, 4, 3)} | {mean_score(done, 5, 3)}"
         folds = ", ".join(
-            f"{k}: {s[0]:.2f} / {s[1]:.2f} ({s[2]} ep{'' if s[3] else ', running'})"
+            f"{k}: {s[0]:.2f} / {s[1]:.2f} "
+            f"({f'{s[2]} ep' if s[2] else 'baseline'}{'' if s[3] else ', running'})"
             for k, s in scores.items()
         )
         print(f"| {row_name(folder)} | {len(done)} | {best} | {tail} | {losses} | {folds} |")
