@@ -301,12 +301,8 @@ def unused_speakers(speakers, fold, n_folds, train_groups, corpus):
 
     Arguments
     ---------
-    speakers : iterable of str
-        All speaker ids of the corpus.
-    fold : int
-        The fold, from 1 to ``n_folds``.
-    n_folds : int
-        Number of contiguous speaker groups (see ``contiguous_folds``).
+    speakers, fold, n_folds
+        As for ``next_fold_split``.
     train_groups : int or None
         Groups that train, from 1 to ``n_folds - 2``; None: all of them.
     corpus : str
