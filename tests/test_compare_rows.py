@@ -80,3 +80,32 @@ def test_validation_of_baseline_rows(tmp_path):
     write_baseline_fold(tmp_path / "bad" / "fold1", grid, 0.5)
     code, out = compare("--validation", "10", tmp_path / "bad")
     assert code == 1 and "baseline_selection.json: not a baseline selection" in out, out
+
+
+def test_per_class_pairs_each_emotions_recall_with_the_reference(tmp_path):
+    # the reference gets angry and calm right and happy and sad wrong, on both folds
+    right = [("ang", [0.7, 0.1, 0.1, 0.1]), ("cal", [0.1, 0.7, 0.1, 0.1])]
+    wrong = [("hap", [0.7, 0.1, 0.1, 0.1]), ("sad", [0.1, 0.7, 0.1, 0.1])]
+    for fold in (1, 2):
+        write_fold(tmp_path / "ref" / f"fold{fold}", right + wrong)
+    # the row gets happy right on both folds and loses angry on fold 2 alone
+    happy = ("hap", [0.1, 0.1, 0.7, 0.1])
+    write_fold(tmp_path / "row" / "fold1", [*right, happy, wrong[1]])
+    write_fold(tmp_path / "row" / "fold2", [("ang", [0.1, 0.7, 0.1, 0.1]), right[1], happy])
+    code, out = compare("--per-class", tmp_path / "ref", tmp_path / "row")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert f"| ang | {tmp_path / 'ref'} | 2 | 100.00 ± 0.00 | reference | |" == lines[2], out
+    assert "| ang | " in lines[3] and "| 2 | 50.00 ± 70.71 | -50.00 ± 70.71 | 0 / 1 of 2 |" in out
+    assert "| 2 | 100.00 ± 0.00 | 100.00 ± 0.00 | 2 / 0 of 2 |" in lines[7], out
+    # fold 2 of the row has no sad utterance: that emotion is paired on fold 1 alone
+    assert "| sad | " in lines[9] and "| 1 | 0.00 ± n/a | 0.00 ± n/a | 0 / 0 of 1 |" in out, out
+    # two rows joined by + are their mean per fold; an ensemble has no predictions to read
+    code, out = compare("--per-class", tmp_path / "ref", f"{tmp_path / 'ref'}+{tmp_path / 'row'}")
+    assert code == 0 and "| 2 | 75.00 ± 35.36 | -25.00 ± 35.36 | 0 / 1 of 2 |" in out, out
+    ensemble = tmp_path / "ensemble.jsonl"
+    ensemble.write_text(json.dumps({"fold": 1, "ensemble test UA": 50.0}) + "\n")
+    code, out = compare("--per-class", tmp_path / "ref", ensemble)
+    assert code == 1 and "--per-class reads predictions.csv" in out, out
+    code, out = compare("--per-class", "--validation", "10", tmp_path / "ref")
+    assert code == 2 and "not allowed with" in out, out

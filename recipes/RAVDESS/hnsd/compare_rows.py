@@ -29,6 +29,11 @@ count, each predicted as the most probable of them (its ``p_<label>`` columns), 
 trained on 8 emotions scored as the 4-class task. An ``ensemble.py`` output is refused there:
 ``ensemble.py --classes`` scores ensembles that way itself.
 
+With ``--per-class`` it prints, per emotion, each row's test recall from the folds'
+``predictions.csv`` (mean ± std over the folds) and its paired difference from the
+reference's: which emotions a row's UA gains or loses on. ``+`` joins rows as above;
+``--classes`` scores over some emotions first.
+
 With ``--timing`` it prints each fold's wall-clock time from its ``log.txt`` (first to last
 line, so pauses and waits count) and the seconds per epoch that gives.
 """
@@ -39,6 +44,7 @@ import glob
 import json
 import os
 import re
+import statistics
 import sys
 from datetime import datetime
 
@@ -46,6 +52,7 @@ import torch
 
 from hnsd_sb.metrics import (
     confusion_matrix,
+    per_class_recall,
     restrict_to_classes,
     unweighted_accuracy,
     weighted_accuracy,
@@ -89,10 +96,10 @@ def read_row(cv_folder, classes=None):
     return results
 
 
-def scores_over(fold_folder, classes):
-    """WA and UA (fractions) of a fold's ``predictions.csv`` over ``classes`` alone
-    (``hnsd_sb.metrics.restrict_to_classes`` on its ``p_<label>`` columns; the first of them on
-    a tie). As everywhere, a class without an utterance is left out of UA."""
+def fold_confusion(fold_folder, classes=None):
+    """The labels and confusion matrix of a fold's ``predictions.csv``, each utterance predicted
+    as its most probable label (its ``p_<label>`` columns; the first of them on a tie); over
+    ``classes`` alone if given (``hnsd_sb.metrics.restrict_to_classes``)."""
     path = os.path.join(fold_folder, "predictions.csv")
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -100,17 +107,25 @@ def scores_over(fold_folder, classes):
             labels = [name[2:] for name in reader.fieldnames or [] if name.startswith("p_")]
             rows = list(reader)
     except FileNotFoundError:
-        raise SystemExit(f"{path}: not found (--classes reads the predictions)") from None
+        raise SystemExit(f"{path}: not found (the fold's test predictions)") from None
     try:
         targets = [labels.index(row["target"]) for row in rows]
         probs = torch.tensor([[float(row[f"p_{c}"]) for c in labels] for row in rows])
         probs = probs.reshape(len(rows), len(labels))
-        probs, targets = restrict_to_classes(probs, targets, labels, classes)
+        if classes:
+            probs, targets = restrict_to_classes(probs, targets, labels, classes)
+            labels = list(classes)
     except (KeyError, ValueError) as error:
-        raise SystemExit(f"{path}: {error} (--classes reads target and p_<label>)") from None
+        raise SystemExit(f"{path}: {error} (predictions.csv holds target and p_<label>)") from None
     if not len(targets):
-        raise SystemExit(f"{path}: no utterance of {list(classes)}")
-    cm = confusion_matrix(targets, probs.argmax(1), len(classes))
+        raise SystemExit(f"{path}: no utterance of {labels}")
+    return labels, confusion_matrix(targets, probs.argmax(1), len(labels))
+
+
+def scores_over(fold_folder, classes):
+    """WA and UA (fractions) of a fold's ``predictions.csv`` over ``classes`` alone (see
+    ``fold_confusion``). As everywhere, a class without an utterance is left out of UA."""
+    cm = fold_confusion(fold_folder, classes)[1]
     return {"WA": weighted_accuracy(cm), "UA": unweighted_accuracy(cm)}
 
 
@@ -173,6 +188,67 @@ def read_ensemble(path):
     if not results:
         raise SystemExit(f"{path}: no per-fold line of ensemble.py's output")
     return [results[k] for k in sorted(results)]
+
+
+def read_recalls(cv_folder, classes=None):
+    """Per finished fold, each emotion's test recall (%) from its ``predictions.csv`` (over
+    ``classes`` alone if given), as {fold: {label: recall}}, NaN for an emotion without an
+    utterance in the fold. Rows joined by ``+``: per fold, the mean of their recalls."""
+    if mean_parts(cv_folder):
+        per_part = [read_recalls(part, classes) for part in mean_parts(cv_folder)]
+        labels = [list(next(iter(part.values()))) for part in per_part]
+        if any(other != labels[0] for other in labels):
+            raise SystemExit(f"{cv_folder}: the rows' emotions differ: {labels}")
+        return {
+            fold: {c: sum(part[fold][c] for part in per_part) / len(per_part) for c in labels[0]}
+            for fold in common_folds(cv_folder, per_part)
+        }
+    if cv_folder.endswith(".jsonl"):
+        raise SystemExit(f"{cv_folder}: --per-class reads predictions.csv, which ensembles lack")
+    recalls = {}
+    for fold, path in fold_folders(cv_folder).items():
+        if finished(path):
+            labels, cm = fold_confusion(path, classes)
+            recalls[fold] = dict(zip(labels, (100 * float(r) for r in per_class_recall(cm))))
+    if not recalls:
+        raise SystemExit(f"{cv_folder}: no fold<k>/test_results.json (has it been run?)")
+    return recalls
+
+
+def print_per_class(reference, rows, classes=None):
+    """Prints, per emotion, each row's test recall (mean ± std over its folds) and its paired
+    difference from the reference's on the folds both have, with the folds on which it is
+    higher and lower (by at least 0.01, the last digit shown), as Markdown: where a row wins or
+    loses its UA."""
+    ref = read_recalls(reference, classes)
+    others = [(row, read_recalls(row, classes)) for row in rows]
+    print("| emotion | row | folds | recall (%) | − reference, paired | folds higher / lower |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label in next(iter(ref.values())):
+        values = [r[label] for r in ref.values() if r[label] == r[label]]  # NaN: no utterance
+        name = row_name(reference)
+        print(f"| {label} | {name} | {len(values)} | {spread(values)} | reference | |")
+        for row, recalls in others:
+            if any(label not in r for r in recalls.values()):
+                raise SystemExit(f"{row}: no emotion {label!r}, which {reference} has")
+            pairs = [(r[label], ref[k][label]) for k, r in recalls.items() if k in ref]
+            diffs = [a - b for a, b in pairs if a == a and b == b]
+            higher = sum(d >= 0.01 - 1e-9 for d in diffs)
+            lower = sum(d <= -0.01 + 1e-9 for d in diffs)
+            print(
+                f"| {label} | {row_name(row)} | {len(diffs)} "
+                f"| {spread([a for a, _ in pairs if a == a])} | {spread(diffs)} "
+                f"| {higher} / {lower} of {len(diffs)} |"
+            )
+
+
+def spread(values):
+    """``mean ± std`` (sample) of ``values`` as text with two decimals (``n/a`` where there
+    are too few)."""
+    if not values:
+        return "n/a"
+    std = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "n/a"
+    return f"{statistics.mean(values):.2f} ± {std}"
 
 
 EPOCH_FIGURES = ("train loss", "train UA", "valid loss", "valid UA")
@@ -392,6 +468,11 @@ if __name__ == "__main__":
         metavar="K",
         help="print each fold's training and validation curves in K-epoch means, no test figure",
     )
+    only.add_argument(
+        "--per-class",
+        action="store_true",
+        help="print each emotion's test recall per row, paired against the reference's",
+    )
     parser.add_argument(
         "--classes",
         nargs="+",
@@ -416,6 +497,9 @@ if __name__ == "__main__":
     if args.timing:  # times are per run: a mean of rows is listed as its rows
         rows = [args.reference, *args.rows]
         print_timing([part for row in rows for part in mean_parts(row) or [row]])
+        raise SystemExit(0)
+    if args.per_class:
+        print_per_class(args.reference, args.rows, args.classes)
         raise SystemExit(0)
     rows = {row_name(args.reference): read_row(args.reference, args.classes)}
     for folder in args.rows:
