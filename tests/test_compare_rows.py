@@ -83,26 +83,38 @@ def test_validation_of_baseline_rows(tmp_path):
 
 
 def test_per_class_pairs_each_emotions_recall_with_the_reference(tmp_path):
-    # the reference gets angry and calm right and happy and sad wrong, on both folds
+    # the reference gets calm right on both folds, angry on fold 2 alone, happy and sad never
     right = [("ang", [0.7, 0.1, 0.1, 0.1]), ("cal", [0.1, 0.7, 0.1, 0.1])]
     wrong = [("hap", [0.7, 0.1, 0.1, 0.1]), ("sad", [0.1, 0.7, 0.1, 0.1])]
-    for fold in (1, 2):
-        write_fold(tmp_path / "ref" / f"fold{fold}", right + wrong)
-    # the row gets happy right on both folds and loses angry on fold 2 alone
+    write_fold(tmp_path / "ref" / "fold1", [("ang", [0.1, 0.7, 0.1, 0.1]), right[1], *wrong])
+    write_fold(tmp_path / "ref" / "fold2", right + wrong)
+    # the row: angry on fold 1 alone (the reverse), happy on both, no sad utterance on fold 2
     happy = ("hap", [0.1, 0.1, 0.7, 0.1])
     write_fold(tmp_path / "row" / "fold1", [*right, happy, wrong[1]])
     write_fold(tmp_path / "row" / "fold2", [("ang", [0.1, 0.7, 0.1, 0.1]), right[1], happy])
     code, out = compare("--per-class", tmp_path / "ref", tmp_path / "row")
     assert code == 0, out
     lines = out.splitlines()
-    assert f"| ang | {tmp_path / 'ref'} | 2 | 100.00 ± 0.00 | reference | |" == lines[2], out
-    assert "| ang | " in lines[3] and "| 2 | 50.00 ± 70.71 | -50.00 ± 70.71 | 0 / 1 of 2 |" in out
-    assert "| 2 | 100.00 ± 0.00 | 100.00 ± 0.00 | 2 / 0 of 2 |" in lines[7], out
-    # fold 2 of the row has no sad utterance: that emotion is paired on fold 1 alone
-    assert "| sad | " in lines[9] and "| 1 | 0.00 ± n/a | 0.00 ± n/a | 0 / 0 of 1 |" in out, out
-    # two rows joined by + are their mean per fold; an ensemble has no predictions to read
+    assert lines[2] == f"| ang | {tmp_path / 'ref'} | 2 | 50.00 ± 70.71 | reference | |", out
+    # paired fold by fold: +100 on fold 1, -100 on fold 2 (not 0 and 0, as a mix-up would give)
+    assert lines[3].endswith("| 2 | 50.00 ± 70.71 | 0.00 ± 141.42 | 1 / 1 of 2 |"), out
+    assert lines[7].endswith("| 2 | 100.00 ± 0.00 | 100.00 ± 0.00 | 2 / 0 of 2 |"), out
+    # sad is paired on fold 1 alone, where the row has a sad utterance
+    assert lines[9].endswith("| 1 | 0.00 ± n/a | 0.00 ± n/a | 0 / 0 of 1 |"), out
+    # ... and with the roles swapped, the reference's sad recall is over fold 1 alone
+    code, out = compare("--per-class", tmp_path / "row", tmp_path / "ref")
+    assert code == 0 and f"| sad | {tmp_path / 'row'} | 1 | 0.00 ± n/a | reference | |" in out
+    # two rows joined by + are their mean per fold
     code, out = compare("--per-class", tmp_path / "ref", f"{tmp_path / 'ref'}+{tmp_path / 'row'}")
-    assert code == 0 and "| 2 | 75.00 ± 35.36 | -25.00 ± 35.36 | 0 / 1 of 2 |" in out, out
+    assert code == 0 and "| 2 | 50.00 ± 0.00 | 0.00 ± 70.71 | 1 / 1 of 2 |" in out, out
+    # a row with other emotions is refused before any line; an ensemble has no predictions
+    other = tmp_path / "other" / "fold1"
+    write_fold(other, right)
+    (other / "predictions.csv").write_text(
+        (other / "predictions.csv").read_text().replace("p_sad", "p_sur")
+    )
+    code, out = compare("--per-class", tmp_path / "ref", tmp_path / "other")
+    assert code == 1 and "| emotion |" not in out and "not " in out and "'sur'" in out, out
     ensemble = tmp_path / "ensemble.jsonl"
     ensemble.write_text(json.dumps({"fold": 1, "ensemble test UA": 50.0}) + "\n")
     code, out = compare("--per-class", tmp_path / "ref", ensemble)

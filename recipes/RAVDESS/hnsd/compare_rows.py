@@ -191,53 +191,75 @@ def read_ensemble(path):
 
 
 def read_recalls(cv_folder, classes=None):
-    """Per finished fold, each emotion's test recall (%) from its ``predictions.csv`` (over
-    ``classes`` alone if given), as {fold: {label: recall}}, NaN for an emotion without an
-    utterance in the fold. Rows joined by ``+``: per fold, the mean of their recalls."""
+    """The emotions of a row and, per finished fold, each one's test recall (%) from the fold's
+    ``predictions.csv`` (over ``classes`` alone if given), as (labels, {fold: {label: recall}}),
+    NaN for an emotion without an utterance in the fold. Rows joined by ``+``: per fold, the
+    mean of their recalls. Folds (or rows) with different emotions are refused."""
     if mean_parts(cv_folder):
-        per_part = [read_recalls(part, classes) for part in mean_parts(cv_folder)]
-        labels = [list(next(iter(part.values()))) for part in per_part]
-        if any(other != labels[0] for other in labels):
-            raise SystemExit(f"{cv_folder}: the rows' emotions differ: {labels}")
-        return {
-            fold: {c: sum(part[fold][c] for part in per_part) / len(per_part) for c in labels[0]}
+        parts = [read_recalls(part, classes) for part in mean_parts(cv_folder)]
+        labels = parts[0][0]
+        if any(part_labels != labels for part_labels, _ in parts):
+            raise SystemExit(f"{cv_folder}: the rows' emotions differ: {[p[0] for p in parts]}")
+        per_part = [recalls for _, recalls in parts]
+        return labels, {
+            fold: {c: sum(part[fold][c] for part in per_part) / len(per_part) for c in labels}
             for fold in common_folds(cv_folder, per_part)
         }
     if cv_folder.endswith(".jsonl"):
         raise SystemExit(f"{cv_folder}: --per-class reads predictions.csv, which ensembles lack")
-    recalls = {}
+    labels, recalls = None, {}
     for fold, path in fold_folders(cv_folder).items():
         if finished(path):
-            labels, cm = fold_confusion(path, classes)
+            fold_labels, cm = fold_confusion(path, classes)
+            if labels is not None and fold_labels != labels:
+                raise SystemExit(f"{path}: emotions {fold_labels}, not the other folds' {labels}")
+            labels = fold_labels
             recalls[fold] = dict(zip(labels, (100 * float(r) for r in per_class_recall(cm))))
     if not recalls:
         raise SystemExit(f"{cv_folder}: no fold<k>/test_results.json (has it been run?)")
-    return recalls
+    return labels, recalls
 
 
 def print_per_class(reference, rows, classes=None):
-    """Prints, per emotion, each row's test recall (mean ± std over its folds) and its paired
-    difference from the reference's on the folds both have, with the folds on which it is
-    higher and lower (by at least 0.01, the last digit shown), as Markdown: where a row wins or
-    loses its UA."""
-    ref = read_recalls(reference, classes)
-    others = [(row, read_recalls(row, classes)) for row in rows]
+    """Prints, per emotion, each row's test recall (mean ± std over its folds with an utterance
+    of it) and its paired difference from the reference's on the folds both have, with the
+    folds on which it is higher and lower (by at least 0.01, the last digit shown), as Markdown:
+    where a row gains or loses its UA. Rows with other emotions than the reference's are
+    refused before anything is printed, and folds that cannot be paired are named on stderr."""
+    labels, ref = read_recalls(reference, classes)
+    others = []
+    for row in rows:
+        row_labels, recalls = read_recalls(row, classes)
+        if set(row_labels) != set(labels):
+            raise SystemExit(
+                f"{row}: emotions {row_labels}, not {reference}'s {labels} "
+                "(--classes scores both over the same ones)"
+            )
+        unpaired = sorted(set(recalls) ^ set(ref))
+        if unpaired == sorted(set(recalls) | set(ref)):
+            raise SystemExit(f"{row}: no finished fold in common with {reference}")
+        if unpaired:
+            print(f"{row}: fold(s) {unpaired} not paired: not finished in both", file=sys.stderr)
+        others.append((row, recalls))
+
+    def present(recalls, label):
+        """The folds' recalls of ``label``, without the NaN of folds that have none of it."""
+        return [r[label] for r in recalls.values() if r[label] == r[label]]
+
+    name = row_name(reference)
     print("| emotion | row | folds | recall (%) | − reference, paired | folds higher / lower |")
     print("|---|---|---:|---:|---:|---:|")
-    for label in next(iter(ref.values())):
-        values = [r[label] for r in ref.values() if r[label] == r[label]]  # NaN: no utterance
-        name = row_name(reference)
+    for label in labels:
+        values = present(ref, label)
         print(f"| {label} | {name} | {len(values)} | {spread(values)} | reference | |")
         for row, recalls in others:
-            if any(label not in r for r in recalls.values()):
-                raise SystemExit(f"{row}: no emotion {label!r}, which {reference} has")
-            pairs = [(r[label], ref[k][label]) for k, r in recalls.items() if k in ref]
-            diffs = [a - b for a, b in pairs if a == a and b == b]
+            own = present(recalls, label)
+            paired = [(recalls[k][label], ref[k][label]) for k in recalls if k in ref]
+            diffs = [a - b for a, b in paired if a == a and b == b]
             higher = sum(d >= 0.01 - 1e-9 for d in diffs)
             lower = sum(d <= -0.01 + 1e-9 for d in diffs)
             print(
-                f"| {label} | {row_name(row)} | {len(diffs)} "
-                f"| {spread([a for a, _ in pairs if a == a])} | {spread(diffs)} "
+                f"| {label} | {row_name(row)} | {len(own)} | {spread(own)} | {spread(diffs)} "
                 f"| {higher} / {lower} of {len(diffs)} |"
             )
 
