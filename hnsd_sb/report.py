@@ -169,6 +169,40 @@ def _mean_std(values):
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+def format_spread(values, decimals=2):
+    """``mean ± std`` of ``values`` as text: the sample standard deviation (``n - 1``).
+
+    Every table of this package shows per-fold figures this one way.
+
+    Arguments
+    ---------
+    values : list of float
+        The figures, e.g. one per fold.
+    decimals : int
+        Decimals shown.
+
+    Returns
+    -------
+    str
+        ``"mean ± std"``; the std is ``n/a`` for a single value, and the whole text is ``n/a``
+        for no values.
+
+    Example
+    -------
+    >>> format_spread([50.0, 60.0])
+    '55.00 ± 7.07'
+    >>> format_spread([50.0], decimals=1)
+    '50.0 ± n/a'
+    >>> format_spread([])
+    'n/a'
+    """
+    if not values:
+        return "n/a"
+    mean, std = _mean_std(values)
+    std_text = "n/a" if math.isnan(std) else f"{std:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std_text}"
+
+
 def format_results_table(rows, columns=("WA", "UA"), key="fold", scale=100.0, decimals=2):
     """A Markdown table of per-fold results with a final ``mean ± std`` row.
 
@@ -220,11 +254,7 @@ def format_results_table(rows, columns=("WA", "UA"), key="fold", scale=100.0, de
             values[c].append(float(row[c]) * scale)
             cells.append(f"{values[c][-1]:.{decimals}f}")
         lines.append("| " + " | ".join(cells) + " |")
-    summary = ["mean ± std"]
-    for c in columns:
-        mean, std = _mean_std(values[c])
-        std_text = "n/a" if math.isnan(std) else f"{std:.{decimals}f}"
-        summary.append(f"{mean:.{decimals}f} ± {std_text}")
+    summary = ["mean ± std"] + [format_spread(values[c], decimals) for c in columns]
     lines.append("| " + " | ".join(summary) + " |")
     return "\n".join(lines)
 
@@ -274,11 +304,6 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
             raise ValueError(f"row {name!r} has no {metric} on some fold")
     ref = {r["fold"]: 100 * float(r[metric]) for r in rows[reference]}
 
-    def spread(values):
-        """``mean ± std`` of ``values`` as text (``n/a`` for the std of one value)."""
-        mean, std = _mean_std(values)
-        return f"{mean:.{decimals}f} ± " + ("n/a" if math.isnan(std) else f"{std:.{decimals}f}")
-
     lines = [
         f"| Row | Folds | WA (%) | UA (%) | {metric} − {reference}, paired (%) | Folds better |",
         "|---|---:|---:|---:|---:|---:|",
@@ -287,7 +312,7 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
         cells = [name, str(len(results))]
         for m in ("WA", "UA"):
             values = [100 * float(r[m]) for r in results if r.get(m) is not None]
-            cells.append(spread(values) if values and len(values) == len(results) else "n/a")
+            cells.append(format_spread(values, decimals) if len(values) == len(results) else "n/a")
         if name == reference:
             cells += ["reference", ""]
         else:
@@ -297,7 +322,7 @@ def compare_to_reference(rows, reference, metric="UA", decimals=2):
             # A difference below the last shown digit is a tie: rows read from rounded figures
             # (ensemble.py's) differ from exact ones by up to half of it.
             better = sum(d >= 10**-decimals - 1e-9 for d in diffs)
-            cells += [spread(diffs), f"{better} / {len(diffs)}"]
+            cells += [format_spread(diffs, decimals), f"{better} / {len(diffs)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -44,7 +44,6 @@ import glob
 import json
 import os
 import re
-import statistics
 import sys
 from datetime import datetime
 
@@ -57,7 +56,7 @@ from hnsd_sb.metrics import (
     unweighted_accuracy,
     weighted_accuracy,
 )
-from hnsd_sb.report import compare_to_reference
+from hnsd_sb.report import compare_to_reference, format_spread
 
 
 def fold_folders(cv_folder):
@@ -251,7 +250,7 @@ def print_per_class(reference, rows, classes=None):
     print("|---|---|---:|---:|---:|---:|")
     for label in labels:
         values = present(ref, label)
-        print(f"| {label} | {name} | {len(values)} | {spread(values)} | reference | |")
+        print(f"| {label} | {name} | {len(values)} | {format_spread(values)} | reference | |")
         for row, recalls in others:
             own = present(recalls, label)
             paired = [(recalls[k][label], ref[k][label]) for k in recalls if k in ref]
@@ -259,18 +258,9 @@ def print_per_class(reference, rows, classes=None):
             higher = sum(d >= 0.01 - 1e-9 for d in diffs)
             lower = sum(d <= -0.01 + 1e-9 for d in diffs)
             print(
-                f"| {label} | {row_name(row)} | {len(own)} | {spread(own)} | {spread(diffs)} "
-                f"| {higher} / {lower} of {len(diffs)} |"
+                f"| {label} | {row_name(row)} | {len(own)} | {format_spread(own)} "
+                f"| {format_spread(diffs)} | {higher} / {lower} of {len(diffs)} |"
             )
-
-
-def spread(values):
-    """``mean ± std`` (sample) of ``values`` as text with two decimals (``n/a`` where there
-    are too few)."""
-    if not values:
-        return "n/a"
-    std = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "n/a"
-    return f"{statistics.mean(values):.2f} ± {std}"
 
 
 EPOCH_FIGURES = ("train loss", "train UA", "valid loss", "valid UA")
