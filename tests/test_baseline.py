@@ -1,5 +1,6 @@
 """Tests of the statistics baseline: functionals, the linear classifier and the recipe script."""
 
+import csv
 import json
 import os
 import subprocess
@@ -106,6 +107,13 @@ def test_baseline_recipe_selects_on_valid_and_writes_the_results_of_a_train_run(
     selection = json.load(open(fold / "baseline_selection.json", encoding="utf-8"))
     best = max(selection["grid"], key=lambda row: (row["valid_UA"], row["l2"]))
     assert selection["chosen_l2"] == best["l2"] and len(selection["grid"]) == 5
+    # the chosen classifier's validation figures, as a train.py run writes them
+    valid = json.load(open(fold / "valid_results.json", encoding="utf-8"))
+    assert valid["UA"] == pytest.approx(best["valid_UA"])
+    with open(fold / "valid.csv", newline="", encoding="utf-8") as f:
+        valid_ids = {row["ID"] for row in csv.DictReader(f)}
+    with open(fold / "valid_predictions.csv", newline="", encoding="utf-8") as f:
+        assert {row["ID"] for row in csv.DictReader(f)} == valid_ids
     # the synthetic emotions differ in pitch and energy: functionals find them
     assert results["UA"] > 0.5
     report = open(out / "cv_results.md", encoding="utf-8").read()

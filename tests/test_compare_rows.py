@@ -9,12 +9,13 @@ from conftest import compare_rows as compare
 LABELS = ["ang", "cal", "hap", "sad"]
 
 
-def write_fold(folder, predictions):
+def write_fold(folder, predictions, split="test"):
     """A finished fold: ``test_results.json`` (over all classes) and ``predictions.csv`` from
-    (target, probabilities) pairs."""
-    folder.mkdir(parents=True)
-    (folder / "test_results.json").write_text(json.dumps({"WA": 0.25, "UA": 0.25}))
-    with open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+    (target, probabilities) pairs; with ``split="valid"``, their ``valid_`` twins."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "" if split == "test" else f"{split}_"
+    (folder / f"{split}_results.json").write_text(json.dumps({"WA": 0.25, "UA": 0.25}))
+    with open(folder / f"{prefix}predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["ID", "target", "prediction", *(f"p_{c}" for c in LABELS)])
         for k, (target, probs) in enumerate(predictions):
@@ -121,3 +122,27 @@ def test_per_class_pairs_each_emotions_recall_with_the_reference(tmp_path):
     assert code == 1 and "--per-class reads predictions.csv" in out, out
     code, out = compare("--per-class", "--validation", "10", tmp_path / "ref")
     assert code == 2 and "not allowed with" in out, out
+
+
+def test_split_valid_reads_the_validation_figures_and_never_the_test_ones(tmp_path):
+    # test: every utterance right; validation: only the angry one right (recall 1, 0, 0, 0)
+    right = [(c, [0.7 if c == d else 0.1 for d in LABELS]) for c in LABELS]
+    wrong = [(c, [0.7 if d == "ang" else 0.1 for d in LABELS]) for c in LABELS]
+    row = tmp_path / "row"
+    write_fold(row / "fold1", right)
+    write_fold(row / "fold1", wrong, split="valid")
+    code, out = compare("--split", "valid", row)
+    assert code == 0 and "| 1 | 25.00 ± n/a | 25.00 ± n/a | reference |" in out, out
+    code, out = compare("--split", "valid", "--classes", "ang", "hap", "--", row)
+    assert code == 0 and "| 1 | 50.00 ± n/a | 50.00 ± n/a | reference |" in out, out
+    code, out = compare("--split", "valid", "--per-class", row)
+    assert code == 0 and f"| hap | {row} | 1 | 0.00 ± n/a | reference | |" in out, out
+    code, out = compare("--per-class", row)
+    assert code == 0 and f"| hap | {row} | 1 | 100.00 ± n/a | reference | |" in out, out
+    # a row trained before train.py wrote validation predictions is named, with the reason
+    old = tmp_path / "old"
+    write_fold(old / "fold1", right)
+    code, out = compare("--split", "valid", "--per-class", row, old)
+    assert code == 1 and "no fold<k>/valid_results.json" in out and "| emotion |" not in out, out
+    code, out = compare("--split", "valid", "--validation", "10", row)
+    assert code == 2 and "--split chooses predictions" in out, out

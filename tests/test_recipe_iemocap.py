@@ -92,6 +92,26 @@ def test_test_stage_writes_consistent_results(trained):
     assert float(logged.group(2)) == pytest.approx(100 * results["UA"], abs=0.01)
 
 
+def test_chosen_checkpoint_writes_its_validation_figures_beside_the_test_ones(trained):
+    out, _ = trained
+    results = json.load(open(out / "valid_results.json", encoding="utf-8"))
+    valid_rows = read_csv(out / "valid.csv")
+    predictions = read_csv(out / "valid_predictions.csv")
+    assert {r["ID"] for r in predictions} == {r["ID"] for r in valid_rows}
+    assert sum(map(sum, results["confusion"])) == len(valid_rows) == results["n"]
+    assert os.path.getsize(out / "valid_confusion.png") > 1000
+    # the kept checkpoint is the epoch with the best validation UA: scored again, it gives it
+    lines = open(out / "train_log.txt", encoding="utf-8").read().splitlines()
+    epochs = [
+        float(re.search(r"valid UA: ([\d.]+)", line)[1])
+        for line in lines
+        if line.startswith("epoch:")
+    ]
+    assert 100 * results["UA"] == pytest.approx(max(epochs), abs=0.01)
+    loaded = [line for line in lines if line.startswith("Epoch loaded") and "valid UA" in line]
+    assert len(loaded) == 1 and "test" not in loaded[0]
+
+
 def test_fold_holds_out_its_session_and_validates_on_training_sessions(trained):
     out, _ = trained
     speakers = {s: {r["spk_id"] for r in read_csv(out / f"{s}.csv")} for s in ("train", "valid")}

@@ -10,16 +10,17 @@ is the yardstick of the HNSD rows on the same folds:
 > python cross_validate.py hparams/hnsd.yaml --script=baseline.py --data_folder=... \
 >     --folds 1 2 3 4 5 6 --cv_folder=experiments/four/baseline --label_set=four --n_classes=4
 
-Each utterance becomes the mean, standard deviation, minimum, maximum and 10/25/50/75/90 %
-quantiles of each of its 78 normalised features over its real frames (702 numbers), and an
-L2-regularised multinomial logistic regression classifies them, each emotion weighing inversely
-to its share of the training utterances (UA counts every emotion alike). The L2 weight is the one
-of ``--l2`` with the best validation UA (the larger on a tie); the test speakers are used once,
-with it. The output folder gets the same ``test_results.json``, ``predictions.csv`` and confusion
-matrix as a ``train.py`` run, plus ``baseline_selection.json`` with the validation UA of every
-L2 weight. Nothing is trained with gradients through the network, and the hparams' model,
-optimiser and training options are unused. ``--statistics`` and ``--quantiles`` keep a subset of
-the functionals (``--statistics mean --quantiles``: the means alone), to measure what each adds.
+Each utterance becomes the mean, standard deviation, minimum, maximum and 10/25/50/75/90 % quantiles
+of each of its 78 normalised features over its real frames (702 numbers), and an L2-regularised
+multinomial logistic regression classifies them, each emotion weighing inversely to its share of the
+training utterances (UA counts every emotion alike). The L2 weight is the one of ``--l2`` with the
+best validation UA (the larger on a tie); the test speakers are used once, with it. The output
+folder gets the same ``test_results.json``, ``predictions.csv`` and confusion matrix as a
+``train.py`` run, and their ``valid_`` twins for the validation speakers, plus
+``baseline_selection.json`` with the validation UA of every L2 weight. Nothing is trained with
+gradients through the network, and the hparams' model, optimiser and training options are unused.
+``--statistics`` and ``--quantiles`` keep a subset of the functionals (``--statistics mean
+--quantiles``: the means alone), to measure what each adds.
 """
 
 import argparse
@@ -78,22 +79,27 @@ def select_and_test(brain, datasets, l2_grid, class_weights, **functionals):
     best = max(selection, key=lambda row: (row["valid_UA"], row["l2"]))
     clf = fitted[best["l2"]]
 
+    # the chosen classifier's validation figures, as train.py writes them, then the test ones
     test_ids, x_test, y_test = functionals_of(brain, datasets["test"], **functionals)
-    brain.on_stage_start(sb.Stage.TEST)
-    log_probs = clf(x_test)
-    brain.metrics.append(test_ids, log_probs, y_test)
-    summary = brain.metrics.summarize()
-    stats = {
-        "loss": round(torch.nn.functional.nll_loss(log_probs, y_test).item(), 4),
-        "WA": round(100 * summary["WA"], 2),
-        "UA": round(100 * summary["UA"], 2),
-    }
-    recall = {lab: round(100 * r, 2) for lab, r in summary["recall"].items()}
-    brain.hparams.train_logger.log_stats(
-        stats_meta={"baseline, L2 chosen on valid": best["l2"]},
-        test_stats={**stats, "recall": recall},
-    )
-    brain.write_test_results(stats, summary)
+    for split, ids, x, y in (
+        ("valid", valid_ids, x_valid, y_valid),
+        ("test", test_ids, x_test, y_test),
+    ):
+        brain.on_stage_start(sb.Stage.TEST)
+        log_probs = clf(x)
+        brain.metrics.append(ids, log_probs, y)
+        summary = brain.metrics.summarize()
+        stats = {
+            "loss": round(torch.nn.functional.nll_loss(log_probs, y).item(), 4),
+            "WA": round(100 * summary["WA"], 2),
+            "UA": round(100 * summary["UA"], 2),
+        }
+        recall = {lab: round(100 * r, 2) for lab, r in summary["recall"].items()}
+        brain.hparams.train_logger.log_stats(
+            stats_meta={"baseline, L2 chosen on valid": best["l2"]},
+            **{f"{split}_stats": {**stats, "recall": recall}},
+        )
+        brain.write_results(stats, summary, split)
     path = os.path.join(brain.hparams.output_folder, "baseline_selection.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"chosen_l2": best["l2"], "grid": selection, **functionals}, f, indent=2)

@@ -12,7 +12,10 @@ or with several processes (GPUs, or CPU with --distributed_backend=gloo):
 
 The best checkpoint is chosen by unweighted accuracy (UA) on the validation speakers; the test
 speakers are used only for the final evaluation, which writes WA, UA, per-class recall, a
-confusion matrix (CSV and PNG) and ``predictions.csv`` to the output folder.
+confusion matrix (CSV and PNG) and ``predictions.csv`` to the output folder. The chosen
+checkpoint's validation figures go beside them (``valid_results.json``,
+``valid_predictions.csv``, ``valid_confusion.csv``/``.png``), for diagnosis that leaves the
+test speakers alone.
 """
 
 import functools
@@ -52,6 +55,7 @@ class EmotionBrain(sb.Brain):
 
     class_weights = None  # per-class loss weights (``class_weighting`` in the hparams)
     averaged = None  # the weight average (``average_epochs`` in the hparams), if any
+    evaluated_split = "test"  # the split ``evaluate`` scores, which names its result files
 
     def pipeline_inputs(self, batch, stage):
         """Returns the waveforms of a batch, their relative lengths, and the feature mixing and
@@ -180,27 +184,32 @@ class EmotionBrain(sb.Brain):
                 num_to_keep=self.hparams.keep_checkpoints,
             )
         else:
+            split = self.evaluated_split
             recall = {lab: round(100 * r, 2) for lab, r in summary["recall"].items()}
             self.hparams.train_logger.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
-                test_stats={**stats, "recall": recall},
+                **{f"{split}_stats": {**stats, "recall": recall}},
             )
             if sb.utils.distributed.if_main_process():
-                self.write_test_results(stats, summary)
+                self.write_results(stats, summary, split)
 
-    def write_test_results(self, stats, summary):
-        """Writes predictions, the confusion matrix and a JSON summary of the test stage."""
+    def write_results(self, stats, summary, split="test"):
+        """Writes predictions, the confusion matrix and a JSON summary of an evaluation:
+        ``predictions.csv``, ``confusion.csv``/``.png`` and ``test_results.json`` for the test
+        split; the same names prefixed with ``valid_`` (``valid_results.json``) for the
+        validation split."""
         out = self.hparams.output_folder
+        prefix = "" if split == "test" else f"{split}_"
         labels = self.metrics.label_names
-        self.metrics.write_predictions(os.path.join(out, "predictions.csv"))
+        self.metrics.write_predictions(os.path.join(out, f"{prefix}predictions.csv"))
         save_confusion_matrix(
             summary["confusion"],
             labels,
-            os.path.join(out, "confusion.csv"),
-            os.path.join(out, "confusion.png"),
-            title=f"Test WA {stats['WA']:.2f} %, UA {stats['UA']:.2f} %",
+            os.path.join(out, f"{prefix}confusion.csv"),
+            os.path.join(out, f"{prefix}confusion.png"),
+            title=f"{split.capitalize()} WA {stats['WA']:.2f} %, UA {stats['UA']:.2f} %",
         )
-        with open(os.path.join(out, "test_results.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(out, f"{split}_results.json"), "w", encoding="utf-8") as f:
             json.dump(
                 {
                     "WA": summary["WA"],
@@ -216,6 +225,8 @@ class EmotionBrain(sb.Brain):
                 f,
                 indent=2,
             )
+        if split != "test":
+            return
         # The run's last words say where its results are and what to do next.
         logger.info(
             "Results in %s: test_results.json, predictions.csv, confusion.png; best checkpoint "
@@ -455,11 +466,15 @@ if __name__ == "__main__":
         valid_loader_kwargs=hparams["test_dataloader_opts"],
     )
 
-    hnsd_brain.evaluate(
-        test_set=datasets["test"],
-        max_key="UA",
-        test_loader_kwargs=hparams["test_dataloader_opts"],
-    )
+    # The selected checkpoint scores the validation speakers (valid_predictions.csv and
+    # valid_results.json: per-emotion diagnosis without the test speakers), then the test ones.
+    for split in ("valid", "test"):
+        hnsd_brain.evaluated_split = split
+        hnsd_brain.evaluate(
+            test_set=datasets[split],
+            max_key="UA",
+            test_loader_kwargs=hparams["test_dataloader_opts"],
+        )
 
     # Under torchrun, the processes end together and close the process group: a process that
     # exited while the main one still wrote the test results sometimes aborted ("terminate

@@ -34,6 +34,11 @@ With ``--per-class`` it prints, per emotion, each row's test recall from the fol
 reference's: which emotions a row's UA gains or loses on. ``+`` joins rows as above;
 ``--classes`` scores over some emotions first.
 
+With ``--split valid`` the table, ``--classes`` and ``--per-class`` read the figures of each
+fold's chosen checkpoint on its validation actors (``valid_results.json``,
+``valid_predictions.csv``, which ``train.py`` and ``baseline.py`` write beside the test ones)
+instead of the test figures: a diagnosis that leaves the test actors alone.
+
 With ``--timing`` it prints each fold's wall-clock time from its ``log.txt`` (first to last
 line, so pauses and waits count) and the seconds per epoch that gives.
 """
@@ -69,44 +74,61 @@ def fold_folders(cv_folder):
     return dict(sorted(folders.items()))
 
 
-def finished(fold_folder):
-    """Whether a fold has been tested (its ``test_results.json`` exists; nothing is read)."""
-    return os.path.exists(os.path.join(fold_folder, "test_results.json"))
+def split_files(split):
+    """The names of a fold's results and predictions files for ``split`` ("test" or "valid",
+    the chosen checkpoint's figures on the validation actors, as ``train.py`` writes them)."""
+    prefix = "" if split == "test" else f"{split}_"
+    return f"{split}_results.json", f"{prefix}predictions.csv"
 
 
-def read_row(cv_folder, classes=None):
-    """The per-fold test results of one cross-validation folder (or ``ensemble.py`` output), in
-    fold order; over ``classes`` alone if given (see ``scores_over``)."""
+def finished(fold_folder, split="test"):
+    """Whether a fold has been scored on ``split`` (its results file exists; nothing is read)."""
+    return os.path.exists(os.path.join(fold_folder, split_files(split)[0]))
+
+
+def unfinished(cv_folder, split):
+    """The message for a row without a fold scored on ``split``."""
+    results = split_files(split)[0]
+    hint = "rows trained before train.py wrote it lack it" if split == "valid" else "run it?"
+    return f"{cv_folder}: no fold<k>/{results} ({hint})"
+
+
+def read_row(cv_folder, classes=None, split="test"):
+    """The per-fold results on ``split`` of one cross-validation folder (or ``ensemble.py``
+    output, test only), in fold order; over ``classes`` alone if given (see ``scores_over``)."""
     if mean_parts(cv_folder):
-        return read_mean(mean_parts(cv_folder), classes)
+        return read_mean(mean_parts(cv_folder), classes, split)
     if cv_folder.endswith(".jsonl"):
         if classes:
             raise SystemExit(f"{cv_folder}: --classes reads predictions.csv; use ensemble.py's")
+        if split != "test":
+            raise SystemExit(f"{cv_folder}: an ensemble.py output holds test figures alone")
         return read_ensemble(cv_folder)
     results = []
     for fold, path in fold_folders(cv_folder).items():
-        if finished(path) and classes:
-            results.append({"fold": fold, **scores_over(path, classes)})
-        elif finished(path):
-            with open(os.path.join(path, "test_results.json"), encoding="utf-8") as f:
+        if finished(path, split) and classes:
+            results.append({"fold": fold, **scores_over(path, classes, split)})
+        elif finished(path, split):
+            with open(os.path.join(path, split_files(split)[0]), encoding="utf-8") as f:
                 results.append({"fold": fold, **json.load(f)})
     if not results:
-        raise SystemExit(f"{cv_folder}: no fold<k>/test_results.json (has it been run?)")
+        raise SystemExit(unfinished(cv_folder, split))
     return results
 
 
-def fold_confusion(fold_folder, classes=None):
-    """The labels and confusion matrix of a fold's ``predictions.csv``, each utterance predicted
-    as its most probable label (its ``p_<label>`` columns; the first of them on a tie); over
-    ``classes`` alone if given (``hnsd_sb.metrics.restrict_to_classes``)."""
-    path = os.path.join(fold_folder, "predictions.csv")
+def fold_confusion(fold_folder, classes=None, split="test"):
+    """The labels and confusion matrix of a fold's predictions on ``split`` (``predictions.csv``,
+    ``valid_predictions.csv``), each utterance predicted as its most probable label (its
+    ``p_<label>`` columns; the first of them on a tie); over ``classes`` alone if given
+    (``hnsd_sb.metrics.restrict_to_classes``)."""
+    path = os.path.join(fold_folder, split_files(split)[1])
     try:
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             labels = [name[2:] for name in reader.fieldnames or [] if name.startswith("p_")]
             rows = list(reader)
     except FileNotFoundError:
-        raise SystemExit(f"{path}: not found (the fold's test predictions)") from None
+        raise SystemExit(f"{path}: not found (the fold's {split} predictions)") from None
     try:
         targets = [labels.index(row["target"]) for row in rows]
         probs = torch.tensor([[float(row[f"p_{c}"]) for c in labels] for row in rows])
@@ -121,10 +143,10 @@ def fold_confusion(fold_folder, classes=None):
     return labels, confusion_matrix(targets, probs.argmax(1), len(labels))
 
 
-def scores_over(fold_folder, classes):
-    """WA and UA (fractions) of a fold's ``predictions.csv`` over ``classes`` alone (see
+def scores_over(fold_folder, classes, split="test"):
+    """WA and UA (fractions) of a fold's predictions on ``split`` over ``classes`` alone (see
     ``fold_confusion``). As everywhere, a class without an utterance is left out of UA."""
-    cm = fold_confusion(fold_folder, classes)[1]
+    cm = fold_confusion(fold_folder, classes, split)[1]
     return {"WA": weighted_accuracy(cm), "UA": unweighted_accuracy(cm)}
 
 
@@ -150,10 +172,10 @@ def common_folds(row, per_part):
     return sorted(common)
 
 
-def read_mean(folders, classes=None):
+def read_mean(folders, classes=None, split="test"):
     """Per fold, the mean WA and UA of several rows (see ``read_row``), on the folds that all of
     them finished; a figure that one of them lacks (an ensemble's WA) is left out."""
-    rows = [{r["fold"]: r for r in read_row(folder, classes)} for folder in folders]
+    rows = [{r["fold"]: r for r in read_row(folder, classes, split)} for folder in folders]
     common = common_folds("+".join(folders), rows)
     means = []
     for fold in common:
@@ -189,13 +211,13 @@ def read_ensemble(path):
     return [results[k] for k in sorted(results)]
 
 
-def read_recalls(cv_folder, classes=None):
-    """The emotions of a row and, per finished fold, each one's test recall (%) from the fold's
-    ``predictions.csv`` (over ``classes`` alone if given), as (labels, {fold: {label: recall}}),
+def read_recalls(cv_folder, classes=None, split="test"):
+    """The emotions of a row and, per finished fold, each one's recall (%) on ``split`` from the
+    fold's predictions (over ``classes`` alone if given), as (labels, {fold: {label: recall}}),
     NaN for an emotion without an utterance in the fold. Rows joined by ``+``: per fold, the
     mean of their recalls. Folds (or rows) with different emotions are refused."""
     if mean_parts(cv_folder):
-        parts = [read_recalls(part, classes) for part in mean_parts(cv_folder)]
+        parts = [read_recalls(part, classes, split) for part in mean_parts(cv_folder)]
         labels = parts[0][0]
         if any(part_labels != labels for part_labels, _ in parts):
             raise SystemExit(f"{cv_folder}: the rows' emotions differ: {[p[0] for p in parts]}")
@@ -208,27 +230,27 @@ def read_recalls(cv_folder, classes=None):
         raise SystemExit(f"{cv_folder}: --per-class reads predictions.csv, which ensembles lack")
     labels, recalls = None, {}
     for fold, path in fold_folders(cv_folder).items():
-        if finished(path):
-            fold_labels, cm = fold_confusion(path, classes)
+        if finished(path, split):
+            fold_labels, cm = fold_confusion(path, classes, split)
             if labels is not None and fold_labels != labels:
                 raise SystemExit(f"{path}: emotions {fold_labels}, not the other folds' {labels}")
             labels = fold_labels
             recalls[fold] = dict(zip(labels, (100 * float(r) for r in per_class_recall(cm))))
     if not recalls:
-        raise SystemExit(f"{cv_folder}: no fold<k>/test_results.json (has it been run?)")
+        raise SystemExit(unfinished(cv_folder, split))
     return labels, recalls
 
 
-def print_per_class(reference, rows, classes=None):
-    """Prints, per emotion, each row's test recall (mean ± std over its folds with an utterance
-    of it) and its paired difference from the reference's on the folds both have, with the
-    folds on which it is higher and lower (by at least 0.01, the last digit shown), as Markdown:
+def print_per_class(reference, rows, classes=None, split="test"):
+    """Prints, per emotion, each row's recall on ``split`` (mean ± std over its folds with an
+    utterance of it) and its paired difference from the reference's on the folds both have, with
+    the folds on which it is higher and lower (by at least 0.01, the last digit shown), as Markdown:
     where a row gains or loses its UA. Rows with other emotions than the reference's are
     refused before anything is printed, and folds that cannot be paired are named on stderr."""
-    labels, ref = read_recalls(reference, classes)
+    labels, ref = read_recalls(reference, classes, split)
     others = []
     for row in rows:
-        row_labels, recalls = read_recalls(row, classes)
+        row_labels, recalls = read_recalls(row, classes, split)
         if set(row_labels) != set(labels):
             raise SystemExit(
                 f"{row}: emotions {row_labels}, not {reference}'s {labels} "
@@ -486,6 +508,13 @@ if __name__ == "__main__":
         help="print each emotion's test recall per row, paired against the reference's",
     )
     parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "valid"],
+        help="the figures that the table, --classes and --per-class read: test, or valid (the "
+        "chosen checkpoint's on the validation actors, valid_predictions.csv)",
+    )
+    parser.add_argument(
         "--classes",
         nargs="+",
         metavar="LABEL",
@@ -495,6 +524,8 @@ if __name__ == "__main__":
     reads_logs = args.validation is not None or args.curves is not None or args.timing
     if args.classes and reads_logs:
         parser.error("--classes scores test predictions; --validation, --timing, --curves do not")
+    if args.split != "test" and reads_logs:
+        parser.error("--split chooses predictions; --validation, --timing, --curves read logs")
     if args.validation is not None and args.validation < 1:
         parser.error("--validation K needs K >= 1")
     if args.curves is not None:
@@ -511,11 +542,11 @@ if __name__ == "__main__":
         print_timing([part for row in rows for part in mean_parts(row) or [row]])
         raise SystemExit(0)
     if args.per_class:
-        print_per_class(args.reference, args.rows, args.classes)
+        print_per_class(args.reference, args.rows, args.classes, args.split)
         raise SystemExit(0)
-    rows = {row_name(args.reference): read_row(args.reference, args.classes)}
+    rows = {row_name(args.reference): read_row(args.reference, args.classes, args.split)}
     for folder in args.rows:
-        rows.setdefault(row_name(folder), read_row(folder, args.classes))
+        rows.setdefault(row_name(folder), read_row(folder, args.classes, args.split))
     try:
         print(compare_to_reference(rows, row_name(args.reference), metric=args.metric))
     except ValueError as error:
