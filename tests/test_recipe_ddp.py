@@ -128,8 +128,8 @@ def test_training_data_is_sharded_and_metrics_pooled(ddp_run):
     out, _, records, _ = ddp_run
     train, valid, test = ids(out, "train"), ids(out, "valid"), ids(out, "test")
     syncs = [r["sync"] for r in records]
-    # Per epoch: train then valid; then the test stage.
-    expected = [train, valid, train, valid, test]
+    # Per epoch: train then valid; then the chosen checkpoint on valid, and the test stage.
+    expected = [train, valid, train, valid, valid, test]
     assert [len(s) for s in syncs] == [len(expected)] * 2
     for stage, full in enumerate(expected):
         local = [set(s[stage]["local"]) for s in syncs]
@@ -142,12 +142,13 @@ def test_training_data_is_sharded_and_metrics_pooled(ddp_run):
             assert len(local[0] & local[1]) < len(train) // 4  # padding repeats at most
     results = json.loads((out / "test_results.json").read_text())
     assert results["n"] == len(test)
+    assert json.loads((out / "valid_results.json").read_text())["n"] == len(valid)
 
 
 def test_loss_and_padding_are_averaged_over_processes(ddp_run):
     out, _, records, _ = ddp_run
     reduces = [r["reduce"] for r in records]
-    assert len(reduces[0]) == len(reduces[1]) == 5  # train, valid, train, valid, test
+    assert len(reduces[0]) == len(reduces[1]) == 6  # train, valid (twice); valid, test
     for a, b in zip(*reduces):
         assert a["got"] == b["got"]
         assert a["got"] == pytest.approx([x + y for x, y in zip(a["sent"], b["sent"])])
