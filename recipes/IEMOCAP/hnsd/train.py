@@ -42,6 +42,7 @@ from tqdm import tqdm
 from hnsd_sb import pipeline
 from hnsd_sb.audio import make_audio_pipeline
 from hnsd_sb.cpu import accelerate
+from hnsd_sb.host_memory import release_freed_memory
 from hnsd_sb.manifest import ManifestError, json_to_csv
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
@@ -145,7 +146,9 @@ class EmotionBrain(sb.Brain):
             self.averaged.update_parameters(self.hparams.model)
 
     def on_stage_start(self, stage, epoch=None):
-        """Starts fresh statistics for the stage."""
+        """Starts fresh statistics for the stage, after giving the memory that the last one
+        freed back to the system (``hnsd_sb.host_memory``: else it grows epoch after epoch)."""
+        release_freed_memory()
         labels = [self.label_encoder.ind2lab[i] for i in range(len(self.label_encoder))]
         self.metrics = self.hparams.error_stats(label_names=labels)
         self.padded_frames = [0.0, 0.0]  # padded and total frames, in units of batch length
