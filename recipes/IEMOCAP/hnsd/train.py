@@ -147,7 +147,7 @@ class EmotionBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         """Starts fresh statistics for the stage, after giving the memory that the last one
-        freed back to the system (``hnsd_sb.host_memory``: else it grows epoch after epoch)."""
+        freed back to the system (``hnsd_sb.host_memory``)."""
         release_freed_memory()
         labels = [self.label_encoder.ind2lab[i] for i in range(len(self.label_encoder))]
         self.metrics = self.hparams.error_stats(label_names=labels)
