@@ -73,12 +73,19 @@ def test_training_logs_wa_ua_per_epoch_and_keeps_best_checkpoint(trained):
     assert "UA:" in meta
 
 
+def split_outputs(out, split):
+    """What a run wrote for a split it scored: its results, its manifest's rows, and one
+    prediction for each of them (checked here)."""
+    prefix = "" if split == "test" else f"{split}_"
+    results = json.load(open(out / f"{split}_results.json", encoding="utf-8"))
+    rows, predictions = read_csv(out / f"{split}.csv"), read_csv(out / f"{prefix}predictions.csv")
+    assert sorted(r["ID"] for r in predictions) == sorted(r["ID"] for r in rows)
+    return results, rows, predictions
+
+
 def test_test_stage_writes_consistent_results(trained):
     out, _ = trained
-    results = json.load(open(out / "test_results.json", encoding="utf-8"))
-    test_rows = read_csv(out / "test.csv")
-    predictions = read_csv(out / "predictions.csv")
-    assert {r["ID"] for r in predictions} == {r["ID"] for r in test_rows}
+    results, test_rows, predictions = split_outputs(out, "test")
     assert results["labels"] == ["ang", "hap", "neu", "sad"]
     confusion = results["confusion"]
     assert sum(map(sum, confusion)) == len(test_rows) == results["n"]
@@ -94,10 +101,7 @@ def test_test_stage_writes_consistent_results(trained):
 
 def test_chosen_checkpoint_writes_its_validation_figures_beside_the_test_ones(trained):
     out, _ = trained
-    results = json.load(open(out / "valid_results.json", encoding="utf-8"))
-    valid_rows = read_csv(out / "valid.csv")
-    predictions = read_csv(out / "valid_predictions.csv")
-    assert {r["ID"] for r in predictions} == {r["ID"] for r in valid_rows}
+    results, valid_rows, _ = split_outputs(out, "valid")
     assert sum(map(sum, results["confusion"])) == len(valid_rows) == results["n"]
     assert os.path.getsize(out / "valid_confusion.png") > 1000
     # the kept checkpoint is the epoch with the best validation UA: scored again, it gives it
