@@ -160,6 +160,42 @@ def _plot_confusion_matrix(cm, names, png_path, title):
     fig.savefig(png_path, dpi=120)
 
 
+def split_file_names(split="test"):
+    """The names of the files a run writes for a split its chosen checkpoint scored.
+
+    The one place that names them: ``train.py`` and ``baseline.py`` write them, and
+    ``compare_rows.py`` reads them. The test files keep their historical names; the
+    validation ones carry a ``valid_`` prefix, so a fold's folder holds both.
+
+    Arguments
+    ---------
+    split : str
+        ``"test"`` or ``"valid"``.
+
+    Returns
+    -------
+    dict
+        ``results`` (JSON summary), ``predictions`` (CSV, one row per utterance),
+        ``confusion_csv`` and ``confusion_png``: file names within the run's output folder.
+
+    Example
+    -------
+    >>> split_file_names("test")["predictions"], split_file_names("test")["results"]
+    ('predictions.csv', 'test_results.json')
+    >>> sorted(split_file_names("valid").values())
+    ['valid_confusion.csv', 'valid_confusion.png', 'valid_predictions.csv', 'valid_results.json']
+    """
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', not {split!r}")
+    prefix = "" if split == "test" else f"{split}_"
+    return {
+        "results": f"{split}_results.json",
+        "predictions": f"{prefix}predictions.csv",
+        "confusion_csv": f"{prefix}confusion.csv",
+        "confusion_png": f"{prefix}confusion.png",
+    }
+
+
 def _mean_std(values):
     """Mean and sample standard deviation (n - 1 denominator; NaN for a single value)."""
     n = len(values)

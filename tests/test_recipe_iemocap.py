@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from hnsd_sb.report import split_file_names
 from hnsd_sb.synthetic import make_synthetic_iemocap
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
@@ -76,9 +77,9 @@ def test_training_logs_wa_ua_per_epoch_and_keeps_best_checkpoint(trained):
 def split_outputs(out, split):
     """What a run wrote for a split it scored: its results, its manifest's rows, and one
     prediction for each of them (checked here)."""
-    prefix = "" if split == "test" else f"{split}_"
-    results = json.load(open(out / f"{split}_results.json", encoding="utf-8"))
-    rows, predictions = read_csv(out / f"{split}.csv"), read_csv(out / f"{prefix}predictions.csv")
+    names = split_file_names(split)
+    results = json.load(open(out / names["results"], encoding="utf-8"))
+    rows, predictions = read_csv(out / f"{split}.csv"), read_csv(out / names["predictions"])
     assert sorted(r["ID"] for r in predictions) == sorted(r["ID"] for r in rows)
     return results, rows, predictions
 

@@ -11,6 +11,7 @@ from hnsd_sb.report import (
     format_results_table,
     load_confusion_matrix,
     save_confusion_matrix,
+    split_file_names,
     summarize_folds,
 )
 
@@ -113,3 +114,12 @@ def test_compare_to_reference_takes_rows_without_wa_and_counts_rounding_as_a_tie
     assert "| ensemble | 2 | n/a | 57.19 ± 3.10 | 2.50 ± 3.53 | 1 / 2 |" in table
     with pytest.raises(ValueError, match="'ensemble' has no WA"):
         compare_to_reference(rows, "ref", metric="WA")
+
+
+def test_split_file_names_keep_test_and_validation_apart_and_refuse_other_splits():
+    test, valid = split_file_names("test"), split_file_names("valid")
+    assert test.keys() == valid.keys()
+    assert not set(test.values()) & set(valid.values())  # both live in one fold folder
+    assert test["predictions"] == "predictions.csv"  # the name users and cross_validate read
+    with pytest.raises(ValueError, match="'train'"):
+        split_file_names("train")

@@ -46,7 +46,7 @@ from hnsd_sb.host_memory import release_freed_memory
 from hnsd_sb.manifest import ManifestError, json_to_csv
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
-from hnsd_sb.report import save_confusion_matrix
+from hnsd_sb.report import save_confusion_matrix, split_file_names
 
 logger = logging.getLogger(__name__)
 
@@ -202,17 +202,17 @@ class EmotionBrain(sb.Brain):
         split; the same names prefixed with ``valid_`` (``valid_results.json``) for the
         validation split."""
         out = self.hparams.output_folder
-        prefix = "" if split == "test" else f"{split}_"
+        names = split_file_names(split)
         labels = self.metrics.label_names
-        self.metrics.write_predictions(os.path.join(out, f"{prefix}predictions.csv"))
+        self.metrics.write_predictions(os.path.join(out, names["predictions"]))
         save_confusion_matrix(
             summary["confusion"],
             labels,
-            os.path.join(out, f"{prefix}confusion.csv"),
-            os.path.join(out, f"{prefix}confusion.png"),
+            os.path.join(out, names["confusion_csv"]),
+            os.path.join(out, names["confusion_png"]),
             title=f"{split.capitalize()} WA {stats['WA']:.2f} %, UA {stats['UA']:.2f} %",
         )
-        with open(os.path.join(out, f"{split}_results.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(out, names["results"]), "w", encoding="utf-8") as f:
             json.dump(
                 {
                     "WA": summary["WA"],

@@ -61,7 +61,7 @@ from hnsd_sb.metrics import (
     unweighted_accuracy,
     weighted_accuracy,
 )
-from hnsd_sb.report import compare_to_reference, format_spread
+from hnsd_sb.report import compare_to_reference, format_spread, split_file_names
 
 
 def fold_folders(cv_folder):
@@ -76,9 +76,9 @@ def fold_folders(cv_folder):
 
 def split_files(split):
     """The names of a fold's results and predictions files for ``split`` ("test" or "valid",
-    the chosen checkpoint's figures on the validation actors, as ``train.py`` writes them)."""
-    prefix = "" if split == "test" else f"{split}_"
-    return f"{split}_results.json", f"{prefix}predictions.csv"
+    the chosen checkpoint's figures on the validation actors), as ``train.py`` writes them."""
+    names = split_file_names(split)
+    return names["results"], names["predictions"]
 
 
 def finished(fold_folder, split="test"):
