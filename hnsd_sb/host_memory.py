@@ -3,12 +3,12 @@
 Training on utterances of many lengths allocates tensors of many sizes. glibc's allocator keeps
 much of the memory they free inside the process, so the resident size (RSS) of a training
 process grows from epoch to epoch, mostly with memory it has freed. ``release_freed_memory`` asks
-glibc to return what is free (``malloc_trim``). The recipe calls it at the start of every
-stage: between epochs a run then stays near its first epoch's size (8-class RAVDESS fold, 512
-units: 2060 MiB at the end of epoch 7 against 3763 without), at no measured cost in time. It
-does not bound the peak within an epoch, which still rises from epoch to epoch (3742 against
-3884 MiB in epoch 7); the README's "Memory over a whole run" has the measurements and what
-else bounds it. PyTorch has no call for this: its CPU allocator is the C library's.
+glibc to return what is free (``malloc_trim``). The recipe calls it at the start of every stage,
+which keeps the size between epochs near the first epoch's at no measured cost. With
+``release_memory_every: N`` in the hparams it also calls it every N training batches, which holds
+down the peak within an epoch too, at some cost in time (about 3 % with N = 10). The README's
+"Memory over a whole run" has the measurements (``benchmarks/rss_over_epochs.py``). PyTorch has
+no call for this: its CPU allocator is the C library's.
 """
 
 import ctypes

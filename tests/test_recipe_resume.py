@@ -182,6 +182,43 @@ def test_two_runs_with_the_same_seed_agree(corpus, reference, tmp_path):
     assert results["n"] == 16
 
 
+# Runs train.py (argv[1:]) in this process, counting the calls that give memory back to the system
+COUNTING_LAUNCHER = r"""
+import atexit, runpy, sys
+import hnsd_sb.host_memory as host_memory
+
+calls, original = [0], host_memory.release_freed_memory
+def counted():
+    calls[0] += 1
+    return original()
+host_memory.release_freed_memory = counted  # before train.py imports it
+atexit.register(lambda: print(f"release calls: {calls[0]}"))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_releasing_memory_every_batch_changes_no_result(corpus, reference, tmp_path):
+    """``--release_memory_every=1`` gives memory back after every training batch (2 epochs of 16)
+    and leaves every figure, prediction and weight as in a run without it."""
+    launcher = tmp_path / "count_releases.py"
+    launcher.write_text(COUNTING_LAUNCHER)
+    out = tmp_path / "run"
+    args = [*command(corpus, out), "--release_memory_every=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(launcher), "train.py", *args],
+        cwd=RECIPE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    calls = int(re.search(r"release calls: (\d+)", proc.stdout)[1])
+    assert calls >= 2 * 16, proc.stdout[-2000:]  # without the option: one per stage, about 5
+    assert_same_results(out, reference)
+
+
 def incomplete_folders(out):
     return [p for p in (out / "save").glob("CKPT+*") if not (p / "CKPT.yaml").exists()]
 

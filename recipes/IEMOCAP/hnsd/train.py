@@ -141,9 +141,14 @@ class EmotionBrain(sb.Brain):
         return loss
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Moves the weight average (if any) towards the weights the optimizer just updated."""
+        """Moves the weight average (if any) towards the weights the optimizer just updated, and
+        every ``release_memory_every`` batches (hparams) gives the heap's freed memory back."""
         if should_step and self.averaged is not None:
             self.averaged.update_parameters(self.hparams.model)
+        # within an epoch the heap refills; giving its free memory back holds the peak down
+        every = getattr(self.hparams, "release_memory_every", None)
+        if every and self.step % every == 0:
+            release_freed_memory()
 
     def on_stage_start(self, stage, epoch=None):
         """Starts fresh statistics for the stage, after giving the memory that the last one
