@@ -99,6 +99,7 @@ def run(args, kill_at=None, launcher=None):
     cmd = [sys.executable, "train.py", *args]
     if kill_at is not None:
         env["KILL_AT"] = kill_at
+    if launcher is not None:
         cmd = [sys.executable, str(launcher), *cmd[1:]]
     proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr
@@ -204,18 +205,10 @@ def test_releasing_memory_every_batch_changes_no_result(corpus, reference, tmp_p
     launcher = tmp_path / "count_releases.py"
     launcher.write_text(COUNTING_LAUNCHER)
     out = tmp_path / "run"
-    args = [*command(corpus, out), "--release_memory_every=1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [sys.executable, str(launcher), "train.py", *args],
-        cwd=RECIPE,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    calls = int(re.search(r"release calls: (\d+)", proc.stdout)[1])
-    assert calls >= 2 * 16, proc.stdout[-2000:]  # without the option: one per stage, 6 here
+    code, output = run([*command(corpus, out), "--release_memory_every=1"], launcher=launcher)
+    assert code == 0, output[-4000:]
+    calls = int(re.search(r"release calls: (\d+)", output)[1])
+    assert calls >= 2 * 16, output[-2000:]  # without the option: one per stage, 6 here
     assert_same_results(out, reference)
 
 

@@ -74,21 +74,14 @@ def fold_folders(cv_folder):
     return dict(sorted(folders.items()))
 
 
-def split_files(split):
-    """The names of a fold's results and predictions files for ``split`` ("test" or "valid",
-    the chosen checkpoint's figures on the validation actors), as ``train.py`` writes them."""
-    names = split_file_names(split)
-    return names["results"], names["predictions"]
-
-
 def finished(fold_folder, split="test"):
     """Whether a fold has been scored on ``split`` (its results file exists; nothing is read)."""
-    return os.path.exists(os.path.join(fold_folder, split_files(split)[0]))
+    return os.path.exists(os.path.join(fold_folder, split_file_names(split)["results"]))
 
 
 def unfinished(cv_folder, split):
     """The message for a row without a fold scored on ``split``."""
-    results = split_files(split)[0]
+    results = split_file_names(split)["results"]
     hint = "rows trained before train.py wrote it lack it" if split == "valid" else "run it?"
     return f"{cv_folder}: no fold<k>/{results} ({hint})"
 
@@ -109,7 +102,8 @@ def read_row(cv_folder, classes=None, split="test"):
         if finished(path, split) and classes:
             results.append({"fold": fold, **scores_over(path, classes, split)})
         elif finished(path, split):
-            with open(os.path.join(path, split_files(split)[0]), encoding="utf-8") as f:
+            results_file = os.path.join(path, split_file_names(split)["results"])
+            with open(results_file, encoding="utf-8") as f:
                 results.append({"fold": fold, **json.load(f)})
     if not results:
         raise SystemExit(unfinished(cv_folder, split))
@@ -121,7 +115,7 @@ def fold_confusion(fold_folder, classes=None, split="test"):
     ``valid_predictions.csv``), each utterance predicted as its most probable label (its
     ``p_<label>`` columns; the first of them on a tie); over ``classes`` alone if given
     (``hnsd_sb.metrics.restrict_to_classes``)."""
-    path = os.path.join(fold_folder, split_files(split)[1])
+    path = os.path.join(fold_folder, split_file_names(split)["predictions"])
     try:
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
