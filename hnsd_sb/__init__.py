@@ -24,6 +24,7 @@ _EXPORTS = {
     "HNSD": "hnsd_sb.model",
     "SequenceEncoder": "hnsd_sb.model",
     "UtteranceClassifier": "hnsd_sb.model",
+    "FunctionalsExpert": "hnsd_sb.model",
     "AdditiveAttentionPooling": "hnsd_sb.pooling",
     "MeanPooling": "hnsd_sb.pooling",
     "AttentiveStatisticsPooling": "hnsd_sb.pooling",

@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+from hnsd_sb.baseline import DEFAULT_QUANTILES, DEFAULT_STATISTICS, utterance_functionals
 from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
 from hnsd_sb.normalization import real_frame_mask
 from hnsd_sb.pooling import AdditiveAttentionPooling, AttentiveStatisticsPooling, MeanPooling
@@ -177,6 +178,65 @@ class UtteranceClassifier(torch.nn.Module):
         return torch.log_softmax(self.output(hidden), dim=-1)
 
 
+class FunctionalsExpert(torch.nn.Module):
+    """A second classifier beside HNSD's head: a linear layer on the utterance functionals of
+    both input streams, the features of the statistics baseline (``hnsd_sb.baseline``).
+
+    HNSD multiplies its head's probabilities by this expert's and renormalises (a product of
+    experts). The two learn separately: in training HNSD returns the sum of the two
+    log-probabilities, whose negative log-likelihood is the sum of each one's, so neither
+    learns to lean on the other. On the test actors of the RAVDESS recipe HNSD and the baseline
+    err on different utterances, and their fused probabilities beat both (README, "HNSD and the
+    baseline together"); this trains the pair as one model.
+
+    Arguments
+    ---------
+    input_size : int
+        Features per frame (both streams, ``n_static + n_dynamic``).
+    n_classes : int
+        Number of emotions.
+    statistics, quantiles : sequence
+        The functionals (``utterance_functionals``); the baseline's by default.
+
+    Example
+    -------
+    >>> expert = FunctionalsExpert(3, n_classes=2)
+    >>> logp = expert(torch.randn(4, 10, 3), torch.tensor([1.0, 1.0, 0.5, 0.3]))
+    >>> logp.shape, bool(torch.allclose(logp.exp().sum(dim=1), torch.ones(4)))
+    (torch.Size([4, 2]), True)
+    """
+
+    def __init__(
+        self,
+        input_size,
+        n_classes,
+        statistics=DEFAULT_STATISTICS,
+        quantiles=DEFAULT_QUANTILES,
+    ):
+        super().__init__()
+        self.statistics, self.quantiles = tuple(statistics), tuple(quantiles)
+        n_functionals = len(self.statistics) + len(self.quantiles)
+        self.output = torch.nn.Linear(input_size * n_functionals, n_classes)
+
+    def forward(self, feats, lengths=None):
+        """Classifies utterances by their functionals.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            ``[batch, time, input_size]``.
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``; ``None`` means all are full length.
+
+        Returns
+        -------
+        torch.Tensor
+            Log-probabilities ``[batch, n_classes]``.
+        """
+        x = utterance_functionals(feats, lengths, self.quantiles, self.statistics)
+        return torch.log_softmax(self.output(x), dim=-1)
+
+
 def paper_parts(
     hidden_size=512,
     attention_size=16,
@@ -189,6 +249,7 @@ def paper_parts(
     streams="two",
     fusion="gmu",
     pooling="attention",
+    expert=False,
 ):
     """The parts of an HNSD model given by sizes and ablation names, as factories for ``HNSD``.
 
@@ -222,12 +283,15 @@ def paper_parts(
     pooling : str
         ``"attention"`` (HNSD), ``"mean"``, or ``"attention_stats"`` (the same attention, with
         the weighted standard deviation beside the weighted mean).
+    expert : bool
+        A ``FunctionalsExpert`` beside the classifier head.
 
     Returns
     -------
     dict
         ``HNSD``'s part arguments (``static_encoder``, ``dynamic_encoder``, ``joint_encoder``,
-        ``fusion``, ``pooling``, ``classifier``): factories, or ``None`` for an unused part.
+        ``fusion``, ``pooling``, ``classifier``, ``expert``): factories, or ``None`` for an
+        unused part.
 
     Example
     -------
@@ -268,6 +332,7 @@ def paper_parts(
         "classifier": functools.partial(
             UtteranceClassifier, fc_size=fc_size, n_classes=n_classes, dropout=dropout
         ),
+        "expert": FunctionalsExpert if expert else None,
     }
 
 
@@ -315,6 +380,10 @@ class HNSD(torch.nn.Module):
         Frame vectors and relative lengths to an utterance vector (and the frame weights).
     classifier : torch.nn.Module or callable
         Utterance vector to log-probabilities.
+    expert : torch.nn.Module or callable or None
+        A second classifier of the utterance, e.g. ``FunctionalsExpert``, given both streams
+        concatenated (its factory: their size and the number of emotions); HNSD multiplies
+        its probabilities with the head's. ``None`` (the paper): the head alone.
     joint_encoder : torch.nn.Module or callable or None
         One encoder of both streams concatenated (early fusion), instead of the other three.
     **sizes
@@ -351,6 +420,7 @@ class HNSD(torch.nn.Module):
         pooling=None,
         classifier=None,
         joint_encoder=None,
+        expert=None,
         **sizes,
     ):
         super().__init__()
@@ -361,9 +431,10 @@ class HNSD(torch.nn.Module):
             "fusion": fusion,
             "pooling": pooling,
             "classifier": classifier,
+            "expert": expert,
         }
         # Sizes (and the ablation names "fusion" and "pooling", as model folders write them)
-        named = {k: v for k, v in parts.items() if isinstance(v, str)}
+        named = {k: v for k, v in parts.items() if isinstance(v, (str, bool))}
         if named or all(v is None for v in parts.values()):
             others = [k for k, v in parts.items() if v is not None and k not in named]
             if others:
@@ -398,6 +469,9 @@ class HNSD(torch.nn.Module):
         self.pooling = _built(parts["pooling"], frame_size)
         # A pooling may return more than a frame (e.g. mean and standard deviation)
         self.classifier = _built(parts["classifier"], getattr(self.pooling, "out_size", frame_size))
+        self.expert = _built(
+            parts["expert"], n_static + n_dynamic, self.classifier.output.out_features
+        )
         # Checkpoints written before the parts had their place (fc, output and a single
         # encoder at the top) still load: their keys are renamed on the way in.
         self.register_load_state_dict_pre_hook(_rename_older_keys)
@@ -446,6 +520,7 @@ class HNSD(torch.nn.Module):
                 (AdditiveAttentionPooling, AttentiveStatisticsPooling, MeanPooling),
             ),
             "classifier": (self.classifier, (UtteranceClassifier,)),
+            "expert": (self.expert, (FunctionalsExpert, type(None))),
         }
         for name, (part, classes) in known.items():
             if type(part) not in classes:
@@ -464,6 +539,8 @@ class HNSD(torch.nn.Module):
             "dropout": self.classifier.dropout.p,
             "streams": self.streams,
         }
+        if isinstance(self.expert, FunctionalsExpert):
+            sizes["expert"] = True
         if isinstance(self.fusion, GatedMultiFeatureUnit):
             sizes.update(fusion="gmu", fusion_size=self.fusion.out_size)
         elif isinstance(self.fusion, ConcatFusion):
@@ -539,12 +616,19 @@ class HNSD(torch.nn.Module):
         Returns
         -------
         log_probs : torch.Tensor
-            ``[batch, n_classes]``.
+            ``[batch, n_classes]``. With an ``expert``, in training: the sum of the head's and
+            the expert's log-probabilities, not renormalised, so that its negative
+            log-likelihood is the sum of theirs (each learns on its own); in evaluation, that
+            sum renormalised (their product of probabilities).
         weights : torch.Tensor
             Pooling weights, only when ``return_attention``.
         """
         u, weights = self.pooling(self.frames(static, dynamic, lengths), lengths, True)
         log_probs = self.classifier(u)
+        if self.expert is not None:
+            log_probs = log_probs + self.expert(torch.cat([static, dynamic], dim=-1), lengths)
+            if not self.training:
+                log_probs = torch.log_softmax(log_probs, dim=-1)
         return (log_probs, weights) if return_attention else log_probs
 
 

@@ -80,6 +80,7 @@ ARCHITECTURE = {
         "streams": ((str,), "hnsd_sb.model.STREAMS"),
         "fusion": ((str,), "hnsd_sb.model.FUSIONS"),
         "pooling": ((str,), "hnsd_sb.model.POOLINGS"),
+        "expert": ((bool,), None),
     },
 }
 # Points of UA above chance (100 / number of classes) below which a model is "near chance".
