@@ -17,13 +17,8 @@ import torch
 from hnsd_sb.normalization import real_frame_mask
 
 DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-DEFAULT_STATISTICS = ("mean", "std", "min", "max")
-_STATISTICS = {
-    "mean": lambda x: x.mean(0),
-    "std": lambda x: x.std(0, unbiased=False),
-    "min": lambda x: x.amin(0),
-    "max": lambda x: x.amax(0),
-}
+_STATISTICS = ("mean", "std", "min", "max")  # all that utterance_functionals computes
+DEFAULT_STATISTICS = _STATISTICS
 
 
 def utterance_functionals(
@@ -73,16 +68,33 @@ def utterance_functionals(
         )
     if lengths is None:
         lengths = torch.ones(feats.shape[0], device=feats.device)
-    mask = real_frame_mask(lengths, feats.shape[1], feats.device)
-    rows = []
-    for x, m in zip(feats, mask):
-        x = x[m].double()
-        parts = [_STATISTICS[name](x) for name in statistics]
-        if quantiles:
-            q = torch.tensor(quantiles, dtype=x.dtype, device=x.device)
-            parts += list(torch.quantile(x, q, dim=0))
-        rows.append(torch.cat(parts))
-    return torch.stack(rows).to(feats.dtype)
+    # The whole batch at once, in double precision, without a loop over utterances (a model
+    # that computes them, FunctionalsExpert, exports to ONNX): padding is masked out of sums
+    # and extremes, and sorted to the end for the quantiles.
+    mask = real_frame_mask(lengths, feats.shape[1], feats.device).unsqueeze(-1)
+    x = feats.double()
+    n = mask.sum(1).clamp_min(1).double()  # real frames [batch, 1]
+    mean = (x * mask).sum(1) / n
+    computed = {
+        "mean": lambda: mean,
+        "std": lambda: ((x - mean.unsqueeze(1)) * mask).square().sum(1).div(n).sqrt(),
+        "min": lambda: x.masked_fill(~mask, float("inf")).amin(1),
+        "max": lambda: x.masked_fill(~mask, float("-inf")).amax(1),
+    }
+    parts = [computed[name]() for name in statistics]
+    if quantiles:
+        ordered = x.masked_fill(~mask, float("inf")).sort(dim=1).values
+        last = (n - 1).long().unsqueeze(-1).expand(-1, 1, x.shape[2])  # [batch, 1, n_feats]
+        for q in quantiles:
+            # linear interpolation between the order statistics around q * (n - 1), as
+            # torch.quantile does
+            position = q * (n - 1)
+            low = position.floor().long().unsqueeze(-1).expand_as(last)
+            high = torch.minimum(low + 1, last)
+            below, above = ordered.gather(1, low), ordered.gather(1, high)
+            fraction = (position - position.floor()).unsqueeze(-1)
+            parts.append((below + fraction * (above - below)).squeeze(1))
+    return torch.cat(parts, dim=1).to(feats.dtype)
 
 
 class LinearClassifier(torch.nn.Module):

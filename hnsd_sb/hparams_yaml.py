@@ -28,6 +28,7 @@ INTERFACE_CLASS = "EmotionRecognizer"
 MODEL_PARTS = (
     "SequenceEncoder",
     "UtteranceClassifier",
+    "FunctionalsExpert",
     "GatedMultiFeatureUnit",
     "ConcatFusion",
     "AdditiveAttentionPooling",

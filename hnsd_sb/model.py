@@ -469,9 +469,10 @@ class HNSD(torch.nn.Module):
         self.pooling = _built(parts["pooling"], frame_size)
         # A pooling may return more than a frame (e.g. mean and standard deviation)
         self.classifier = _built(parts["classifier"], getattr(self.pooling, "out_size", frame_size))
-        self.expert = _built(
-            parts["expert"], n_static + n_dynamic, self.classifier.output.out_features
-        )
+        self.expert = None
+        if parts["expert"] is not None:  # it classifies both streams into the head's emotions
+            n_classes = self.classifier.output.out_features
+            self.expert = _built(parts["expert"], n_static + n_dynamic, n_classes)
         # Checkpoints written before the parts had their place (fc, output and a single
         # encoder at the top) still load: their keys are renamed on the way in.
         self.register_load_state_dict_pre_hook(_rename_older_keys)

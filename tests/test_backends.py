@@ -166,10 +166,12 @@ def test_export_checks_the_int8_file_and_writes_nothing_when_it_fails(tmp_path, 
     assert os.listdir(tmp_path) == []
 
 
-def test_a_model_with_attentive_statistics_pooling_exports_and_runs_in_onnx(tmp_path):
-    """A swapped-in pooling travels through the model folder and the ONNX graph alike."""
+@pytest.mark.parametrize("part", [{"pooling": "attention_stats"}, {"expert": True}])
+def test_a_model_with_another_part_exports_and_runs_in_onnx(tmp_path, part):
+    """A swapped-in pooling, or a functionals expert beside the head, travels through the model
+    folder and the ONNX graph alike."""
     torch.manual_seed(0)
-    sizes = {"hidden_size": 8, "fc_size": 4, "n_classes": 4, "pooling": "attention_stats"}
+    sizes = {"hidden_size": 8, "fc_size": 4, "n_classes": 4, **part}
     state = HNSD(**sizes).state_dict()
     folder = write_model_folder(
         tmp_path / "model", LABELS, state, modules={"model": ("hnsd_sb.HNSD", sizes)}, onnx=True

@@ -9,9 +9,10 @@ from conftest import compare_rows as compare
 LABELS = ["ang", "cal", "hap", "sad"]
 
 
-def write_fold(folder, predictions, split="test"):
+def write_fold(folder, predictions, split="test", ids=None):
     """A finished fold: ``test_results.json`` (over all classes) and ``predictions.csv`` from
-    (target, probabilities) pairs; with ``split="valid"``, their ``valid_`` twins."""
+    (target, probabilities) pairs (utterances ``ids``, by default utt0, utt1, ...); with
+    ``split="valid"``, their ``valid_`` twins."""
     folder.mkdir(parents=True, exist_ok=True)
     prefix = "" if split == "test" else f"{split}_"
     (folder / f"{split}_results.json").write_text(json.dumps({"WA": 0.25, "UA": 0.25}))
@@ -20,7 +21,7 @@ def write_fold(folder, predictions, split="test"):
         writer.writerow(["ID", "target", "prediction", *(f"p_{c}" for c in LABELS)])
         for k, (target, probs) in enumerate(predictions):
             predicted = LABELS[max(range(len(LABELS)), key=probs.__getitem__)]
-            writer.writerow([f"utt{k}", target, predicted, *probs])
+            writer.writerow([ids[k] if ids else f"utt{k}", target, predicted, *probs])
 
 
 def test_classes_score_the_predictions_over_some_emotions_alone(tmp_path):
@@ -146,3 +147,47 @@ def test_split_valid_reads_the_validation_figures_and_never_the_test_ones(tmp_pa
     assert code == 1 and "no fold<k>/valid_results.json" in out and "| emotion |" not in out, out
     code, out = compare("--split", "valid", "--validation", "10", row)
     assert code == 2 and "--split chooses predictions" in out, out
+
+
+def test_fused_rows_multiply_their_probabilities_utterance_by_utterance(tmp_path):
+    # Each row gets two of the four right, not the same two; their product gets all four. The
+    # happy one each alone gets wrong (angry, calm), and the other's near-zero cancels both.
+    a = [
+        ("hap", [0.45, 0.0, 0.4, 0.15]),
+        ("sad", [0.1, 0.1, 0.1, 0.7]),
+        ("ang", [0.7, 0.1, 0.1, 0.1]),
+        ("cal", [0.4, 0.3, 0.2, 0.1]),
+    ]
+    b = [
+        ("hap", [0.0, 0.45, 0.4, 0.15]),
+        ("sad", [0.1, 0.1, 0.1, 0.7]),
+        ("ang", [0.2, 0.6, 0.1, 0.1]),
+        ("cal", [0.1, 0.8, 0.05, 0.05]),
+    ]
+    write_fold(tmp_path / "a" / "fold1", a)
+    # the other row lists its utterances in another order: they are matched by ID
+    write_fold(tmp_path / "b" / "fold1", b[::-1], ids=["utt3", "utt2", "utt1", "utt0"])
+    fused = f"{tmp_path / 'a'}*{tmp_path / 'b'}"
+    named = f"{tmp_path / 'a'} * {tmp_path / 'b'}"  # the fused row's name in the tables
+    # test_results.json says 25 % for a plain row; a fused row is scored from the predictions
+    code, out = compare(tmp_path / "a", fused, f"{fused}+{fused}")
+    assert code == 0, out
+    assert f"| {named} | 1 | 100.00 ± n/a | 100.00 ± n/a | 75.00 ± n/a | 1 / 1 |" in out, out
+    assert f"| {named} + {named} | 1 | 100.00 ± n/a | 100.00 ± n/a | 75.00 ± n/a |" in out, out
+    code, out = compare("--per-class", tmp_path / "a", fused)
+    assert code == 0 and f"| hap | {named} | 1 | 100.00 ± n/a | 100.00 ± n/a | 1 / 0 of 1 |" in out
+    # Which utterances each gets right: one both, one each alone, one neither.
+    code, out = compare("--overlap", tmp_path / "a", tmp_path / "b", fused)
+    assert code == 0, out
+    assert "/b | 1 | 25.00 ± n/a | 25.00 ± n/a | 25.00 ± n/a | 25.00 ± n/a |" in out, out
+    assert f"| {named} | 1 | 50.00 ± n/a | 0.00 ± n/a | 50.00 ± n/a | 0.00 ± n/a |" in out, out
+    # Rows of other utterances are not fused, nor compared; a mean of rows has no predictions.
+    write_fold(tmp_path / "c" / "fold1", a[:3])
+    code, out = compare(tmp_path / "a", f"{tmp_path / 'a'}*{tmp_path / 'c'}")
+    assert code == 1 and "other utterances or emotions" in out, out
+    code, out = compare("--overlap", tmp_path / "a", tmp_path / "c")
+    assert code == 1 and "other utterances" in out, out
+    code, out = compare("--overlap", tmp_path / "a", f"{tmp_path / 'a'}+{tmp_path / 'b'}")
+    assert code == 1 and "has no predictions" in out, out
+    code, out = compare(tmp_path / "a", f"{tmp_path / 'a'}*")
+    assert code == 1 and "an empty row between the * signs" in out, out

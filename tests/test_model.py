@@ -98,6 +98,7 @@ ABLATIONS = {
     "mean": ["--pooling=!name:hnsd_sb.MeanPooling"],
     "bidirectional": ["--bidirectional=True"],  # not an ablation: the encoders' switch
     "stats": ["--pooling=!name:hnsd_sb.AttentiveStatisticsPooling"],  # nor this: a pooling
+    "expert": ["--expert=!name:hnsd_sb.FunctionalsExpert"],  # a second classifier
 }
 EXPECTED = {
     "two": {"streams": "two", "fusion": "gmu", "pooling": "attention"},
@@ -108,6 +109,7 @@ EXPECTED = {
     "mean": {"streams": "two", "fusion": "gmu", "pooling": "mean"},
     "bidirectional": {"streams": "two", "bidirectional": True, "pooling": "attention"},
     "stats": {"streams": "two", "fusion": "gmu", "pooling": "attention_stats"},
+    "expert": {"streams": "two", "fusion": "gmu", "pooling": "attention", "expert": True},
 }
 
 
@@ -227,3 +229,37 @@ def test_export_reads_a_model_given_by_parts_as_its_sizes(tmp_path):
     path.write_text(text.replace("pooling: !name:hnsd_sb.AdditiveAttentionPooling\n", attack))
     with pytest.raises(ValueError, match=r"modules.model.pooling is hnsd_sb.export_model"):
         read_module_specs(path)
+
+
+def test_a_functionals_expert_learns_on_its_own_and_multiplies_the_heads_probabilities():
+    """With an expert, training minimises the sum of the two negative log-likelihoods (neither
+    learns from the other's errors) and evaluation gives their renormalised product."""
+    torch.manual_seed(0)
+    model = HNSD(hidden_size=8, fc_size=4, n_classes=3, expert=True)
+    static, dynamic = torch.randn(4, 12, 26), torch.randn(4, 12, 52)
+    lens, targets = torch.tensor([1.0, 0.9, 0.5, 0.25]), torch.tensor([0, 1, 2, 1])
+
+    def parts():
+        head = model.classifier(model.pooling(model.frames(static, dynamic, lens), lens))
+        return head, model.expert(torch.cat([static, dynamic], dim=-1), lens)
+
+    nll = torch.nn.functional.nll_loss
+    model.train()  # no dropout here: the same head twice
+    loss = nll(model(static, dynamic, lens), targets)
+    head, expert = parts()
+    torch.testing.assert_close(loss, nll(head, targets) + nll(expert, targets))
+    # the expert's gradient is that of its own likelihood: the head does not enter it
+    loss.backward()
+    joint = model.expert.output.weight.grad.clone()
+    model.zero_grad()
+    nll(model.expert(torch.cat([static, dynamic], dim=-1), lens), targets).backward()
+    torch.testing.assert_close(joint, model.expert.output.weight.grad)
+    model.eval()
+    head, expert = parts()
+    torch.testing.assert_close(
+        model(static, dynamic, lens), torch.log_softmax(head + expert, dim=-1)
+    )
+    # A model folder describes it, and the paper's model has none.
+    sizes = model.sizes()
+    assert sizes["expert"] is True and "expert" not in HNSD(hidden_size=8).sizes()
+    assert HNSD(**sizes).state_dict().keys() == model.state_dict().keys()

@@ -39,6 +39,13 @@ fold's chosen checkpoint on its validation actors (``valid_results.json``,
 ``valid_predictions.csv``, which ``train.py`` and ``baseline.py`` write beside the test ones)
 instead of the test figures: a diagnosis that leaves the test actors alone.
 
+Rows joined by ``*`` (``ROW_A*ROW_B``) are fused: per fold, the product of their
+probabilities from ``predictions.csv``, renormalised (the mean of their log-probabilities, equal
+weights, nothing chosen), utterance by utterance; e.g. HNSD and the statistics baseline as one
+classifier. ``+`` may join fused rows (``A*B+C*D``), not the other way round. With
+``--overlap`` it prints, per row, the shares of the utterances that it and the reference both
+get right, only one of them, or neither: whether they err on the same utterances.
+
 With ``--timing`` it prints each fold's wall-clock time from its ``log.txt`` (first to last
 line, so pauses and waits count) and the seconds per epoch that gives.
 """
@@ -91,6 +98,11 @@ def read_row(cv_folder, classes=None, split="test"):
     output, test only), in fold order; over ``classes`` alone if given (see ``scores_over``)."""
     if mean_parts(cv_folder):
         return read_mean(mean_parts(cv_folder), classes, split)
+    if fused_parts(cv_folder):
+        return [
+            {"fold": fold, **scores_over(paths, classes, split)}
+            for fold, paths in fused_folds(cv_folder, split).items()
+        ]
     if cv_folder.endswith(".jsonl"):
         if classes:
             raise SystemExit(f"{cv_folder}: --classes reads predictions.csv; use ensemble.py's")
@@ -110,11 +122,17 @@ def read_row(cv_folder, classes=None, split="test"):
     return results
 
 
-def fold_confusion(fold_folder, classes=None, split="test"):
-    """The labels and confusion matrix of a fold's predictions on ``split`` (``predictions.csv``,
-    ``valid_predictions.csv``), each utterance predicted as its most probable label (its
-    ``p_<label>`` columns; the first of them on a tie); over ``classes`` alone if given
-    (``hnsd_sb.metrics.restrict_to_classes``)."""
+# Probabilities below this are read as it when fused: predictions.csv rounds them to 6 decimals
+PROBABILITY_FLOOR = 1e-6
+
+
+def fold_predictions(fold_folder, classes=None, split="test"):
+    """A fold's predictions on ``split`` (``predictions.csv``, ``valid_predictions.csv``) as
+    (labels, utterance IDs, target indices, probabilities ``[n, labels]``); over ``classes``
+    alone if given (``hnsd_sb.metrics.restrict_to_classes``). A fused row (``A*B``, see
+    ``fused_parts``) gives its parts' product of probabilities, renormalised."""
+    if isinstance(fold_folder, (list, tuple)):
+        return fused_predictions(fold_folder, classes, split)
     path = os.path.join(fold_folder, split_file_names(split)["predictions"])
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -124,24 +142,125 @@ def fold_confusion(fold_folder, classes=None, split="test"):
     except FileNotFoundError:
         raise SystemExit(f"{path}: not found (the fold's {split} predictions)") from None
     try:
+        ids = [row["ID"] for row in rows]
         targets = [labels.index(row["target"]) for row in rows]
         probs = torch.tensor([[float(row[f"p_{c}"]) for c in labels] for row in rows])
         probs = probs.reshape(len(rows), len(labels))
         if classes:
+            kept = [i for i, t in enumerate(targets) if labels[t] in classes]
             probs, targets = restrict_to_classes(probs, targets, labels, classes)
-            labels = list(classes)
+            ids, labels = [ids[i] for i in kept], list(classes)
     except (KeyError, ValueError) as error:
-        raise SystemExit(f"{path}: {error} (predictions.csv holds target and p_<label>)") from None
+        raise SystemExit(
+            f"{path}: {error} (predictions.csv holds ID, target and p_<label>)"
+        ) from None
     if not len(targets):
         raise SystemExit(f"{path}: no utterance of {labels}")
+    return labels, ids, list(targets), probs
+
+
+def fused_predictions(fold_folders, classes=None, split="test"):
+    """The product of the probabilities of the same fold of several rows, renormalised (the
+    mean of their log-probabilities, each at least ``PROBABILITY_FLOOR``), utterance by
+    utterance: the rows fused with equal weights. Rows that scored other utterances or
+    emotions, or gave one another target, are refused."""
+    parts = [fold_predictions(folder, classes, split) for folder in fold_folders]
+    labels, ids, targets, _ = parts[0]
+    log_probs = []
+    for folder, (part_labels, part_ids, part_targets, probs) in zip(fold_folders, parts):
+        if part_labels != labels or sorted(part_ids) != sorted(ids):
+            raise SystemExit(
+                f"{folder}: other utterances or emotions than {fold_folders[0]}'s: "
+                "only rows of the same folds and label set can be fused"
+            )
+        order = {utt: i for i, utt in enumerate(part_ids)}
+        index = torch.tensor([order[utt] for utt in ids])
+        if [part_targets[i] for i in index.tolist()] != targets:
+            raise SystemExit(f"{folder}: other targets than {fold_folders[0]}'s")
+        log_probs.append(probs[index].clamp_min(PROBABILITY_FLOOR).log())
+    fused = torch.stack(log_probs).mean(0).softmax(dim=1)
+    return labels, ids, targets, fused
+
+
+def fold_confusion(fold_folder, classes=None, split="test"):
+    """The labels and confusion matrix of a fold's predictions on ``split`` (see
+    ``fold_predictions``), each utterance predicted as its most probable label (the first of
+    them on a tie)."""
+    labels, _, targets, probs = fold_predictions(fold_folder, classes, split)
     return labels, confusion_matrix(targets, probs.argmax(1), len(labels))
 
 
 def scores_over(fold_folder, classes, split="test"):
-    """WA and UA (fractions) of a fold's predictions on ``split`` over ``classes`` alone (see
-    ``fold_confusion``). As everywhere, a class without an utterance is left out of UA."""
+    """WA and UA (fractions) of a fold's predictions on ``split``, over ``classes`` alone if
+    given (see ``fold_confusion``). As everywhere, a class without an utterance is left out of
+    UA."""
     cm = fold_confusion(fold_folder, classes, split)[1]
     return {"WA": weighted_accuracy(cm), "UA": unweighted_accuracy(cm)}
+
+
+def fused_parts(row):
+    """The rows that a ``*`` argument fuses (``[]`` for a plain row, or a path that exists with
+    its ``*``); an empty part, or a part that is a mean of rows, is refused."""
+    if "*" not in row or os.path.exists(row):
+        return []
+    parts = row.split("*")
+    if not all(parts):
+        raise SystemExit(f"{row}: an empty row between the * signs")
+    for part in parts:
+        if part.endswith(".jsonl"):
+            raise SystemExit(f"{row}: {part} holds no predictions to fuse")
+    return parts
+
+
+def fused_folds(row, split="test"):
+    """Per fold that every part of a fused ``row`` has scored on ``split``, its parts' fold
+    folders, as {fold: [paths]}."""
+    per_part = [
+        {k: path for k, path in fold_folders(part).items() if finished(path, split)}
+        for part in fused_parts(row)
+    ]
+    for part, folds in zip(fused_parts(row), per_part):
+        if not folds:
+            raise SystemExit(unfinished(part, split))
+    return {fold: [folds[fold] for folds in per_part] for fold in common_folds(row, per_part)}
+
+
+def scored_folds(row, split="test"):
+    """The folds of a row (plain or fused, see ``fused_parts``) scored on ``split``, as {fold:
+    what ``fold_predictions`` reads}; a row without one is refused."""
+    if fused_parts(row):
+        return fused_folds(row, split)
+    if mean_parts(row) or row.endswith(".jsonl"):
+        raise SystemExit(f"{row}: a mean of rows or an ensemble.py output has no predictions")
+    folds = {k: path for k, path in fold_folders(row).items() if finished(path, split)}
+    if not folds:
+        raise SystemExit(unfinished(row, split))
+    return folds
+
+
+def print_overlap(reference, rows, classes=None, split="test"):
+    """Prints, per row, the shares of the utterances (%) on ``split`` that it and the
+    reference both classify right, only one of them, or neither (mean ± std over the folds
+    both scored), as Markdown: whether two rows err on the same
+    utterances, and so what fusing them (``A*B``) can gain."""
+    ref = scored_folds(reference, split)
+    print("| row | folds | both right | only the reference | only the row | neither |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        own = scored_folds(row, split)
+        folds = common_folds(f"{reference} and {row}", [ref, own])
+        shares = []
+        for fold in folds:
+            _, ids, targets, probs = fold_predictions(ref[fold], classes, split)
+            _, other_ids, _, other_probs = fold_predictions(own[fold], classes, split)
+            if sorted(ids) != sorted(other_ids):
+                raise SystemExit(f"{row}, fold {fold}: other utterances than {reference}'s")
+            order = {utt: i for i, utt in enumerate(other_ids)}
+            other = other_probs.argmax(1)[torch.tensor([order[utt] for utt in ids])]
+            a, b = probs.argmax(1) == torch.tensor(targets), other == torch.tensor(targets)
+            shares.append([100 * float(m.float().mean()) for m in (a & b, a & ~b, ~a & b, ~a & ~b)])
+        cells = " | ".join(format_spread([s[i] for s in shares]) for i in range(4))
+        print(f"| {row_name(row)} | {len(folds)} | {cells} |")
 
 
 def mean_parts(row):
@@ -209,7 +328,8 @@ def read_recalls(cv_folder, classes=None, split="test"):
     """The emotions of a row and, per finished fold, each one's recall (%) on ``split`` from the
     fold's predictions (over ``classes`` alone if given), as (labels, {fold: {label: recall}}),
     NaN for an emotion without an utterance in the fold. Rows joined by ``+``: per fold, the
-    mean of their recalls. Folds (or rows) with different emotions are refused."""
+    mean of their recalls; fused by ``*``: the recalls of their fused predictions. Folds (or
+    rows) with different emotions are refused."""
     if mean_parts(cv_folder):
         parts = [read_recalls(part, classes, split) for part in mean_parts(cv_folder)]
         labels = parts[0][0]
@@ -223,15 +343,12 @@ def read_recalls(cv_folder, classes=None, split="test"):
     if cv_folder.endswith(".jsonl"):
         raise SystemExit(f"{cv_folder}: --per-class reads predictions.csv, which ensembles lack")
     labels, recalls = None, {}
-    for fold, path in fold_folders(cv_folder).items():
-        if finished(path, split):
-            fold_labels, cm = fold_confusion(path, classes, split)
-            if labels is not None and fold_labels != labels:
-                raise SystemExit(f"{path}: emotions {fold_labels}, not the other folds' {labels}")
-            labels = fold_labels
-            recalls[fold] = dict(zip(labels, (100 * float(r) for r in per_class_recall(cm))))
-    if not recalls:
-        raise SystemExit(unfinished(cv_folder, split))
+    for fold, path in scored_folds(cv_folder, split).items():
+        fold_labels, cm = fold_confusion(path, classes, split)
+        if labels is not None and fold_labels != labels:
+            raise SystemExit(f"{path}: emotions {fold_labels}, not the other folds' {labels}")
+        labels = fold_labels
+        recalls[fold] = dict(zip(labels, (100 * float(r) for r in per_class_recall(cm))))
     return labels, recalls
 
 
@@ -464,9 +581,11 @@ def print_timing(folders):
 
 def row_name(cv_folder):
     """The row's name: its folder (or ensemble output, without ``.jsonl``), without a leading
-    ``experiments/``; rows joined by ``+`` keep it between their names."""
+    ``experiments/``; rows joined by ``+`` or ``*`` keep it between their names."""
     if mean_parts(cv_folder):
         return " + ".join(row_name(part) for part in mean_parts(cv_folder))
+    if fused_parts(cv_folder):
+        return " * ".join(row_name(part) for part in fused_parts(cv_folder))
     parts = os.path.normpath(cv_folder).removesuffix(".jsonl").split(os.sep)
     return "/".join(parts[1:] if parts[0] == "experiments" and len(parts) > 1 else parts)
 
@@ -477,7 +596,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "rows",
         nargs="*",
-        help="the cv folders (or ensemble.py outputs) to compare with it; A+B: their mean per fold",
+        help="the cv folders (or ensemble.py outputs) to compare with it; A+B: their mean per "
+        "fold; A*B: their predictions fused (product of probabilities)",
     )
     parser.add_argument("--metric", default="UA", choices=["UA", "WA"])
     only = parser.add_mutually_exclusive_group()
@@ -500,6 +620,12 @@ if __name__ == "__main__":
         "--per-class",
         action="store_true",
         help="print each emotion's test recall per row, paired against the reference's",
+    )
+    only.add_argument(
+        "--overlap",
+        action="store_true",
+        help="print the shares of utterances that each row and the reference both get right, "
+        "only one of them, or neither",
     )
     parser.add_argument(
         "--split",
@@ -537,6 +663,9 @@ if __name__ == "__main__":
         raise SystemExit(0)
     if args.per_class:
         print_per_class(args.reference, args.rows, args.classes, args.split)
+        raise SystemExit(0)
+    if args.overlap:
+        print_overlap(args.reference, args.rows, args.classes, args.split)
         raise SystemExit(0)
     rows = {row_name(args.reference): read_row(args.reference, args.classes, args.split)}
     for folder in args.rows:
