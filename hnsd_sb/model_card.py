@@ -151,7 +151,8 @@ def render_model_card(info, n_parameters, run=None):
         f"- {n_parameters:,} parameters; LSTM size {model.get('hidden_size', 512)}, layers "
         f"{model.get('num_layers', 1)}, bidirectional {model.get('bidirectional', False)}; "
         f"streams `{model.get('streams', 'two')}`, fusion `{model.get('fusion', 'gmu')}`, "
-        f"pooling `{model.get('pooling', 'attention')}`",
+        f"pooling `{model.get('pooling', 'attention')}`"
+        + ("; a functionals expert beside the head" if model.get("expert") else ""),
         f"- input: mono audio at {features.get('sample_rate', 16000)} Hz (other rates are "
         f"resampled); {features.get('n_mels', 26)} log-Mel bands, "
         f"{features.get('win_length', 25)} ms windows every {features.get('hop_length', 10)} ms"
