@@ -286,3 +286,45 @@ def test_diagnose_reads_a_trained_model_as_the_recognizer_does(subset, tmp_path)
     )
     code, _, err = diagnose(concat, "1")
     assert code != 0 and f"{concat}: the statistics need a model with the GMU" in err
+
+
+def test_a_run_with_the_functionals_expert_exports_and_reproduces_its_test_predictions(
+    subset, tmp_path
+):
+    """The recipe trained with ``--expert``: ``hnsd export`` writes the expert into the model
+    folder, and the recognizer gives the run's own test probabilities (``predictions.csv``),
+    each actor enrolled on its own utterances as in training."""
+    import importlib.util
+
+    import torch
+
+    from hnsd_sb import EmotionRecognizer, FunctionalsExpert
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "hparams/hnsd_improved.yaml", f"--data_folder={subset}",
+           f"--output_folder={run}", "--fold=1", "--label_set=four", "--n_classes=4",
+           "--number_of_epochs=2", "--lstm_size=16", "--fc_size=8", "--num_workers=0",
+           "--expert=!name:hnsd_sb.FunctionalsExpert"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.run(
+        [sys.executable, "-m", "hnsd_sb.cli", "export", str(run), str(tmp_path / "model")],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "model" / "model_info.json").read_text())
+    assert info["architecture"]["model"]["expert"] is True
+    recognizer = EmotionRecognizer.from_folder(tmp_path / "model")
+    assert isinstance(recognizer.mods.model.expert, FunctionalsExpert)
+    spec = importlib.util.spec_from_file_location("ensemble", os.path.join(RECIPE, "ensemble.py"))
+    ensemble = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ensemble)
+    rows = ensemble.read_manifest(run / "test.csv", str(subset))
+    got = ensemble.probabilities(recognizer, rows)[0]
+    with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
+        recorded = {row["ID"]: row for row in csv.DictReader(f)}
+    expected = torch.tensor(
+        [[float(recorded[r["ID"]][f"p_{c}"]) for c in recognizer.labels] for r in rows]
+    )
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
