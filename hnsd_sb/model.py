@@ -186,8 +186,10 @@ class FunctionalsExpert(torch.nn.Module):
     experts). The two learn separately: in training HNSD returns the sum of the two
     log-probabilities, whose negative log-likelihood is the sum of each one's, so neither
     learns to lean on the other. On the test actors of the RAVDESS recipe HNSD and the baseline
-    err on different utterances, and their fused probabilities beat both (README, "HNSD and the
-    baseline together"); this trains the pair as one model.
+    err on different utterances, and their fused probabilities beat both; this trains the pair
+    as one model. It is an option, off in every recipe: on validation actors it fell short of
+    its rule (RAVDESS README, "HNSD and the baseline err on different utterances" and "A
+    functionals expert beside the head").
 
     Arguments
     ---------
@@ -433,7 +435,8 @@ class HNSD(torch.nn.Module):
             "classifier": classifier,
             "expert": expert,
         }
-        # Sizes (and the ablation names "fusion" and "pooling", as model folders write them)
+        # Sizes (and the ablation names "fusion" and "pooling" and the expert switch, as model
+        # folders write them)
         named = {k: v for k, v in parts.items() if isinstance(v, (str, bool))}
         if named or all(v is None for v in parts.values()):
             others = [k for k, v in parts.items() if v is not None and k not in named]
