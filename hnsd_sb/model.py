@@ -433,7 +433,7 @@ class HNSD(torch.nn.Module):
             "fusion": fusion,
             "pooling": pooling,
             "classifier": classifier,
-            "expert": expert,
+            "expert": None if expert is False else expert,  # False: none, as null
         }
         # Sizes (and the ablation names "fusion" and "pooling" and the expert switch, as model
         # folders write them)
