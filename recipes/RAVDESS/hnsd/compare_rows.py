@@ -159,6 +159,16 @@ def fold_predictions(fold_folder, classes=None, split="test"):
     return labels, ids, list(targets), probs
 
 
+def matching_order(ids, other_ids, where):
+    """The positions in ``other_ids`` of each of ``ids``, in their order (a tensor), so that two
+    rows' predictions of one fold can be compared utterance by utterance; rows that scored
+    other utterances are refused, naming ``where``."""
+    if sorted(ids) != sorted(other_ids):
+        raise SystemExit(f"{where}: other utterances than the first row's")
+    position = {utt: i for i, utt in enumerate(other_ids)}
+    return torch.tensor([position[utt] for utt in ids])
+
+
 def fused_predictions(fold_folders, classes=None, split="test"):
     """The product of the probabilities of the same fold of several rows, renormalised (the
     mean of their log-probabilities, each at least ``PROBABILITY_FLOOR``), utterance by
@@ -168,13 +178,9 @@ def fused_predictions(fold_folders, classes=None, split="test"):
     labels, ids, targets, _ = parts[0]
     log_probs = []
     for folder, (part_labels, part_ids, part_targets, probs) in zip(fold_folders, parts):
-        if part_labels != labels or sorted(part_ids) != sorted(ids):
-            raise SystemExit(
-                f"{folder}: other utterances or emotions than {fold_folders[0]}'s: "
-                "only rows of the same folds and label set can be fused"
-            )
-        order = {utt: i for i, utt in enumerate(part_ids)}
-        index = torch.tensor([order[utt] for utt in ids])
+        if part_labels != labels:
+            raise SystemExit(f"{folder}: other emotions than {fold_folders[0]}'s: {part_labels}")
+        index = matching_order(ids, part_ids, folder)
         if [part_targets[i] for i in index.tolist()] != targets:
             raise SystemExit(f"{folder}: other targets than {fold_folders[0]}'s")
         log_probs.append(probs[index].clamp_min(PROBABILITY_FLOOR).log())
@@ -241,8 +247,8 @@ def scored_folds(row, split="test"):
 def print_overlap(reference, rows, classes=None, split="test"):
     """Prints, per row, the shares of the utterances (%) on ``split`` that it and the
     reference both classify right, only one of them, or neither (mean ± std over the folds
-    both scored), as Markdown: whether two rows err on the same
-    utterances, and so what fusing them (``A*B``) can gain."""
+    both scored), as Markdown: whether two rows err on the same utterances, and so what fusing
+    them (``A*B``) can gain."""
     ref = scored_folds(reference, split)
     print("| row | folds | both right | only the reference | only the row | neither |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -253,10 +259,7 @@ def print_overlap(reference, rows, classes=None, split="test"):
         for fold in folds:
             _, ids, targets, probs = fold_predictions(ref[fold], classes, split)
             _, other_ids, _, other_probs = fold_predictions(own[fold], classes, split)
-            if sorted(ids) != sorted(other_ids):
-                raise SystemExit(f"{row}, fold {fold}: other utterances than {reference}'s")
-            order = {utt: i for i, utt in enumerate(other_ids)}
-            other = other_probs.argmax(1)[torch.tensor([order[utt] for utt in ids])]
+            other = other_probs.argmax(1)[matching_order(ids, other_ids, f"{row}, fold {fold}")]
             a, b = probs.argmax(1) == torch.tensor(targets), other == torch.tensor(targets)
             shares.append([100 * float(m.float().mean()) for m in (a & b, a & ~b, ~a & b, ~a & ~b)])
         cells = " | ".join(format_spread([s[i] for s in shares]) for i in range(4))
