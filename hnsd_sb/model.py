@@ -69,6 +69,11 @@ class SequenceEncoder(torch.nn.Module):
         Whether to read the sequence in both directions.
     dropout : float
         Dropout between stacked layers.
+    stack_frames : int
+        Consecutive frames the LSTM reads as one step, their vectors concatenated (1: a step
+        per frame, the paper). Each step's output is repeated over the frames it covers, so
+        the encoder still gives one vector per frame; frames past a sequence's end are zeroed
+        before stacking, so that its outputs do not depend on the batch's padding.
 
     Example
     -------
@@ -76,13 +81,28 @@ class SequenceEncoder(torch.nn.Module):
     >>> out = enc(torch.randn(2, 7, 3), torch.tensor([1.0, 4 / 7]))
     >>> out.shape, out[1, 4:].abs().sum().item()
     (torch.Size([2, 7, 8]), 0.0)
+    >>> out = SequenceEncoder(3, 8, stack_frames=3)(torch.randn(1, 7, 3))
+    >>> out.shape, bool((out[0, 0] == out[0, 2]).all()), bool((out[0, 2] == out[0, 3]).all())
+    (torch.Size([1, 7, 8]), True, False)
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bidirectional=False,
+        dropout=0.0,
+        stack_frames=1,
+    ):
         super().__init__()
+        if int(stack_frames) != stack_frames or stack_frames < 1:
+            raise ValueError(f"stack_frames must be a whole number >= 1, got {stack_frames!r}")
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.bidirectional = bidirectional
+        self.stack_frames = int(stack_frames)
         self.out_size = hidden_size * (2 if bidirectional else 1)
+        input_size = input_size * self.stack_frames
         if not bidirectional:
             self.lstm = torch.nn.LSTM(
                 input_size,
@@ -118,16 +138,26 @@ class SequenceEncoder(torch.nn.Module):
         """
         if lengths is None:
             lengths = torch.ones(x.shape[0], device=x.device)
-        mask = real_frame_mask(lengths, x.shape[1], x.device).unsqueeze(-1)
-        if not self.bidirectional:
-            return self.lstm(x)[0] * mask
+        n_time, k = x.shape[1], self.stack_frames
+        mask = real_frame_mask(lengths, n_time, x.device).unsqueeze(-1)
         n_frames = mask.sum(dim=1).squeeze(-1)
-        for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
-            if i > 0:
-                x = self.layer_dropout(x)
-            back = reverse_within_length(bwd(reverse_within_length(x, n_frames))[0], n_frames)
-            x = torch.cat([fwd(x)[0], back], dim=-1) * mask
-        return x
+        if k > 1:
+            x = torch.nn.functional.pad(x * mask, (0, 0, 0, (-n_time) % k))
+            x = x.reshape(x.shape[0], x.shape[1] // k, k * x.shape[2])
+            n_frames = torch.div(n_frames + k - 1, k, rounding_mode="floor")
+        if not self.bidirectional:
+            x = self.lstm(x)[0]
+        else:
+            steps = torch.arange(x.shape[1], device=x.device)
+            step_mask = mask if k == 1 else (steps < n_frames.unsqueeze(1)).unsqueeze(-1)
+            for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
+                if i > 0:
+                    x = self.layer_dropout(x)
+                back = reverse_within_length(bwd(reverse_within_length(x, n_frames))[0], n_frames)
+                x = torch.cat([fwd(x)[0], back], dim=-1) * step_mask
+        if k > 1:  # each step's output on each frame it read
+            x = x.repeat_interleave(k, dim=1)[:, :n_time]
+        return x * mask
 
 
 class UtteranceClassifier(torch.nn.Module):
