@@ -282,6 +282,7 @@ def paper_parts(
     fusion="gmu",
     pooling="attention",
     expert=False,
+    stack_frames=1,
 ):
     """The parts of an HNSD model given by sizes and ablation names, as factories for ``HNSD``.
 
@@ -317,6 +318,8 @@ def paper_parts(
         the weighted standard deviation beside the weighted mean).
     expert : bool
         A ``FunctionalsExpert`` beside the classifier head.
+    stack_frames : int
+        Frames each encoder reads as one step (1: a step per frame, the paper).
 
     Returns
     -------
@@ -344,6 +347,7 @@ def paper_parts(
         num_layers=num_layers,
         bidirectional=bidirectional,
         dropout=dropout,
+        stack_frames=stack_frames,
     )
     gmu = functools.partial(GatedMultiFeatureUnit, out_size=fusion_size or hidden_size)
     return {
@@ -575,6 +579,8 @@ class HNSD(torch.nn.Module):
         }
         if isinstance(self.expert, FunctionalsExpert):
             sizes["expert"] = True
+        if encoder.stack_frames > 1:  # absent at 1, so that such folders read as before
+            sizes["stack_frames"] = encoder.stack_frames
         if isinstance(self.fusion, GatedMultiFeatureUnit):
             sizes.update(fusion="gmu", fusion_size=self.fusion.out_size)
         elif isinstance(self.fusion, ConcatFusion):

@@ -152,7 +152,12 @@ def render_model_card(info, n_parameters, run=None):
         f"{model.get('num_layers', 1)}, bidirectional {model.get('bidirectional', False)}; "
         f"streams `{model.get('streams', 'two')}`, fusion `{model.get('fusion', 'gmu')}`, "
         f"pooling `{model.get('pooling', 'attention')}`"
-        + ("; a functionals expert beside the head" if model.get("expert") else ""),
+        + ("; a functionals expert beside the head" if model.get("expert") else "")
+        + (
+            f"; the encoders read {model['stack_frames']} frames a step"
+            if model.get("stack_frames", 1) > 1
+            else ""
+        ),
         f"- input: mono audio at {features.get('sample_rate', 16000)} Hz (other rates are "
         f"resampled); {features.get('n_mels', 26)} log-Mel bands, "
         f"{features.get('win_length', 25)} ms windows every {features.get('hop_length', 10)} ms"

@@ -81,6 +81,7 @@ ARCHITECTURE = {
         "fusion": ((str,), "hnsd_sb.model.FUSIONS"),
         "pooling": ((str,), "hnsd_sb.model.POOLINGS"),
         "expert": ((bool,), None),
+        "stack_frames": (_INT, (1, 100)),
     },
 }
 # Points of UA above chance (100 / number of classes) below which a model is "near chance".

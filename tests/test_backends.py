@@ -166,10 +166,12 @@ def test_export_checks_the_int8_file_and_writes_nothing_when_it_fails(tmp_path, 
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("part", [{"pooling": "attention_stats"}, {"expert": True}])
+@pytest.mark.parametrize(
+    "part", [{"pooling": "attention_stats"}, {"expert": True}, {"stack_frames": 3}]
+)
 def test_a_model_with_another_part_exports_and_runs_in_onnx(tmp_path, part):
-    """A swapped-in pooling, or a functionals expert beside the head, travels through the model
-    folder and the ONNX graph alike."""
+    """A swapped-in pooling, a functionals expert beside the head, or encoders that read three
+    frames a step travel through the model folder and the ONNX graph alike."""
     torch.manual_seed(0)
     sizes = {"hidden_size": 8, "fc_size": 4, "n_classes": 4, **part}
     state = HNSD(**sizes).state_dict()

@@ -13,6 +13,8 @@ VARIANTS = [
     {"streams": "dynamic"},
     {"streams": "early"},
     {"bidirectional": True, "num_layers": 2},
+    {"stack_frames": 3},
+    {"stack_frames": 2, "bidirectional": True, "num_layers": 2},
 ]
 
 
@@ -75,6 +77,32 @@ def test_return_attention_gives_weights_over_real_frames():
     assert (alpha[1, 4:] == 0).all()
 
 
+def test_an_encoder_reading_frames_in_threes_is_an_lstm_over_the_stacked_frames():
+    """Three frames a step: the LSTM reads their vectors concatenated, each step's output is
+    given to the three frames it read, and a sequence's last, partial step reads zeros past
+    its end, whatever the batch holds there."""
+    from hnsd_sb import SequenceEncoder
+
+    torch.manual_seed(0)
+    enc = SequenceEncoder(5, 6, stack_frames=3)
+    assert enc.lstm.input_size == 15 and enc.out_size == 6
+    x = torch.randn(2, 9, 5)
+    x[1, 7:] = 1e3  # padding of the second sequence (7 real frames)
+    with torch.no_grad():
+        out = enc(x, torch.tensor([1.0, 7 / 9]))
+        full = enc.lstm(x[:1].reshape(1, 3, 15))[0]
+        torch.testing.assert_close(out[0], full[0].repeat_interleave(3, dim=0))
+        part = torch.cat([x[1, :7], torch.zeros(2, 5)]).reshape(1, 3, 15)
+        expected = enc.lstm(part)[0][0].repeat_interleave(3, dim=0)[:7]
+        torch.testing.assert_close(out[1, :7], expected)
+    assert (out[1, 7:] == 0).all()
+    with pytest.raises(ValueError, match="stack_frames must be a whole number >= 1, got 0"):
+        SequenceEncoder(5, 6, stack_frames=0)
+    sizes = HNSD(hidden_size=8, fc_size=4, stack_frames=3).sizes()
+    assert sizes["stack_frames"] == 3 and "stack_frames" not in HNSD(hidden_size=8).sizes()
+    assert HNSD(**sizes).static_encoder.lstm.input_size == 78
+
+
 def test_unknown_options_are_rejected():
     with pytest.raises(ValueError, match="fusion"):
         HNSD(fusion="sum")
@@ -99,6 +127,7 @@ ABLATIONS = {
     "bidirectional": ["--bidirectional=True"],  # not an ablation: the encoders' switch
     "stats": ["--pooling=!name:hnsd_sb.AttentiveStatisticsPooling"],  # nor this: a pooling
     "expert": ["--expert=!name:hnsd_sb.FunctionalsExpert"],  # a second classifier
+    "stack": ["--stack_frames=3"],  # the encoders' steps
 }
 EXPECTED = {
     "two": {"streams": "two", "fusion": "gmu", "pooling": "attention"},
@@ -110,6 +139,7 @@ EXPECTED = {
     "bidirectional": {"streams": "two", "bidirectional": True, "pooling": "attention"},
     "stats": {"streams": "two", "fusion": "gmu", "pooling": "attention_stats"},
     "expert": {"streams": "two", "fusion": "gmu", "pooling": "attention", "expert": True},
+    "stack": {"streams": "two", "fusion": "gmu", "pooling": "attention", "stack_frames": 3},
 }
 
 
