@@ -42,7 +42,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from hnsd_sb.fusion import ConcatFusion, GatedMultiFeatureUnit
-from hnsd_sb.model import HNSD, SequenceEncoder
+from hnsd_sb.model import HNSD, SequenceEncoder, repeat_steps, shared_stack_frames
 
 _STATE = {"onednn": None, "cores": None}
 _POOL = {"executor": None, "pid": None, "size": 0}
@@ -496,18 +496,22 @@ def _fast_frames(model, static, dynamic, lengths=None):
     elementwise part."""
     encoders = (model.static_encoder, model.dynamic_encoder)
     params = [list(enc.parameters()) for enc in encoders]
+    k = shared_stack_frames(*encoders)  # fused once a step, as HNSD.frames does
+    steps = {"per_step": True} if k > 1 else {}
     if type(model.fusion) is GatedMultiFeatureUnit:
         gmu = model.fusion
         gate_params = list(gmu.gate_proj.parameters())
         params[0] += list(gmu.static_proj.parameters()) + gate_params
         params[1] += list(gmu.dynamic_proj.parameters()) + gate_params
         branches = [
-            lambda x, enc=enc, stream=stream: gmu_stream_part(gmu, enc(x, lengths), stream)
+            lambda x, enc=enc, stream=stream: gmu_stream_part(gmu, enc(x, lengths, **steps), stream)
             for enc, stream in zip(encoders, ("static", "dynamic"))
         ]
-        return gmu_combine(*run_branches(branches, (static, dynamic), params))
-    branches = [lambda x, enc=enc: enc(x, lengths) for enc in encoders]
-    return model.fusion(*run_branches(branches, (static, dynamic), params))
+        fused = gmu_combine(*run_branches(branches, (static, dynamic), params))
+    else:
+        branches = [lambda x, enc=enc: enc(x, lengths, **steps) for enc in encoders]
+        fused = model.fusion(*run_branches(branches, (static, dynamic), params))
+    return repeat_steps(fused, k, static.shape[1])
 
 
 class AcceleratedHNSD(HNSD):

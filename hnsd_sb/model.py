@@ -121,7 +121,7 @@ class SequenceEncoder(torch.nn.Module):
         )
         self.layer_dropout = torch.nn.Dropout(dropout)
 
-    def forward(self, x, lengths=None):
+    def forward(self, x, lengths=None, per_step=False):
         """Encodes a padded batch.
 
         Arguments
@@ -130,34 +130,90 @@ class SequenceEncoder(torch.nn.Module):
             ``[batch, time, input_size]``.
         lengths : torch.Tensor
             Relative lengths ``[batch]``; ``None`` means all are full length.
+        per_step : bool
+            Return one vector per step (``stack_frames`` frames), not per frame.
 
         Returns
         -------
         torch.Tensor
-            ``[batch, time, out_size]``, zero on padded frames.
+            ``[batch, time, out_size]``, zero on padded frames (with ``per_step``:
+            ``[batch, steps, out_size]``, zero on steps past the end).
         """
         if lengths is None:
             lengths = torch.ones(x.shape[0], device=x.device)
         n_time, k = x.shape[1], self.stack_frames
         mask = real_frame_mask(lengths, n_time, x.device).unsqueeze(-1)
         n_frames = mask.sum(dim=1).squeeze(-1)
+        step_mask = mask
         if k > 1:
             x = torch.nn.functional.pad(x * mask, (0, 0, 0, (-n_time) % k))
             x = x.reshape(x.shape[0], x.shape[1] // k, k * x.shape[2])
             n_frames = torch.div(n_frames + k - 1, k, rounding_mode="floor")
+            steps = torch.arange(x.shape[1], device=x.device)
+            step_mask = (steps < n_frames.unsqueeze(1)).unsqueeze(-1)
         if not self.bidirectional:
             x = self.lstm(x)[0]
         else:
-            steps = torch.arange(x.shape[1], device=x.device)
-            step_mask = mask if k == 1 else (steps < n_frames.unsqueeze(1)).unsqueeze(-1)
             for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
                 if i > 0:
                     x = self.layer_dropout(x)
                 back = reverse_within_length(bwd(reverse_within_length(x, n_frames))[0], n_frames)
                 x = torch.cat([fwd(x)[0], back], dim=-1) * step_mask
-        if k > 1:  # each step's output on each frame it read
-            x = x.repeat_interleave(k, dim=1)[:, :n_time]
-        return x * mask
+        if per_step:
+            return x * step_mask
+        return repeat_steps(x, k, n_time) * mask
+
+
+def repeat_steps(x, stack_frames, n_time):
+    """Gives each step's vector to each of the ``stack_frames`` frames it covers.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        Step vectors ``[batch, steps, size]``.
+    stack_frames : int
+        Frames per step.
+    n_time : int
+        Frames to return (the last step may cover fewer).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, n_time, size]``.
+
+    Example
+    -------
+    >>> repeat_steps(torch.tensor([[[1.0], [2.0]]]), 3, 5).flatten().tolist()
+    [1.0, 1.0, 1.0, 2.0, 2.0]
+    """
+    if stack_frames == 1:
+        return x
+    return x.repeat_interleave(stack_frames, dim=1)[:, :n_time]
+
+
+def shared_stack_frames(*encoders):
+    """The frames a step that all these encoders read (``SequenceEncoder.stack_frames``), or
+    1 when they differ or any reads a step per frame. A per-frame part after them (the GMU)
+    then runs once a step, on a ``stack_frames``-th of the vectors, with the same result on
+    every real frame.
+
+    Arguments
+    ---------
+    *encoders : torch.nn.Module
+        The encoders.
+
+    Returns
+    -------
+    int
+        The shared number of frames per step.
+
+    Example
+    -------
+    >>> shared_stack_frames(SequenceEncoder(2, 4, stack_frames=3), SequenceEncoder(2, 4))
+    1
+    """
+    ks = {getattr(encoder, "stack_frames", 1) for encoder in encoders}
+    return ks.pop() if len(ks) == 1 else 1
 
 
 class UtteranceClassifier(torch.nn.Module):
@@ -635,6 +691,13 @@ class HNSD(torch.nn.Module):
             if self.static_encoder is not None:
                 return self.static_encoder(static, lengths)
             return self.dynamic_encoder(dynamic, lengths)
+        k = shared_stack_frames(self.static_encoder, self.dynamic_encoder)
+        if k > 1:  # fused once a step, given to each frame of the step
+            fused = self.fusion(
+                self.static_encoder(static, lengths, per_step=True),
+                self.dynamic_encoder(dynamic, lengths, per_step=True),
+            )
+            return repeat_steps(fused, k, static.shape[1])
         return self.fusion(
             self.static_encoder(static, lengths), self.dynamic_encoder(dynamic, lengths)
         )

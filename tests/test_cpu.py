@@ -65,10 +65,11 @@ def test_branch_errors_propagate_and_threads_are_restored(two_threads):
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.parametrize("stack_frames", [1, 3])
 @pytest.mark.parametrize("bias", [False, True])
-def test_model_gradients_are_the_same_side_by_side_and_sequential(two_threads, bias):
+def test_model_gradients_are_the_same_side_by_side_and_sequential(two_threads, bias, stack_frames):
     torch.manual_seed(0)
-    model = HNSD(hidden_size=24, fc_size=8, n_classes=3)
+    model = HNSD(hidden_size=24, fc_size=8, n_classes=3, stack_frames=stack_frames)
     if bias:
         model.fusion = GatedMultiFeatureUnit(24, 24, 24, bias=True)
     static, dynamic = torch.randn(3, 17, 26), torch.randn(3, 17, 52)

@@ -101,6 +101,16 @@ def test_an_encoder_reading_frames_in_threes_is_an_lstm_over_the_stacked_frames(
     sizes = HNSD(hidden_size=8, fc_size=4, stack_frames=3).sizes()
     assert sizes["stack_frames"] == 3 and "stack_frames" not in HNSD(hidden_size=8).sizes()
     assert HNSD(**sizes).static_encoder.lstm.input_size == 78
+    # HNSD fuses the streams once a step: on every real frame, what fusing each frame gives
+    model = HNSD(**sizes)
+    static, dynamic, lens = torch.randn(2, 11, 26), torch.randn(2, 11, 52), torch.tensor([1, 0.6])
+    with torch.no_grad():
+        per_frame = model.fusion(
+            model.static_encoder(static, lens), model.dynamic_encoder(dynamic, lens)
+        )
+        got = model.frames(static, dynamic, lens)
+    torch.testing.assert_close(got[0], per_frame[0])
+    torch.testing.assert_close(got[1, :7], per_frame[1, :7])
 
 
 def test_unknown_options_are_rejected():
