@@ -96,11 +96,11 @@ class SequenceEncoder(torch.nn.Module):
         stack_frames=1,
     ):
         super().__init__()
-        if int(stack_frames) != stack_frames or stack_frames < 1:
+        if not isinstance(stack_frames, int) or isinstance(stack_frames, bool) or stack_frames < 1:
             raise ValueError(f"stack_frames must be a whole number >= 1, got {stack_frames!r}")
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.bidirectional = bidirectional
-        self.stack_frames = int(stack_frames)
+        self.stack_frames = stack_frames
         self.out_size = hidden_size * (2 if bidirectional else 1)
         input_size = input_size * self.stack_frames
         if not bidirectional:
@@ -212,7 +212,7 @@ def shared_stack_frames(*encoders):
     >>> shared_stack_frames(SequenceEncoder(2, 4, stack_frames=3), SequenceEncoder(2, 4))
     1
     """
-    ks = {getattr(encoder, "stack_frames", 1) for encoder in encoders}
+    ks = {e.stack_frames if isinstance(e, SequenceEncoder) else 1 for e in encoders}
     return ks.pop() if len(ks) == 1 else 1
 
 
@@ -467,7 +467,9 @@ class HNSD(torch.nn.Module):
         The encoder of each stream (``[batch, time, size]`` and relative lengths to frame
         vectors), or ``None`` for a stream that is not used.
     fusion : torch.nn.Module or callable or None
-        Fuses the two encoders' frames (``None`` when one encoder is used).
+        Fuses the two encoders' frames (``None`` when one encoder is used), vector by vector:
+        when both encoders read ``stack_frames`` frames a step, it is given their step vectors
+        (``[batch, steps, size]``) and its output is repeated over each step's frames.
     pooling : torch.nn.Module or callable
         Frame vectors and relative lengths to an utterance vector (and the frame weights).
     classifier : torch.nn.Module or callable
@@ -663,7 +665,10 @@ class HNSD(torch.nn.Module):
         """Encodes and fuses the streams into one vector per frame.
 
         This is the plain PyTorch form; ``hnsd_sb.cpu.accelerate(model)`` replaces it on a model
-        with a faster, equivalent one for CPUs.
+        with a faster, equivalent one for CPUs. When both encoders read ``stack_frames`` frames
+        a step, the streams are fused once a step and each step's vector repeated over its
+        frames (the same on real frames; past a sequence's end, where pooling looks at
+        nothing, a partial step's padded frames carry its vector).
 
         Arguments
         ---------

@@ -145,6 +145,9 @@ def test_split_valid_reads_the_validation_figures_and_never_the_test_ones(tmp_pa
     write_fold(old / "fold1", right)
     code, out = compare("--split", "valid", "--per-class", row, old)
     assert code == 1 and "no fold<k>/valid_results.json" in out and "| emotion |" not in out, out
+    # a row with no finished fold is named, with what to do
+    code, out = compare(row, tmp_path / "typo")
+    assert code == 1 and "typo: no fold<k>/test_results.json (no fold has finished" in out, out
     code, out = compare("--split", "valid", "--validation", "10", row)
     assert code == 2 and "--split chooses predictions" in out, out
 

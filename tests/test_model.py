@@ -33,10 +33,11 @@ def test_utterance_gives_same_output_alone_and_in_padded_batch(options):
             torch.testing.assert_close(batch[b : b + 1], alone, rtol=1e-5, atol=1e-5)
 
 
-def test_waveform_to_prediction_pipeline_is_padding_invariant():
+@pytest.mark.parametrize("stack_frames", [1, 3])
+def test_waveform_to_prediction_pipeline_is_padding_invariant(stack_frames):
     torch.manual_seed(0)
     compute, norm = StaticDynamicFeatures(), SpeakerNormalization()
-    model = HNSD(hidden_size=32, fc_size=16).eval()
+    model = HNSD(hidden_size=32, fc_size=16, stack_frames=stack_frames).eval()
     wavs = torch.randn(2, 32000)
     wavs[1, 20011:] = 0
     lens = torch.tensor([1.0, 20011 / 32000])
@@ -96,8 +97,11 @@ def test_an_encoder_reading_frames_in_threes_is_an_lstm_over_the_stacked_frames(
         expected = enc.lstm(part)[0][0].repeat_interleave(3, dim=0)[:7]
         torch.testing.assert_close(out[1, :7], expected)
     assert (out[1, 7:] == 0).all()
-    with pytest.raises(ValueError, match="stack_frames must be a whole number >= 1, got 0"):
-        SequenceEncoder(5, 6, stack_frames=0)
+    for wrong in (0, None, 2.5):
+        with pytest.raises(
+            ValueError, match=f"stack_frames must be a whole number >= 1, got {wrong}"
+        ):
+            SequenceEncoder(5, 6, stack_frames=wrong)
     sizes = HNSD(hidden_size=8, fc_size=4, stack_frames=3).sizes()
     assert sizes["stack_frames"] == 3 and "stack_frames" not in HNSD(hidden_size=8).sizes()
     assert HNSD(**sizes).static_encoder.lstm.input_size == 78
@@ -258,6 +262,9 @@ def test_export_reads_a_model_given_by_parts_as_its_sizes(tmp_path):
     assert sizes["bidirectional"] is False
     path.write_text(text.replace("bidirectional: False", "bidirectional: True"))
     assert read_module_specs(path)["model"][1]["bidirectional"] is True
+    assert "stack_frames" not in sizes  # a step per frame: folders read as before
+    path.write_text(text.replace("stack_frames: 1 ", "stack_frames: 3 "))
+    assert read_module_specs(path)["model"][1]["stack_frames"] == 3
     stats = "!name:hnsd_sb.AttentiveStatisticsPooling"
     path.write_text(text.replace("!name:hnsd_sb.AdditiveAttentionPooling", stats))
     assert read_module_specs(path)["model"][1]["pooling"] == "attention_stats"

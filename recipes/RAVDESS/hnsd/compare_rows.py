@@ -89,7 +89,11 @@ def finished(fold_folder, split="test"):
 def unfinished(cv_folder, split):
     """The message for a row without a fold scored on ``split``."""
     results = split_file_names(split)["results"]
-    hint = "rows trained before train.py wrote it lack it" if split == "valid" else "run it?"
+    hint = (
+        "rows trained before train.py wrote it lack it"
+        if split == "valid"
+        else "no fold has finished: check the path, or train the row with run_experiments.sh"
+    )
     return f"{cv_folder}: no fold<k>/{results} ({hint})"
 
 
