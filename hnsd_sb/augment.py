@@ -9,6 +9,11 @@ over each other first, so SpeechBrain's masking drops the same bands from all of
 ``Mixup`` trains on mixtures of pairs of utterances and of their labels. SpeechBrain has no
 mixup; it is kept here because the mixture has to reach the loss: the module remembers the
 pairing it drew, and ``Mixup.loss`` mixes the two labels' losses with it.
+
+``RandomCrop`` trains on random spans of the utterances. SpeechBrain's time-domain crops and
+chunk drops act on waveforms, before HNSD trims the silence, so a span drawn there could be
+mostly silence; this one cuts the trimmed, normalised features and returns the new lengths,
+which the attention then masks by.
 """
 
 import torch
@@ -188,3 +193,72 @@ class Mixup(torch.nn.Module):
         return lam * loss_fn(log_probs, targets) + (1.0 - lam) * loss_fn(
             log_probs, targets[partner]
         )
+
+
+class RandomCrop(torch.nn.Module):
+    """One random contiguous span of each utterance of a training batch: its length a fraction
+    of the utterance's real frames drawn uniformly from ``[min_fraction, 1]``, its start
+    uniform over the places where it fits. The spans are moved to the first frame, the batch is
+    cut to the longest, and the rest is zero padding (as normalised features are). Use it on
+    the features only in training (``hnsd_sb.pipeline`` takes it as ``crop``); evaluation reads
+    whole utterances.
+
+    Arguments
+    ---------
+    min_fraction : float
+        The shortest span, as a fraction of the utterance, in (0, 1]; 1.0 turns cropping off
+        without drawing a random number, so a run with it off is the run without it.
+
+    Example
+    -------
+    >>> crop = RandomCrop(min_fraction=0.5)
+    >>> feats = torch.arange(1.0, 9.0).reshape(1, 8, 1).repeat(2, 1, 1)  # frames 1..8
+    >>> feats[1, 4:] = 0  # the second utterance is 4 frames long
+    >>> _ = torch.manual_seed(2)
+    >>> cropped, lens = crop(feats, torch.tensor([1.0, 0.5]))
+    >>> cropped.shape, [round(x, 3) for x in lens.tolist()]  # 7 of 8 frames, 3 of 4
+    (torch.Size([2, 7, 1]), [1.0, 0.429])
+    >>> cropped[..., 0].tolist()  # contiguous spans from inside each utterance, then zeros
+    [[2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0]]
+    >>> RandomCrop(min_fraction=1.0)(feats, lens)[0] is feats  # off
+    True
+    """
+
+    def __init__(self, min_fraction=1.0):
+        super().__init__()
+        if isinstance(min_fraction, bool) or not 0.0 < min_fraction <= 1.0:
+            raise ValueError(
+                f"RandomCrop: min_fraction must be in (0, 1] (1.0: off), not {min_fraction!r}"
+            )
+        self.min_fraction = float(min_fraction)
+
+    def forward(self, feats, lengths):
+        """Cuts a random span from each utterance of a batch.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            ``[batch, frames, features]``, zero on padding.
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            ``[batch, longest span, features]``, each span from its first frame.
+        lengths : torch.Tensor
+            The spans' lengths relative to the longest.
+        """
+        if self.min_fraction >= 1.0:
+            return feats, lengths
+        batch, frames = feats.shape[:2]
+        real = torch.round(lengths.detach().float().cpu() * frames).long().clamp(1, frames)
+        fraction = self.min_fraction + (1.0 - self.min_fraction) * torch.rand(batch)
+        kept = torch.minimum(torch.ceil(fraction * real).long(), real)
+        start = torch.floor(torch.rand(batch) * (real - kept + 1)).long()
+        longest = int(kept.max())
+        steps = torch.arange(longest)
+        index = (start[:, None] + steps).clamp(max=frames - 1).to(feats.device)
+        cropped = feats.gather(1, index[..., None].expand(-1, -1, feats.shape[-1]))
+        inside = (steps < kept[:, None]).to(feats.device, feats.dtype)
+        return cropped * inside[..., None], (kept.float() / longest).to(lengths.device)

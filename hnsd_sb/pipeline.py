@@ -11,7 +11,7 @@ import torch
 
 
 def normalized_streams(
-    features, normalizer, wavs, wav_lens, speakers=None, feat_augment=None, mix=None
+    features, normalizer, wavs, wav_lens, speakers=None, feat_augment=None, mix=None, crop=None
 ):
     """The speaker-normalised static and dynamic streams of a batch of waveforms.
 
@@ -34,6 +34,10 @@ def normalized_streams(
         ``mix(feats, frame_lens) -> (feats, frame_lens)``, applied to the normalised features
         before ``feat_augment``: mixes utterances of the batch (training only:
         ``hnsd_sb.augment.Mixup``).
+    crop : callable or None
+        ``crop(feats, frame_lens) -> (feats, frame_lens)``, applied to the normalised features
+        before ``mix``: cuts spans of the utterances (training only:
+        ``hnsd_sb.augment.RandomCrop``).
 
     Returns
     -------
@@ -56,6 +60,8 @@ def normalized_streams(
     static, dynamic, lens = features(wavs, wav_lens, return_lengths=True)
     n_static = static.shape[-1]
     feats = normalizer(torch.cat([static, dynamic], -1), lens, speakers)
+    if crop is not None:
+        feats, lens = crop(feats, lens)
     if mix is not None:
         feats, lens = mix(feats, lens)
     if feat_augment is not None:
@@ -64,7 +70,15 @@ def normalized_streams(
 
 
 def classify(
-    features, normalizer, model, wavs, wav_lens, speakers=None, feat_augment=None, mix=None
+    features,
+    normalizer,
+    model,
+    wavs,
+    wav_lens,
+    speakers=None,
+    feat_augment=None,
+    mix=None,
+    crop=None,
 ):
     """Emotion log-probabilities and attention of a batch of waveforms.
 
@@ -82,7 +96,7 @@ def classify(
         Relative lengths ``[batch]``.
     speakers : list of str or None
         Speaker of each waveform.
-    feat_augment, mix : callable or None
+    feat_augment, mix, crop : callable or None
         See ``normalized_streams``.
 
     Returns
@@ -103,7 +117,7 @@ def classify(
     (torch.Size([2, 3]), torch.Size([2, 51]))
     """
     static, dynamic, lens = normalized_streams(
-        features, normalizer, wavs, wav_lens, speakers, feat_augment, mix
+        features, normalizer, wavs, wav_lens, speakers, feat_augment, mix, crop
     )
     log_probs, attention = model(static, dynamic, lens, return_attention=True)
     return log_probs, attention, lens

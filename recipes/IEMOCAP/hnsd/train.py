@@ -59,41 +59,43 @@ class EmotionBrain(sb.Brain):
     evaluated_split = "test"  # the split ``evaluate`` scores, which names its result files
 
     def pipeline_inputs(self, batch, stage):
-        """Returns the waveforms of a batch, their relative lengths, and the feature mixing and
-        augmentation to apply (in training, augmented waveforms, mixed utterances and masked
-        frames where the hparams have ``wav_augment``, ``mixup`` and ``feat_augment``): the
-        inputs of ``hnsd_sb.pipeline``.
+        """Returns the waveforms of a batch, their relative lengths, and the augmentations that
+        ``hnsd_sb.pipeline`` applies to its features (in training, augmented waveforms, cropped
+        and mixed utterances and masked frames where the hparams have ``wav_augment``,
+        ``crop``, ``mixup`` and ``feat_augment``; none otherwise).
         """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        feat_augment = mix = None
+        augment = {}
         if stage == sb.Stage.TRAIN:
             # absent or null (e.g. --wav_augment=null): no augmentation
             wav_augment = getattr(self.hparams, "wav_augment", None)
             if wav_augment is not None:
                 wavs, wav_lens = wav_augment(wavs, wav_lens)
-            # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
-            feat_augment = getattr(self.hparams, "feat_augment", None)
-            mix = getattr(self.hparams, "mixup", None)
-        return wavs, wav_lens, feat_augment, mix
+            augment = {
+                "crop": getattr(self.hparams, "crop", None),
+                "mix": getattr(self.hparams, "mixup", None),
+                # after the z-score, so a masked frame (set to 0) is the speaker's mean frame
+                "feat_augment": getattr(self.hparams, "feat_augment", None),
+            }
+        return wavs, wav_lens, augment
 
     def compute_features(self, batch, stage):
         """Returns the speaker-normalised static and dynamic streams of a batch and its relative
         frame lengths (what the statistics baseline, ``baseline.py``, classifies)."""
-        wavs, wav_lens, feat_augment, mix = self.pipeline_inputs(batch, stage)
+        wavs, wav_lens, augment = self.pipeline_inputs(batch, stage)
         return pipeline.normalized_streams(
             self.modules.features,
             self.modules.normalizer,
             wavs,
             wav_lens,
             batch.spk_id,
-            feat_augment,
-            mix,
+            **augment,
         )
 
     def compute_forward(self, batch, stage):
         """Returns the emotion log-probabilities of a batch and its relative frame lengths."""
-        wavs, wav_lens, feat_augment, mix = self.pipeline_inputs(batch, stage)
+        wavs, wav_lens, augment = self.pipeline_inputs(batch, stage)
         model = self.modules.model
         if stage != sb.Stage.TRAIN and self.averaged is not None:
             model = self.averaged.module  # validation and test score the weight average
@@ -104,8 +106,7 @@ class EmotionBrain(sb.Brain):
             wavs,
             wav_lens,
             batch.spk_id,
-            feat_augment,
-            mix,
+            **augment,
         )
         return log_probs, lens
 
