@@ -612,6 +612,74 @@ def test_mixup_mixes_training_features_and_losses_alike():
         assert torch.equal(loss, nll(log_probs, targets, weight=w))
 
 
+def test_crop_cuts_training_utterances_to_spans_and_leaves_evaluation_whole():
+    """``crop_fraction`` (hnsd_improved.yaml): in training each utterance's normalised features
+    are one contiguous span of its own real frames, at least ``crop_fraction`` of them, moved
+    to the start and zero-padded, with its new length; before mixup, so a mixture mixes spans;
+    validation and test read whole utterances."""
+    import speechbrain as sb
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    brain = improved_brain(crop_fraction=0.5)
+    gen = torch.Generator().manual_seed(0)
+    batch = PaddedBatch(
+        [
+            {"id": str(i), "sig": torch.randn(n, generator=gen), "spk_id": "s"}
+            for i, n in enumerate((16000, 12000, 9000, 16000))
+        ]
+    )
+    with torch.no_grad():
+        *streams, clean_lens = brain.compute_features(batch, sb.Stage.VALID)
+        clean = torch.cat(streams, -1)
+        real = torch.round(clean_lens * clean.shape[1]).long()
+        seen = set()
+        for seed in range(8):
+            torch.manual_seed(seed)
+            *streams, lens = brain.compute_features(batch, sb.Stage.TRAIN)
+            cropped = torch.cat(streams, -1)
+            kept = torch.round(lens * cropped.shape[1]).long()
+            assert lens.max() == 1.0
+            for i in range(4):
+                n, k = int(real[i]), int(kept[i])
+                assert (n + 1) // 2 <= k <= n
+                assert torch.all(cropped[i, k:] == 0)
+                starts = [
+                    s
+                    for s in range(n - k + 1)
+                    if torch.allclose(cropped[i, :k], clean[i, s : s + k])
+                ]
+                assert starts, f"utterance {i}: the span is not a slice of its frames"
+                seen.add((i, starts[0], k))
+        assert len(seen) > 16  # spans differ from batch to batch
+        for stage in (sb.Stage.VALID, sb.Stage.TEST):
+            *streams, lens = brain.compute_features(batch, stage)
+            assert torch.equal(torch.cat(streams, -1), clean) and torch.equal(lens, clean_lens)
+        mixed = improved_brain(crop_fraction=0.5, mixup_alpha=0.4)
+        torch.manual_seed(3)
+        *streams, lens = mixed.compute_features(batch, sb.Stage.TRAIN)
+        assert lens.max() == 1.0 and torch.cat(streams, -1).shape[1] < clean.shape[1]
+
+
+def test_crop_off_draws_no_random_number_and_checks_its_fraction():
+    """``crop_fraction: 1.0`` (the default) leaves the features and the RNG alone, so runs with
+    it off repeat the runs from before it existed; a fraction outside (0, 1] is a clear error."""
+    import torch
+
+    from hnsd_sb.augment import RandomCrop
+
+    feats, lens = torch.randn(3, 5, 78), torch.tensor([1.0, 0.6, 0.2])
+    state = torch.get_rng_state()
+    out = RandomCrop(min_fraction=1.0)(feats, lens)
+    assert out[0] is feats and out[1] is lens
+    assert torch.equal(torch.get_rng_state(), state)
+    for bad in (0.0, -0.5, 1.5, True):
+        with pytest.raises(ValueError, match="min_fraction must be in"):
+            RandomCrop(min_fraction=bad)
+    out, new_lens = RandomCrop(min_fraction=0.2)(feats, lens)  # a one-frame utterance stays one
+    assert torch.round(new_lens[2] * out.shape[1]) == 1
+
+
 def test_mixup_off_draws_no_random_number_and_checks_its_input():
     """``mixup_alpha: 0.0`` (the default) leaves the features and the RNG alone, so runs with it
     off repeat the runs from before it existed; a negative alpha and a loss for a batch of
