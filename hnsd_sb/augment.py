@@ -261,4 +261,4 @@ class RandomCrop(torch.nn.Module):
         index = (start[:, None] + steps).clamp(max=frames - 1).to(feats.device)
         cropped = feats.gather(1, index[..., None].expand(-1, -1, feats.shape[-1]))
         inside = (steps < kept[:, None]).to(feats.device, feats.dtype)
-        return cropped * inside[..., None], (kept.float() / longest).to(lengths.device)
+        return cropped * inside[..., None], (kept / longest).to(lengths.device, lengths.dtype)

@@ -652,13 +652,22 @@ def test_crop_cuts_training_utterances_to_spans_and_leaves_evaluation_whole():
                 assert starts, f"utterance {i}: the span is not a slice of its frames"
                 seen.add((i, starts[0], k))
         assert len(seen) > 16  # spans differ from batch to batch
+        assert len({start for _, start, _ in seen}) > 2  # and start inside the utterances
         for stage in (sb.Stage.VALID, sb.Stage.TEST):
             *streams, lens = brain.compute_features(batch, stage)
             assert torch.equal(torch.cat(streams, -1), clean) and torch.equal(lens, clean_lens)
+        # before mixup: the mixture is of the spans that the same random numbers cut
         mixed = improved_brain(crop_fraction=0.5, mixup_alpha=0.4)
         torch.manual_seed(3)
-        *streams, lens = mixed.compute_features(batch, sb.Stage.TRAIN)
-        assert lens.max() == 1.0 and torch.cat(streams, -1).shape[1] < clean.shape[1]
+        *streams, lens = brain.compute_features(batch, sb.Stage.TRAIN)
+        spans = torch.cat(streams, -1)
+        torch.manual_seed(3)
+        *streams, mixed_lens = mixed.compute_features(batch, sb.Stage.TRAIN)
+        partner, lam = mixed.hparams.mixup.pairing
+        assert not torch.equal(partner, torch.arange(4))
+        want = lam * spans + (1 - lam) * spans[partner]
+        assert torch.allclose(torch.cat(streams, -1), want, atol=1e-5)
+        assert torch.equal(mixed_lens, torch.maximum(lens, lens[partner]))
 
 
 def test_crop_off_draws_no_random_number_and_checks_its_fraction():

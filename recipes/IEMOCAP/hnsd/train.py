@@ -59,10 +59,10 @@ class EmotionBrain(sb.Brain):
     evaluated_split = "test"  # the split ``evaluate`` scores, which names its result files
 
     def pipeline_inputs(self, batch, stage):
-        """Returns the waveforms of a batch, their relative lengths, and the augmentations that
-        ``hnsd_sb.pipeline`` applies to its features (in training, augmented waveforms, cropped
-        and mixed utterances and masked frames where the hparams have ``wav_augment``,
-        ``crop``, ``mixup`` and ``feat_augment``; none otherwise).
+        """Returns the waveforms of a batch, their relative lengths, and a dict of the feature
+        augmentations, the keyword arguments of ``hnsd_sb.pipeline`` (in training, augmented
+        waveforms, cropped and mixed utterances and masked frames where the hparams have
+        ``wav_augment``, ``crop``, ``mixup`` and ``feat_augment``; an empty dict otherwise).
         """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
