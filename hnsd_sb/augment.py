@@ -10,14 +10,17 @@ over each other first, so SpeechBrain's masking drops the same bands from all of
 mixup; it is kept here because the mixture has to reach the loss: the module remembers the
 pairing it drew, and ``Mixup.loss`` mixes the two labels' losses with it.
 
-``RandomCrop`` trains on random spans of the utterances. SpeechBrain's time-domain crops and
-chunk drops act on waveforms, before HNSD trims the silence, so a span drawn there could be
-mostly silence; this one cuts the trimmed, normalised features and returns the new lengths,
-which the attention then masks by.
+``RandomCrop`` trains on random spans of the utterances. SpeechBrain has no crop: its
+``RandomShift`` rolls the whole batch by one amount (frames wrap around) and its chunk drops
+keep every length. This one cuts a span per utterance from the trimmed, normalised features
+(a span of the waveform could be mostly the silence that HNSD trims later) and returns the
+new lengths, which the attention then masks by.
 """
 
 import torch
 from speechbrain.augment.freq_domain import SpectrogramDrop
+
+from hnsd_sb.normalization import real_frame_mask
 
 
 class BandDrop(torch.nn.Module):
@@ -252,13 +255,16 @@ class RandomCrop(torch.nn.Module):
         if self.min_fraction >= 1.0:
             return feats, lengths
         batch, frames = feats.shape[:2]
-        real = torch.round(lengths.detach().float().cpu() * frames).long().clamp(1, frames)
+        real = real_frame_mask(lengths.detach().cpu(), frames).sum(1)
         fraction = self.min_fraction + (1.0 - self.min_fraction) * torch.rand(batch)
         kept = torch.minimum(torch.ceil(fraction * real).long(), real)
         start = torch.floor(torch.rand(batch) * (real - kept + 1)).long()
         longest = int(kept.max())
-        steps = torch.arange(longest)
-        index = (start[:, None] + steps).clamp(max=frames - 1).to(feats.device)
+        index = (start[:, None] + torch.arange(longest)).clamp(max=frames - 1).to(feats.device)
         cropped = feats.gather(1, index[..., None].expand(-1, -1, feats.shape[-1]))
-        inside = (steps < kept[:, None]).to(feats.device, feats.dtype)
-        return cropped * inside[..., None], (kept / longest).to(lengths.device, lengths.dtype)
+        new_lengths = kept / longest
+        outside = ~real_frame_mask(new_lengths, longest, feats.device)
+        return (
+            cropped.masked_fill(outside[..., None], 0.0),
+            new_lengths.to(lengths.device, lengths.dtype),
+        )
