@@ -308,9 +308,10 @@ def test_every_hparams_file_sets_the_batch_with_one_override():
         assert sampler["seed"] == 5 and sampler["num_buckets"] >= 40, yaml_file
 
 
-def improved_brain(**overrides):
-    """The recipe's ``EmotionBrain`` on a small ``hnsd_improved.yaml`` model with ``overrides``,
-    without the waveform augmentation (so only what a test switches on is random)."""
+def improved_brain(wav_augment=False, **overrides):
+    """The recipe's ``EmotionBrain`` on a small ``hnsd_improved.yaml`` model with ``overrides``
+    and the recipe's optimizer class, without the waveform augmentation unless ``wav_augment``
+    (so only what a test switches on is random)."""
     import importlib.util
 
     from hyperpyyaml import load_hyperpyyaml
@@ -321,9 +322,13 @@ def improved_brain(**overrides):
     with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
         overrides = {"data_folder": "unused", "lstm_size": 16, "fc_size": 8, **overrides}
         hparams = load_hyperpyyaml(f, overrides)
-    del hparams["wav_augment"]
+    if not wav_augment:
+        del hparams["wav_augment"]
     return train.EmotionBrain(
-        modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"device": "cpu"},
     )
 
 
@@ -709,3 +714,121 @@ def test_mixup_off_draws_no_random_number_and_checks_its_input():
     mixup(feats, lens)
     with pytest.raises(RuntimeError, match="3 utterances, the loss got 2 labels"):
         mixup.loss(torch.nn.functional.nll_loss, torch.zeros(2, 4), torch.tensor([0, 1]))
+
+
+def labelled_batch():
+    """Four noise waveforms of one speaker, of different lengths, with emotion labels."""
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    gen = torch.Generator().manual_seed(0)
+    return PaddedBatch(
+        [
+            {
+                "id": str(i),
+                "sig": torch.randn(n, generator=gen),
+                "spk_id": "s",
+                "emo_encoded": torch.tensor([i]),
+            }
+            for i, n in enumerate((16000, 12000, 9000, 16000))
+        ]
+    )
+
+
+def ready_to_train(brain):
+    """Gives a test brain its optimizer and fresh training statistics."""
+    brain.init_optimizers()
+    brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
+    brain.padded_frames = [0.0, 0.0]
+    return brain
+
+
+def test_sam_steps_with_the_gradient_at_the_perturbed_weights_under_the_same_draws():
+    """``sam_rho`` (hnsd_improved.yaml): the optimizer gets the gradient at the weights moved
+    ``sam_rho`` up the first pass's gradient, computed with the same speed perturbation, crop,
+    mixup and dropout as the first pass; the weights are put back exactly, the loss reported is
+    the first pass's, and the random generators move on as after one plain pass."""
+    import random
+
+    import speechbrain as sb
+    import torch
+
+    brain = ready_to_train(
+        improved_brain(wav_augment=True, crop_fraction=0.5, mixup_alpha=0.4, sam_rho=0.05)
+    )
+    batch, train = labelled_batch(), sb.Stage.TRAIN
+    params = dict(brain.modules.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    stepped = []  # the gradients the optimizer would step with
+    brain.optimizers_step = lambda: stepped.append(
+        {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+    )
+    torch.manual_seed(1)
+    random.seed(1)
+    loss = brain.fit_batch(batch)
+    after = torch.get_rng_state(), random.getstate()
+    assert all(torch.equal(p, start[n]) for n, p in params.items())
+
+    def pass_at(shift):
+        """Loss and gradients at the start weights plus ``shift``, with the step's draws."""
+        brain.modules.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for n, e in shift.items():
+                params[n].add_(e)
+        torch.manual_seed(1)
+        random.seed(1)
+        value, _ = brain.emotion_loss(brain.compute_forward(batch, train), batch, train)
+        value.backward()
+        grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(start[n])
+        return value, grads
+
+    first_loss, first = pass_at({})
+    assert torch.equal(loss, first_loss.detach())
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in first.values()))
+    second_loss, second = pass_at({n: 0.05 * g / norm for n, g in first.items()})
+    assert torch.equal(torch.get_rng_state(), after[0]) and random.getstate() == after[1]
+    assert len(stepped) == 1 and stepped[0].keys() == second.keys()
+    for n, g in second.items():
+        assert torch.allclose(stepped[0][n], g, atol=1e-6), n
+    assert second_loss > first_loss  # up the gradient
+    assert any(not torch.allclose(second[n], first[n], atol=1e-4) for n in first)
+
+
+def test_sam_off_is_one_plain_pass_and_a_vanishing_rho_takes_the_plain_step():
+    """``sam_rho: 0.0`` (the default) trains with SpeechBrain's one-pass step, so runs with it
+    off repeat the runs from before it existed; a rho too small to move the weights takes the
+    same step through both passes, draws included. Bad radii and misuse are clear errors."""
+    import random
+
+    import torch
+
+    from hnsd_sb.sharpness import SharpnessAware
+
+    plain = ready_to_train(improved_brain(wav_augment=True, mixup_alpha=0.4))
+    tiny = ready_to_train(improved_brain(wav_augment=True, mixup_alpha=0.4, sam_rho=0.05))
+    tiny.modules.load_state_dict(plain.modules.state_dict())
+    tiny.hparams.sam.rho = 1e-30
+    forwards = []
+    for brain in (plain, tiny):
+        forward = brain.compute_forward
+        brain.compute_forward = lambda *a, f=forward: forwards.append(1) or f(*a)
+        torch.manual_seed(2)
+        random.seed(2)
+        loss = brain.fit_batch(labelled_batch())
+        brain.rng = torch.get_rng_state(), random.getstate(), loss
+    assert len(forwards) == 3  # one pass, then two
+    assert torch.equal(plain.rng[0], tiny.rng[0]) and plain.rng[1] == tiny.rng[1]
+    assert torch.equal(plain.rng[2], tiny.rng[2])
+    for p, q in zip(plain.modules.parameters(), tiny.modules.parameters()):
+        assert torch.allclose(p, q, atol=1e-7)
+    for bad in (-0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="rho must be a number >= 0"):
+            SharpnessAware(rho=bad)
+    sam = SharpnessAware(rho=0.1)
+    with pytest.raises(RuntimeError, match="without perturb"):
+        sam.restore()
+    with pytest.raises(RuntimeError, match="no parameter has a gradient"):
+        sam.perturb(plain.optimizer)

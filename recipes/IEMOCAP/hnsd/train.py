@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import random
 import shlex
 import sys
 
@@ -110,10 +111,10 @@ class EmotionBrain(sb.Brain):
         )
         return log_probs, lens
 
-    def compute_objectives(self, predictions, batch, stage):
+    def emotion_loss(self, predictions, batch, stage):
         """Class-weighted negative log-likelihood of the true emotions (in training, with label
-        smoothing and mixup where the hparams ask for them); tracks WA/UA and padding."""
-        log_probs, lens = predictions
+        smoothing and mixup where the hparams ask for them). Returns it and the targets."""
+        log_probs, _ = predictions
         emo = batch.emo_encoded.data.view(-1)
         wav_augment = getattr(self.hparams, "wav_augment", None)
         if stage == sb.Stage.TRAIN and wav_augment is not None:
@@ -133,13 +134,48 @@ class EmotionBrain(sb.Brain):
         mixup = getattr(self.hparams, "mixup", None)
         if stage == sb.Stage.TRAIN and mixup is not None:
             # mixup_alpha (hparams): the batch's features were mixed in pairs; so are the losses
-            loss = mixup.loss(loss_fn, log_probs, emo)
-        else:
-            loss = loss_fn(log_probs, emo)
+            return mixup.loss(loss_fn, log_probs, emo), emo
+        return loss_fn(log_probs, emo), emo
+
+    def compute_objectives(self, predictions, batch, stage):
+        """The loss of ``emotion_loss``; tracks WA/UA and padding."""
+        loss, emo = self.emotion_loss(predictions, batch, stage)
+        log_probs, lens = predictions
         self.padded_frames[0] += float((1 - lens).sum())
         self.padded_frames[1] += float(lens.numel())
         self.metrics.append(batch.id, log_probs.detach(), emo)
         return loss
+
+    def fit_batch(self, batch):
+        """SpeechBrain's training step, or with ``sam_rho`` > 0 (hparams) the sharpness-aware
+        one (``hnsd_sb.sharpness``): a second forward and backward pass at the weights moved
+        ``sam_rho`` up the gradient gives the gradient the optimizer steps with. Both passes draw
+        the same augmentation and dropout; the loss and metrics reported are the first's."""
+        sam = getattr(self.hparams, "sam", None)
+        if sam is None or not sam.enabled:
+            return super().fit_batch(batch)
+        if self.grad_accumulation_factor != 1 or self.scaler.is_enabled():
+            raise ValueError("sam_rho > 0 needs grad_accumulation_factor 1 and no fp16 scaler")
+        self.on_fit_batch_start(batch, True)
+        python_rng = random.getstate()  # SpeechBrain's Augmenter also draws from Python's
+        device = torch.device(self.device)
+        gpus = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):  # restores torch's RNGs for the second pass
+            with self.training_ctx:
+                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+                loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+            self.check_loss_isfinite(loss)
+            loss.backward()
+        random.setstate(python_rng)
+        sam.perturb(self.optimizer)
+        with self.training_ctx:
+            perturbed = self.compute_forward(batch, sb.Stage.TRAIN)
+            perturbed_loss, _ = self.emotion_loss(perturbed, batch, sb.Stage.TRAIN)
+        perturbed_loss.backward()
+        sam.restore()
+        self.optimizers_step()
+        self.on_fit_batch_end(batch, outputs, loss, True)
+        return loss.detach().cpu()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Moves the weight average (if any) towards the weights the optimizer just updated, and
