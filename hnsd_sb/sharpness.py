@@ -22,8 +22,8 @@ class SharpnessAware:
     Arguments
     ---------
     rho : float
-        Radius of the neighbourhood, in the weights' units (the L2 norm over all of them).
-        0 turns SAM off: the recipe then takes its plain one-pass step.
+        Radius of the neighbourhood: the L2 norm, over all the weights that have a gradient,
+        of the move. 0 turns SAM off: the recipe then takes its plain one-pass step.
 
     Example
     -------
@@ -53,7 +53,9 @@ class SharpnessAware:
 
     @torch.no_grad()
     def perturb(self, optimizer):
-        """Moves the optimizer's weights ``rho`` up their gradient and clears the gradients.
+        """Moves the optimizer's weights with a gradient by ``rho * g / |g|`` (a move of length
+        ``rho`` in all of them together) and clears the gradients. A gradient that is not finite
+        moves nothing, so the training step meets it as it would without SAM.
 
         Arguments
         ---------
@@ -70,9 +72,10 @@ class SharpnessAware:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         # the saved copies, not w + e - e, restore the weights bit for bit
         self._saved = [(p, p.detach().clone()) for p in params]
-        scale = self.rho / (norm + 1e-12)
+        scale = float(self.rho / (norm + 1e-12)) if torch.isfinite(norm) else 0.0
         for p in params:
-            p.add_(p.grad, alpha=float(scale))
+            if scale:  # 0 * nan is nan: a non-finite gradient must not touch the weights
+                p.add_(p.grad, alpha=scale)
             p.grad = None
 
     @torch.no_grad()

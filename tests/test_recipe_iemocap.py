@@ -768,6 +768,7 @@ def test_sam_steps_with_the_gradient_at_the_perturbed_weights_under_the_same_dra
     loss = brain.fit_batch(batch)
     after = torch.get_rng_state(), random.getstate()
     assert all(torch.equal(p, start[n]) for n, p in params.items())
+    assert brain.padded_frames[1] == 4 and len(brain.metrics.ids) == 4  # counted once
 
     def pass_at(shift):
         """Loss and gradients at the start weights plus ``shift``, with the step's draws."""
@@ -832,3 +833,10 @@ def test_sam_off_is_one_plain_pass_and_a_vanishing_rho_takes_the_plain_step():
         sam.restore()
     with pytest.raises(RuntimeError, match="no parameter has a gradient"):
         sam.perturb(plain.optimizer)
+    w = torch.nn.Parameter(torch.ones(2))  # a gradient that is not finite moves nothing
+    w.grad = torch.tensor([float("nan"), 1.0])
+    sam.perturb(torch.optim.SGD([w], lr=0.1))
+    assert torch.equal(w.detach(), torch.ones(2)) and w.grad is None
+    with pytest.raises(RuntimeError, match="called twice"):
+        sam.perturb(torch.optim.SGD([w], lr=0.1))
+    sam.restore()

@@ -150,7 +150,10 @@ class EmotionBrain(sb.Brain):
         """SpeechBrain's training step, or with ``sam_rho`` > 0 (hparams) the sharpness-aware
         one (``hnsd_sb.sharpness``): a second forward and backward pass at the weights moved
         ``sam_rho`` up the gradient gives the gradient the optimizer steps with. Both passes draw
-        the same augmentation and dropout; the loss and metrics reported are the first's."""
+        the same augmentation, crops, mixup and dropout (torch's and Python's generators are
+        replayed; cuDNN's own dropout state, used only between stacked LSTM layers, is not); the
+        loss and metrics reported are the first's. SAM needs one batch per step and no fp16
+        loss scaling (a ValueError otherwise)."""
         sam = getattr(self.hparams, "sam", None)
         if sam is None or not sam.enabled:
             return super().fit_batch(batch)
@@ -159,7 +162,9 @@ class EmotionBrain(sb.Brain):
         self.on_fit_batch_start(batch, True)
         python_rng = random.getstate()  # SpeechBrain's Augmenter also draws from Python's
         device = torch.device(self.device)
-        gpus = [device.index or 0] if device.type == "cuda" else []
+        gpus = []
+        if device.type == "cuda":
+            gpus = [torch.cuda.current_device() if device.index is None else device.index]
         with torch.random.fork_rng(devices=gpus):  # restores torch's RNGs for the second pass
             with self.training_ctx:
                 outputs = self.compute_forward(batch, sb.Stage.TRAIN)
@@ -168,11 +173,14 @@ class EmotionBrain(sb.Brain):
             loss.backward()
         random.setstate(python_rng)
         sam.perturb(self.optimizer)
-        with self.training_ctx:
-            perturbed = self.compute_forward(batch, sb.Stage.TRAIN)
-            perturbed_loss, _ = self.emotion_loss(perturbed, batch, sb.Stage.TRAIN)
-        perturbed_loss.backward()
-        sam.restore()
+        try:
+            with self.training_ctx:
+                perturbed = self.compute_forward(batch, sb.Stage.TRAIN)
+                perturbed_loss, _ = self.emotion_loss(perturbed, batch, sb.Stage.TRAIN)
+            self.check_loss_isfinite(perturbed_loss)
+            perturbed_loss.backward()
+        finally:  # the weights go back even if the second pass fails
+            sam.restore()
         self.optimizers_step()
         self.on_fit_batch_end(batch, outputs, loss, True)
         return loss.detach().cpu()
