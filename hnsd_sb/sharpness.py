@@ -69,7 +69,7 @@ class SharpnessAware:
         ]
         if not params:
             raise RuntimeError("SharpnessAware.perturb: no parameter has a gradient")
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # as clipping measures it
         # the saved copies, not w + e - e, restore the weights bit for bit
         self._saved = [(p, p.detach().clone()) for p in params]
         scale = float(self.rho / (norm + 1e-12)) if torch.isfinite(norm) else 0.0
