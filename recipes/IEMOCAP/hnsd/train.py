@@ -113,7 +113,8 @@ class EmotionBrain(sb.Brain):
 
     def emotion_loss(self, predictions, batch, stage):
         """Class-weighted negative log-likelihood of the true emotions (in training, with label
-        smoothing and mixup where the hparams ask for them). Returns it and the targets."""
+        smoothing, distillation and mixup where the hparams ask for them). Returns it and the
+        targets."""
         log_probs, _ = predictions
         emo = batch.emo_encoded.data.view(-1)
         wav_augment = getattr(self.hparams, "wav_augment", None)
@@ -131,11 +132,31 @@ class EmotionBrain(sb.Brain):
             )
         else:  # validation and test losses stay the likelihood, which NewBob anneals on
             loss_fn = functools.partial(torch.nn.functional.nll_loss, weight=self.class_weights)
+        targets = emo
+        teacher = getattr(self.hparams, "teacher", None)
+        if stage == sb.Stage.TRAIN and teacher is not None and teacher.enabled:
+            # teacher_folder (hparams): distillation, the loss also pulls towards the ensemble's
+            # soft targets; the loss takes utterance indices, so mixup can pair both targets
+            log_q = teacher.targets(batch.id).to(log_probs.device)
+            if wav_augment is not None:
+                log_q = wav_augment.replicate_labels(log_q)
+            weights = torch.ones_like(emo, dtype=log_probs.dtype)
+            if self.class_weights is not None:
+                weights = self.class_weights[emo]
+            label_loss = loss_fn
+
+            def loss_fn(log_probs, index):
+                soft = teacher.soft_loss(log_probs, log_q[index], weights[index])
+                return (1 - teacher.weight) * label_loss(log_probs, emo[index]) + (
+                    teacher.weight * soft
+                )
+
+            targets = torch.arange(emo.numel(), device=emo.device)
         mixup = getattr(self.hparams, "mixup", None)
         if stage == sb.Stage.TRAIN and mixup is not None:
             # mixup_alpha (hparams): the batch's features were mixed in pairs; so are the losses
-            return mixup.loss(loss_fn, log_probs, emo), emo
-        return loss_fn(log_probs, emo), emo
+            return mixup.loss(loss_fn, log_probs, targets), emo
+        return loss_fn(log_probs, targets), emo
 
     def compute_objectives(self, predictions, batch, stage):
         """The loss of ``emotion_loss``; tracks WA/UA and padding."""
@@ -491,6 +512,14 @@ if __name__ == "__main__":
             hnsd_brain.device
         )
         logger.info("Class weights: %s", hnsd_brain.class_weights.tolist())
+
+    # Distillation (teacher_folder): the soft targets of every training utterance, checked now
+    teacher = hparams.get("teacher")
+    if teacher is not None and teacher.enabled:
+        with datasets["train"].output_keys_as(["id"]):
+            train_ids = [item["id"] for item in datasets["train"]]
+        teacher.load([label_encoder.ind2lab[i] for i in range(len(label_encoder))], train_ids)
+        logger.info("Soft targets of %d utterances from %s", len(train_ids), teacher.path)
 
     hnsd_brain.fit_normalizer(speaker_sets(hparams, datasets))
 

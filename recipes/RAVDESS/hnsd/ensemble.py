@@ -24,6 +24,11 @@ utterances labelled with one of them are scored, each as the most probable of th
 trained on 8 emotions scored as a 4-class task (``SELECTION.md``, "Training on all eight
 emotions, scored over the four"). The check against ``test_results.json`` still uses all
 classes.
+
+With ``--teacher-targets DIR`` the ensemble also scores each fold's training utterances and
+writes its probabilities to ``DIR/fold<k>/teacher.csv``: the soft targets of a distillation run
+(``train.py hparams/hnsd_improved.yaml --teacher_folder=DIR``, ``hnsd_sb.distill``). The JSON
+lines then carry the ensemble's training UA and its mean probability of the true emotion.
 """
 
 import argparse
@@ -35,6 +40,7 @@ import tempfile
 import torch
 from speechbrain.augment.time_domain import Resample
 
+from hnsd_sb.distill import write_teacher_targets
 from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.manifest import read_rows, resolve_path
@@ -96,6 +102,26 @@ def ua(probs, rows, labels, classes=None):
     return round(100 * float(unweighted_accuracy(cm)), 2)
 
 
+def write_targets(args, fold, folders, ensemble, labels, result):
+    """Writes the ensemble's probabilities of the fold's training utterances (as recorded) to
+    ``<--teacher-targets>/fold<k>/teacher.csv``, the soft targets of a distillation run
+    (``hnsd_sb.distill``), and adds the ensemble's training UA and mean probability of the true
+    emotion to ``result``. Every member must have trained on the same utterances."""
+    rows = None
+    for row in args.rows:
+        run = os.path.join(row, f"fold{fold}")
+        mine = read_manifest(os.path.join(run, "train.csv"), args.data_folder)
+        if rows is not None and [r["ID"] for r in mine] != [r["ID"] for r in rows]:
+            sys.exit(f"{run}: train.csv lists other utterances than {args.rows[0]}'s")
+        rows = rows or mine
+    probs = probabilities(ensemble, rows)[0]
+    path = os.path.join(args.teacher_targets, f"fold{fold}", "teacher.csv")
+    write_teacher_targets(path, [r["ID"] for r in rows], labels, probs)
+    true = torch.tensor([labels.index(r["emo"]) for r in rows])
+    result["ensemble train UA"] = ua(probs, rows, labels)
+    result["ensemble train p(true)"] = round(float(probs[torch.arange(len(rows)), true].mean()), 4)
+
+
 def main(argv=None):
     """Prints per-fold and mean validation and test UA of each member and of the ensemble."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,6 +138,12 @@ def main(argv=None):
         "--classes",
         nargs="+",
         help="score over these emotions alone, e.g. neu hap sad ang for 8-class rows",
+    )
+    parser.add_argument(
+        "--teacher-targets",
+        metavar="DIR",
+        help="also write the ensemble's probabilities of each fold's training utterances to "
+        "DIR/fold<k>/teacher.csv, for distillation (train.py --teacher_folder=DIR)",
     )
     args = parser.parse_args(argv)
     speeds = args.speeds or []
@@ -162,6 +194,8 @@ def main(argv=None):
                 if not torch.allclose(probs, sums[split] / len(args.rows), atol=1e-5):
                     sys.exit(f"fold {fold}: from_folders does not give the members' mean")
                 result[f"ensemble {split} UA"] = ua(probs, rows_of[split], labels, args.classes)
+            if args.teacher_targets:
+                write_targets(args, fold, folders, ensemble, labels, result)
         for key, value in result.items():
             if key != "fold":
                 totals.setdefault(key, []).append(value)
