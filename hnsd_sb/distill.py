@@ -92,7 +92,7 @@ class TeacherTargets:
     """
 
     def __init__(self, folder=None, fold=None, weight=0.5, temperature=1.0):
-        if not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
+        if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
             raise ValueError(f"TeacherTargets: weight must be in [0, 1], got {weight!r}")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"TeacherTargets: temperature must be > 0, got {temperature!r}")

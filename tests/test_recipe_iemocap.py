@@ -840,3 +840,100 @@ def test_sam_off_is_one_plain_pass_and_a_vanishing_rho_takes_the_plain_step():
     with pytest.raises(RuntimeError, match="called twice"):
         sam.perturb(torch.optim.SGD([w], lr=0.1))
     sam.restore()
+
+
+def test_distillation_adds_the_soft_term_weighted_like_the_label_loss(tmp_path):
+    """``teacher_folder`` (hnsd_improved.yaml): the training loss is ``(1 - w)`` times the
+    class-weighted label loss plus ``w * T**2`` times the class-weighted mean of
+    ``KL(q_T || p_T)``, the teachers' and the model's distributions at temperature ``T``; with
+    mixup both parts pair alike; validation keeps the label loss; off by default."""
+    import speechbrain as sb
+    import torch
+
+    from hnsd_sb.distill import write_teacher_targets
+
+    labels, ids = ["a", "b", "c", "d"], ["0", "1", "2", "3"]
+    q = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.6, 0.2], [0.25] * 4])
+    write_teacher_targets(str(tmp_path / "fold3" / "teacher.csv"), ids, labels, q)
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.5])
+
+    def by_hand(log_probs, emo, q):
+        label = torch.nn.functional.nll_loss(log_probs, emo, weight=weights)
+        log_p = torch.log_softmax(log_probs / 2.0, dim=1)
+        q_t = q.sqrt() / q.sqrt().sum(1, keepdim=True)
+        kl = (q_t * (q_t.log() - log_p)).sum(1)
+        soft = 4.0 * (weights[emo] * kl).sum() / weights[emo].sum()
+        return 0.7 * label + 0.3 * soft
+
+    batch, train = labelled_batch(), sb.Stage.TRAIN
+    emo = batch.emo_encoded.data.view(-1)
+    for mixup_alpha in (0.0, 0.4):
+        brain = improved_brain(
+            teacher_folder=str(tmp_path), fold=3, distill_weight=0.3, mixup_alpha=mixup_alpha
+        )
+        brain.hparams.teacher.load(labels, ids)
+        brain.class_weights = weights
+        torch.manual_seed(3)
+        predictions = brain.compute_forward(batch, train)
+        pairing = brain.hparams.mixup.pairing
+        loss, _ = brain.emotion_loss(predictions, batch, train)
+        log_probs = predictions[0]
+        if pairing is None:
+            expected = by_hand(log_probs, emo, q)
+        else:
+            partner, lam = pairing
+            assert partner.tolist() != [0, 1, 2, 3] and lam < 0.9  # a real mix
+            expected = lam * by_hand(log_probs, emo, q) + (1 - lam) * by_hand(
+                log_probs, emo[partner], q[partner]
+            )
+        torch.testing.assert_close(loss, expected)
+        assert loss > torch.nn.functional.nll_loss(log_probs, emo, weight=weights) * 0.7
+        valid, _ = brain.emotion_loss(predictions, batch, sb.Stage.VALID)
+        torch.testing.assert_close(
+            valid, torch.nn.functional.nll_loss(log_probs, emo, weight=weights)
+        )
+    assert not improved_brain().hparams.teacher.enabled
+    unweighted = improved_brain(teacher_folder=str(tmp_path), distill_weight=0)
+    assert not unweighted.hparams.teacher.enabled
+
+
+def test_an_ensembles_soft_targets_train_a_student_and_a_missing_file_stops_before_training(
+    trained, corpus, tmp_path
+):
+    """``ensemble.py --teacher-targets`` writes the ensemble's probabilities of every training
+    utterance of the fold, and ``--teacher_folder`` trains on them; a folder without the fold's
+    file stops the run before training, naming the file it looked for."""
+    import importlib.util
+
+    out, _ = trained
+    spec = importlib.util.spec_from_file_location(
+        "ravdess_ensemble", os.path.join(ROOT, "recipes", "RAVDESS", "hnsd", "ensemble.py")
+    )
+    ensemble = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ensemble)
+    targets = tmp_path / "teachers"
+    ensemble.main([str(out.parent), f"--data_folder={corpus}", "--folds", "2",
+                   "--teacher-targets", str(targets)])  # fmt: skip
+    written = read_csv(targets / "fold2" / "teacher.csv")
+    train_ids = [row["ID"] for row in read_csv(out / "train.csv")]
+    assert [row["ID"] for row in written] == train_ids
+    for row in written:
+        assert abs(sum(float(v) for k, v in row.items() if k.startswith("p_")) - 1) < 1e-5
+
+    student = tmp_path / "student"
+    args = ["hparams/hnsd_improved.yaml", f"--data_folder={corpus}", "--fold=2",
+            "--number_of_epochs=1", *TINY]  # fmt: skip
+    log = run("train.py", *args, f"--output_folder={student}", f"--teacher_folder={targets}")
+    assert f"Soft targets of {len(train_ids)} utterances from {targets}/fold2/teacher.csv" in log
+    assert (student / "test_results.json").exists()
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    missing = tmp_path / "elsewhere"
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args, f"--output_folder={tmp_path / 'x'}",
+         f"--teacher_folder={missing}"],
+        cwd=RECIPE, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert f"{missing}/fold2/teacher.csv: no soft targets" in proc.stdout + proc.stderr
+    assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))  # nothing trained
