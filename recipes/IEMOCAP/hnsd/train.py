@@ -146,6 +146,7 @@ class EmotionBrain(sb.Brain):
             label_loss = loss_fn
 
             def loss_fn(log_probs, index):
+                """The distillation loss of the utterances at ``index`` (mixup's partners)."""
                 soft = teacher.soft_loss(log_probs, log_q[index], weights[index])
                 return (1 - teacher.weight) * label_loss(log_probs, emo[index]) + (
                     teacher.weight * soft
