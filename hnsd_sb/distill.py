@@ -5,8 +5,10 @@ predictions of several runs, which costs one network per member at inference. Di
 (Hinton et al., 2015) trains a single network towards the ensemble's class probabilities on the
 training utterances (its "soft targets") as well as towards the labels. The soft targets are
 computed once, before training, by the recipe's ``ensemble.py --teacher-targets`` and read here
-from a CSV file per fold; neither torch nor SpeechBrain has a reader for such a file or this
-loss, so both are kept here.
+from a CSV file per fold. The divergence is torch's ``kl_div``; SpeechBrain's ``ce_kd`` and
+``nll_loss_kd`` have no temperature, class weights or per-utterance indexing (which mixup needs
+to pair the soft targets as it pairs the labels), so the loss around it and the reader of the
+targets file are kept here.
 """
 
 import math
@@ -94,8 +96,12 @@ class TeacherTargets:
     def __init__(self, folder=None, fold=None, weight=0.5, temperature=1.0):
         if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
             raise ValueError(f"TeacherTargets: weight must be in [0, 1], got {weight!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"TeacherTargets: temperature must be > 0, got {temperature!r}")
+        if isinstance(temperature, bool) or not (
+            isinstance(temperature, (int, float)) and 0 < temperature < math.inf
+        ):
+            raise ValueError(
+                f"TeacherTargets: temperature must be finite and > 0, got {temperature!r}"
+            )
         self.path = None
         if folder is not None:
             parts = [folder] if fold is None else [folder, f"fold{fold}"]
@@ -133,7 +139,12 @@ class TeacherTargets:
             )
         columns, rows = read_rows(self.path)
         wanted = {f"p_{label}" for label in labels}
-        if not columns or columns[0] != "ID" or set(columns[1:]) != wanted:
+        if (
+            not columns
+            or columns[0] != "ID"
+            or set(columns[1:]) != wanted
+            or len(columns) != len(set(columns))
+        ):
             raise ValueError(
                 f"{self.path}: columns {columns}, expected ID and {sorted(wanted)} "
                 "(the run's emotions)"
@@ -160,13 +171,25 @@ class TeacherTargets:
                 f"{self.path}: no soft target for {len(missing)} training utterances, "
                 f"e.g. {missing[0]} (were the teachers trained on the same fold?)"
             )
-        q = torch.tensor(values, dtype=torch.float64).clamp_min(1e-12)
+        q = torch.tensor(values, dtype=torch.float64).reshape(-1, len(labels)).clamp_min(1e-12)
         # the teachers' distribution at temperature T, kept as log-probabilities
         self._log_q = torch.log_softmax(q.log() / self.temperature, dim=1).float()
         self._index = index
 
     def targets(self, ids):
-        """Log-probabilities ``[len(ids), classes]`` of the teachers at temperature ``T``."""
+        """The teachers' soft targets of some utterances.
+
+        Arguments
+        ---------
+        ids : list of str
+            Utterance IDs (a batch's ``id``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[len(ids), classes]`` the teachers' log-probabilities at temperature ``T``, in the
+            run's class order.
+        """
         if self._index is None:
             raise RuntimeError("TeacherTargets: call load() before targets()")
         try:
@@ -194,6 +217,6 @@ class TeacherTargets:
         """
         log_p = torch.log_softmax(log_probs / self.temperature, dim=1)
         log_q = log_q.to(log_p.device, log_p.dtype)
-        kl = (log_q.exp() * (log_q - log_p)).sum(dim=1)
+        kl = torch.nn.functional.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1)
         weights = weights.to(kl.dtype)
         return self.temperature**2 * (weights * kl).sum() / weights.sum()

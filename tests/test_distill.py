@@ -44,6 +44,7 @@ def test_soft_loss_is_zero_at_the_teachers_distribution_and_grows_away_from_it()
     "text, message",
     [
         ("ID,p_ang,p_hap\nu1,0.5,0.5\n", "columns"),
+        ("ID,p_ang,p_hap,p_neu,p_sad,p_sad\nu1,0.5,0.5,0,0,0\n", "columns"),
         ("ID,p_ang,p_hap,p_neu,p_sad\nu1,0.5,0.5,x,0\n", "line 2: a probability is not a number"),
         ("ID,p_ang,p_hap,p_neu,p_sad\nu1,0.5,0.5,nan,0\n", "line 2: probabilities must be in"),
         ("ID,p_ang,p_hap,p_neu,p_sad\nu1,1.5,-0.5,0,0\n", "line 2: probabilities must be in"),
@@ -65,8 +66,8 @@ def test_misuse_is_a_clear_error(tmp_path):
     for bad in (-0.1, 1.5, "0.5"):
         with pytest.raises(ValueError, match="weight must be in"):
             TeacherTargets(weight=bad)
-    for bad in (0, -1.0, None):
-        with pytest.raises(ValueError, match="temperature must be > 0"):
+    for bad in (0, -1.0, None, True, float("inf")):
+        with pytest.raises(ValueError, match="temperature must be finite and > 0"):
             TeacherTargets(temperature=bad)
     with pytest.raises(RuntimeError, match="call load"):
         TeacherTargets(str(tmp_path)).targets(["u1"])
@@ -77,3 +78,6 @@ def test_misuse_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="3 utterances and 4 labels"):
         write_teacher_targets(str(tmp_path / "t.csv"), ["a", "b", "c"], LABELS, torch.ones(2, 4))
     assert not TeacherTargets().enabled and TeacherTargets(str(tmp_path)).enabled
+    empty = targets_file(tmp_path, "ID,p_ang,p_hap,p_neu,p_sad\n")
+    empty.load(LABELS, [])  # no rows, no training utterances: nothing to look up
+    assert empty.targets([]).shape == (0, 4)

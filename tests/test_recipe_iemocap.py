@@ -857,13 +857,13 @@ def test_distillation_adds_the_soft_term_weighted_like_the_label_loss(tmp_path):
     write_teacher_targets(str(tmp_path / "fold3" / "teacher.csv"), ids, labels, q)
     weights = torch.tensor([1.0, 2.0, 0.5, 1.5])
 
-    def by_hand(log_probs, emo, q):
+    def by_hand(log_probs, emo, q, w=0.3):
         label = torch.nn.functional.nll_loss(log_probs, emo, weight=weights)
         log_p = torch.log_softmax(log_probs / 2.0, dim=1)
         q_t = q.sqrt() / q.sqrt().sum(1, keepdim=True)
         kl = (q_t * (q_t.log() - log_p)).sum(1)
         soft = 4.0 * (weights[emo] * kl).sum() / weights[emo].sum()
-        return 0.7 * label + 0.3 * soft
+        return (1 - w) * label + w * soft
 
     batch, train = labelled_batch(), sb.Stage.TRAIN
     emo = batch.emo_encoded.data.view(-1)
@@ -887,23 +887,41 @@ def test_distillation_adds_the_soft_term_weighted_like_the_label_loss(tmp_path):
                 log_probs, emo[partner], q[partner]
             )
         torch.testing.assert_close(loss, expected)
-        assert loss > torch.nn.functional.nll_loss(log_probs, emo, weight=weights) * 0.7
         valid, _ = brain.emotion_loss(predictions, batch, sb.Stage.VALID)
         torch.testing.assert_close(
             valid, torch.nn.functional.nll_loss(log_probs, emo, weight=weights)
         )
+    # An augmenter that also keeps the original waveforms doubles the batch (the recipe's
+    # speaker statistics do not follow, so the loss is given the doubled outputs directly):
+    # the soft targets are replicated with the labels
+    brain = improved_brain(wav_augment=True, teacher_folder=str(tmp_path), fold=3)
+    brain.hparams.teacher.load(labels, ids)
+    brain.class_weights = weights
+    augment = brain.hparams.wav_augment
+    augment.concat_original = True
+    assert augment(*batch.sig)[0].shape[0] == 8
+    log_probs = torch.log_softmax(torch.randn(8, 4), dim=1)
+    loss, doubled = brain.emotion_loss((log_probs, torch.ones(8)), batch, train)
+    assert doubled.tolist() == emo.tolist() * 2
+    teacher = brain.hparams.teacher
+    assert (teacher.weight, teacher.temperature) == (0.5, 2.0)  # the yaml's defaults
+    torch.testing.assert_close(loss, by_hand(log_probs, doubled, torch.cat([q, q]), w=0.5))
     assert not improved_brain().hparams.teacher.enabled
     unweighted = improved_brain(teacher_folder=str(tmp_path), distill_weight=0)
     assert not unweighted.hparams.teacher.enabled
 
 
 def test_an_ensembles_soft_targets_train_a_student_and_a_missing_file_stops_before_training(
-    trained, corpus, tmp_path
+    trained, corpus, tmp_path, capsys
 ):
     """``ensemble.py --teacher-targets`` writes the ensemble's probabilities of every training
     utterance of the fold, and ``--teacher_folder`` trains on them; a folder without the fold's
     file stops the run before training, naming the file it looked for."""
     import importlib.util
+
+    import torch
+
+    from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
 
     out, _ = trained
     spec = importlib.util.spec_from_file_location(
@@ -914,11 +932,22 @@ def test_an_ensembles_soft_targets_train_a_student_and_a_missing_file_stops_befo
     targets = tmp_path / "teachers"
     ensemble.main([str(out.parent), f"--data_folder={corpus}", "--folds", "2",
                    "--teacher-targets", str(targets)])  # fmt: skip
+    printed = json.loads(capsys.readouterr().out.splitlines()[0])
     written = read_csv(targets / "fold2" / "teacher.csv")
-    train_ids = [row["ID"] for row in read_csv(out / "train.csv")]
+    train = read_csv(out / "train.csv")
+    train_ids = [row["ID"] for row in train]
     assert [row["ID"] for row in written] == train_ids
     for row in written:
         assert abs(sum(float(v) for k, v in row.items() if k.startswith("p_")) - 1) < 1e-5
+    # each column holds the probability of the emotion it names: the file's most probable
+    # emotions give the training UA and mean probability of the truth that the ensemble printed
+    labels = sorted({row["emo"] for row in train})
+    probs = torch.tensor([[float(row[f"p_{label}"]) for label in labels] for row in written])
+    truth = torch.tensor([labels.index(row["emo"]) for row in train])
+    cm = confusion_matrix(truth, probs.argmax(1), len(labels))
+    assert round(100 * float(unweighted_accuracy(cm)), 2) == printed["ensemble train UA"]
+    p_true = float(probs[torch.arange(len(train)), truth].mean())
+    assert abs(p_true - printed["ensemble train p(true)"]) < 1e-4
 
     student = tmp_path / "student"
     args = ["hparams/hnsd_improved.yaml", f"--data_folder={corpus}", "--fold=2",
@@ -934,6 +963,7 @@ def test_an_ensembles_soft_targets_train_a_student_and_a_missing_file_stops_befo
          f"--teacher_folder={missing}"],
         cwd=RECIPE, env=env, capture_output=True, text=True,
     )  # fmt: skip
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{missing}/fold2/teacher.csv: no soft targets" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))  # nothing trained

@@ -519,7 +519,11 @@ if __name__ == "__main__":
     if teacher is not None and teacher.enabled:
         with datasets["train"].output_keys_as(["id"]):
             train_ids = [item["id"] for item in datasets["train"]]
-        teacher.load([label_encoder.ind2lab[i] for i in range(len(label_encoder))], train_ids)
+        try:  # a bad targets file stops the run here, naming it (status 2, as a bad manifest)
+            teacher.load([label_encoder.ind2lab[i] for i in range(len(label_encoder))], train_ids)
+        except ValueError as err:
+            logger.error("%s", err)
+            sys.exit(2)
         logger.info("Soft targets of %d utterances from %s", len(train_ids), teacher.path)
 
     hnsd_brain.fit_normalizer(speaker_sets(hparams, datasets))

@@ -102,7 +102,7 @@ def ua(probs, rows, labels, classes=None):
     return round(100 * float(unweighted_accuracy(cm)), 2)
 
 
-def write_targets(args, fold, folders, ensemble, labels, result):
+def write_targets(args, fold, ensemble, labels, result):
     """Writes the ensemble's probabilities of the fold's training utterances (as recorded) to
     ``<--teacher-targets>/fold<k>/teacher.csv``, the soft targets of a distillation run
     (``hnsd_sb.distill``), and adds the ensemble's training UA and mean probability of the true
@@ -118,7 +118,7 @@ def write_targets(args, fold, folders, ensemble, labels, result):
     path = os.path.join(args.teacher_targets, f"fold{fold}", "teacher.csv")
     write_teacher_targets(path, [r["ID"] for r in rows], labels, probs)
     true = torch.tensor([labels.index(r["emo"]) for r in rows])
-    result["ensemble train UA"] = ua(probs, rows, labels)
+    result["ensemble train UA"] = ua(probs, rows, labels, args.classes)
     result["ensemble train p(true)"] = round(float(probs[torch.arange(len(rows)), true].mean()), 4)
 
 
@@ -195,7 +195,7 @@ def main(argv=None):
                     sys.exit(f"fold {fold}: from_folders does not give the members' mean")
                 result[f"ensemble {split} UA"] = ua(probs, rows_of[split], labels, args.classes)
             if args.teacher_targets:
-                write_targets(args, fold, folders, ensemble, labels, result)
+                write_targets(args, fold, ensemble, labels, result)
         for key, value in result.items():
             if key != "fold":
                 totals.setdefault(key, []).append(value)
