@@ -21,7 +21,9 @@ from hnsd_sb.manifest import read_rows
 
 def write_teacher_targets(path, ids, labels, probs):
     """Writes the teachers' class probabilities of each utterance: the CSV that
-    ``TeacherTargets`` reads, columns ``ID, p_<label>...``.
+    ``TeacherTargets`` reads, columns ``ID, p_<label>...``. Eight decimals, where
+    ``EmotionMetrics.write_predictions`` (which needs labels and writes six) would round the
+    small probabilities that a temperature above 1 brings back into play.
 
     Arguments
     ---------
