@@ -156,15 +156,29 @@ class EmotionBrain(sb.Brain):
         mixup = getattr(self.hparams, "mixup", None)
         if stage == sb.Stage.TRAIN and mixup is not None:
             # mixup_alpha (hparams): the batch's features were mixed in pairs; so are the losses
-            return mixup.loss(loss_fn, log_probs, targets), emo
-        return loss_fn(log_probs, targets), emo
+            loss = mixup.loss(loss_fn, log_probs, targets)
+        else:
+            loss = loss_fn(log_probs, targets)
+        adversary = getattr(self.hparams, "speaker_adversary", None)
+        if stage == sb.Stage.TRAIN and adversary is not None and adversary.enabled:
+            # adversary_weight (hparams): a speaker head on the pooled vectors of this forward
+            # pass, whose gradient reaches the model reversed
+            speakers = adversary.speaker_indices(batch.spk_id).to(emo.device)
+            if wav_augment is not None:
+                speakers = wav_augment.replicate_labels(speakers)
+            speaker_loss, correct = self.modules.speaker_adversary(speakers)
+            loss = loss + speaker_loss
+            self.speaker_counts = [correct, speakers.numel(), float(speaker_loss), 1]
+        return loss, emo
 
     def compute_objectives(self, predictions, batch, stage):
-        """The loss of ``emotion_loss``; tracks WA/UA and padding."""
+        """The loss of ``emotion_loss``; tracks WA/UA, padding and the speaker head's hits."""
+        self.speaker_counts = [0, 0, 0.0, 0]
         loss, emo = self.emotion_loss(predictions, batch, stage)
         log_probs, lens = predictions
         self.padded_frames[0] += float((1 - lens).sum())
         self.padded_frames[1] += float(lens.numel())
+        self.speaker_hits = [a + b for a, b in zip(self.speaker_hits, self.speaker_counts)]
         self.metrics.append(batch.id, log_probs.detach(), emo)
         return loss
 
@@ -224,6 +238,8 @@ class EmotionBrain(sb.Brain):
         labels = [self.label_encoder.ind2lab[i] for i in range(len(self.label_encoder))]
         self.metrics = self.hparams.error_stats(label_names=labels)
         self.padded_frames = [0.0, 0.0]  # padded and total frames, in units of batch length
+        # the speaker adversary's correct and scored utterances, its losses' sum, its batches
+        self.speaker_hits = [0, 0, 0.0, 0]
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs the stage's statistics, keeps the best checkpoint, writes the test results."""
@@ -231,16 +247,22 @@ class EmotionBrain(sb.Brain):
         # average their losses and add up their padding.
         self.metrics.sync()
         summary = self.metrics.summarize()
-        totals = torch.tensor([stage_loss, *self.padded_frames], dtype=torch.float64)
+        totals = [stage_loss, *self.padded_frames, *self.speaker_hits]
+        totals = torch.tensor(totals, dtype=torch.float64)
         totals = ddp_all_reduce(totals.to(self.device), torch.distributed.ReduceOp.SUM)
         totals /= torch.distributed.get_world_size() if is_distributed_initialized() else 1
-        stage_loss, padded, frames = totals.tolist()
+        stage_loss, padded, frames, *speaker = totals.tolist()
         stats = {
             "loss": stage_loss,
             "WA": round(100 * summary["WA"], 2),
             "UA": round(100 * summary["UA"], 2),
             "padding": round(100 * padded / max(frames, 1), 2),
         }
+        speaker_correct, speakers, speaker_loss, speaker_batches = speaker
+        if speakers:  # speaker-adversarial training: how well the head still tells speakers
+            # the stage loss includes the speaker loss; its mean over the batches beside it
+            stats["speaker_loss"] = round(speaker_loss / speaker_batches, 3)
+            stats["speaker_acc"] = round(100 * speaker_correct / speakers, 2)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
@@ -497,6 +519,20 @@ if __name__ == "__main__":
     # with cpu_fast_paths; on GPU it runs the plain way.
     if hparams.get("cpu_fast_paths", False):
         accelerate(hparams["model"], branch_cores=hparams.get("cpu_branch_cores"))
+
+    # Speaker-adversarial training (adversary_weight, 0: off): a speaker head on the pooled
+    # vectors, trained beside the model (and checkpointed with it), dropped after training
+    adversary = hparams.get("speaker_adversary")
+    if adversary is not None and adversary.enabled:
+        mixup = hparams.get("mixup")
+        if mixup is not None and mixup.alpha:
+            logger.error("adversary_weight > 0 does not combine with mixup_alpha > 0")
+            sys.exit(2)
+        with datasets["train"].output_keys_as(["spk_id"]):
+            adversary.attach(hparams["model"], [item["spk_id"] for item in datasets["train"]])
+        hparams["modules"]["speaker_adversary"] = adversary
+        hparams["checkpointer"].add_recoverable("speaker_adversary", adversary)
+        logger.info("Speaker adversary over %d training speakers", len(adversary.speakers))
 
     hnsd_brain = EmotionBrain(
         modules=hparams["modules"],
