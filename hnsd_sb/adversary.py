@@ -123,6 +123,7 @@ class SpeakerAdversary(torch.nn.Module):
         # A plain function (not a method), so that a deep copy of the model (the weight
         # average) keeps calling it rather than copying the adversary along.
         def keep_pooled(module, args):
+            """Forward pre-hook of the classifier: keeps its input, the pooled vectors."""
             pooled["u"] = args[0]
 
         model.classifier.register_forward_pre_hook(keep_pooled)

@@ -740,6 +740,7 @@ def ready_to_train(brain):
     brain.init_optimizers()
     brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
     brain.padded_frames = [0.0, 0.0]
+    brain.speaker_hits = [0, 0, 0.0, 0]
     return brain
 
 
@@ -967,3 +968,91 @@ def test_an_ensembles_soft_targets_train_a_student_and_a_missing_file_stops_befo
     assert f"{missing}/fold2/teacher.csv: no soft targets" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))  # nothing trained
+
+
+def test_speaker_adversary_adds_its_loss_in_training_only_with_the_speakers_replicated():
+    """``adversary_weight`` (hnsd_improved.yaml): the training loss is the emotion loss plus
+    the speaker head's cross-entropy on the batch's pooled vectors, its speakers replicated as
+    the labels are when an augmenter doubles the batch; validation keeps the emotion loss; the
+    head's hits are counted for the log; off by default, and never beside mixup."""
+    import speechbrain as sb
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    assert not improved_brain().hparams.speaker_adversary.enabled
+    batch = labelled_batch()
+    items = [{k: batch[k][i] for k in ("id", "spk_id")} for i in range(4)]
+    sigs, lens = batch.sig
+    batch = PaddedBatch(
+        [
+            {**item, "spk_id": spk, "sig": sig[: int(round(float(n) * sig.numel()))],
+             "emo_encoded": torch.tensor([i])}
+            for i, (item, spk, sig, n) in enumerate(zip(items, "tsst", sigs, lens))
+        ]
+    )  # fmt: skip
+    emo = batch.emo_encoded.data.view(-1)
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    for wav_augment in (False, True):
+        brain = ready_to_train(improved_brain(wav_augment=wav_augment, adversary_weight=0.3))
+        adversary = brain.hparams.speaker_adversary
+        adversary.attach(brain.hparams.model, ["s", "t", "u"])
+        brain.modules["speaker_adversary"] = adversary
+        brain.class_weights = weights
+        if wav_augment:
+            # an augmenter that also keeps the original waveforms doubles the batch (the
+            # recipe's speaker statistics do not follow, so the loss is given doubled outputs)
+            brain.hparams.wav_augment.concat_original = True
+            assert brain.hparams.wav_augment(*batch.sig)[0].shape[0] == 8
+            predictions = (torch.log_softmax(torch.randn(8, 4), dim=1), torch.ones(8))
+            adversary._pooled["u"] = u = torch.randn(8, 16)
+            loss, labels = brain.emotion_loss(predictions, batch, sb.Stage.TRAIN)
+            hits = brain.speaker_counts
+        else:
+            torch.manual_seed(3)
+            predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
+            u = adversary._pooled["u"]
+            loss = brain.compute_objectives(predictions, batch, sb.Stage.TRAIN)
+            labels, hits = emo, brain.speaker_hits
+        n = labels.numel()
+        log_probs = predictions[0]
+        speakers = torch.tensor([1, 0, 0, 1] * (n // 4))
+        emotion = torch.nn.functional.nll_loss(log_probs, labels, weight=weights)
+        logits = adversary.head(u)
+        head = torch.nn.functional.cross_entropy(logits, speakers)
+        torch.testing.assert_close(loss, emotion + head)
+        assert hits[:2] == [int((logits.argmax(1) == speakers).sum()), n] and hits[3] == 1
+        assert abs(hits[2] - float(head.detach())) < 1e-6
+        if not wav_augment:
+            adversary._pooled["u"] = u
+            valid, _ = brain.emotion_loss(predictions, batch, sb.Stage.VALID)
+            torch.testing.assert_close(valid, emotion)
+            assert "u" in adversary._pooled  # validation leaves the speaker head alone
+
+
+def test_speaker_adversary_trains_beside_the_model_and_refuses_mixup(corpus, tmp_path):
+    """``--adversary_weight`` trains the head with the model, logs its loss and accuracy per
+    epoch and checkpoints it beside the model; the test figures come from HNSD alone. Asked
+    together with mixup, the run stops before training with a clear message."""
+    args = ["hparams/hnsd_improved.yaml", f"--data_folder={corpus}", "--fold=2",
+            "--number_of_epochs=1", "--adversary_weight=0.3", *TINY]  # fmt: skip
+    out = tmp_path / "adversary"
+    log = run("train.py", *args, f"--output_folder={out}")
+    train = read_csv(out / "train.csv")
+    n_speakers = len({row["spk_id"] for row in train})
+    assert f"Speaker adversary over {n_speakers} training speakers" in log
+    epoch = (out / "train_log.txt").read_text().splitlines()[0]
+    assert re.search(r"train speaker_loss: [0-9.e+-]+, train speaker_acc: [0-9.]+ ", epoch)
+    assert "valid speaker" not in epoch
+    assert glob.glob(str(out / "save" / "CKPT*" / "speaker_adversary.ckpt"))
+    assert (out / "test_results.json").exists()
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args, f"--output_folder={tmp_path / 'x'}",
+         "--mixup_alpha=0.2"],
+        cwd=RECIPE, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "adversary_weight > 0 does not combine with mixup_alpha > 0" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))

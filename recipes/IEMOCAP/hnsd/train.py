@@ -166,9 +166,11 @@ class EmotionBrain(sb.Brain):
             speakers = adversary.speaker_indices(batch.spk_id).to(emo.device)
             if wav_augment is not None:
                 speakers = wav_augment.replicate_labels(speakers)
-            speaker_loss, correct = self.modules.speaker_adversary(speakers)
+            # main adds the head to the modules only when it is on (it needs the training
+            # speakers), so no hparams file lists it; called through the modules for DDP
+            speaker_loss, correct = self.modules["speaker_adversary"](speakers)
             loss = loss + speaker_loss
-            self.speaker_counts = [correct, speakers.numel(), float(speaker_loss), 1]
+            self.speaker_counts = [correct, speakers.numel(), float(speaker_loss.detach()), 1]
         return loss, emo
 
     def compute_objectives(self, predictions, batch, stage):
