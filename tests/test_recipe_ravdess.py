@@ -275,6 +275,13 @@ def test_diagnose_reads_a_trained_model_as_the_recognizer_does(subset, tmp_path)
         if pooling == "mean":
             assert attention["relative_entropy"] == 1.0
             assert attention["on_silence"] == attention["silent_frames"]
+    # --speaker_probe: a linear speaker classifier on the pooled vectors, learnt from the first
+    # repetitions and scored on the second (14 a speaker), against chance
+    code, out, err = diagnose(folder, "1", "5", "--speaker_probe")
+    assert code == 0, err[-3000:]
+    probe = json.loads(out.splitlines()[-1])["speaker_probe"]
+    assert (probe["speakers"], probe["chance"], probe["scored"]) == (2, 0.5, 28)
+    assert 0 <= probe["acc"] <= 1
     code, _, err = diagnose(folder, "7")  # not in the subset
     assert code != 0 and "no file of the actors [7]" in err
     sizes = {"hidden_size": 8, "n_classes": 4, "fusion": "concat"}  # no gate to read

@@ -37,6 +37,12 @@ is then that run's validation WA:
 
 > hnsd export experiments/four/hnsd/fold1 /tmp/fold1_model
 > python diagnose.py --data_folder=... --model_folder /tmp/fold1_model --actors 5 6 7 8
+
+With ``--speaker_probe`` it also measures how much the model's pooled utterance vectors (the
+classifier head's input) tell about who is speaking: a linear speaker classifier (logistic
+regression on the z-scored vectors) learns from the chosen actors' first repetitions and is
+scored on their second ones, beside chance (one over the number of actors). The README's
+speaker-adversarial section compares it with and without ``adversary_weight``.
 """
 
 import argparse
@@ -84,6 +90,9 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--silence_stats", action="store_true", help="silence figures only")
     parser.add_argument("--model_folder", help="read the statistics off this trained model")
+    parser.add_argument(
+        "--speaker_probe", action="store_true", help="with --model_folder: speaker information"
+    )
     return parser.parse_args()
 
 
@@ -232,7 +241,75 @@ def trained_model_stats(args):
     if not items:
         raise SystemExit(f"no file of the actors {args.actors} has a label in {labels}")
     stats = inspect(mods.model, items, n_static=static.shape[-1])
+    if args.speaker_probe:
+        x, lens, _, _ = collate(items)
+        n_static = static.shape[-1]
+        mods.model.eval()
+        pooled, _ = mods.model.pooling(
+            mods.model.frames(x[..., :n_static], x[..., n_static:], lens), lens, True
+        )
+        speakers = [speaker for speaker, _ in files.values()]
+        second = [os.path.basename(path).split("-")[5] == "02" for path in files]
+        stats["speaker_probe"] = speaker_probe(pooled, speakers, torch.tensor(second))
     print(json.dumps({"model_folder": args.model_folder, "files": len(items), **stats}))
+
+
+def speaker_probe(pooled, speakers, held_out, l2=1e-3):
+    """How well a linear classifier tells the speakers apart from pooled utterance vectors.
+
+    Arguments
+    ---------
+    pooled : torch.Tensor
+        ``[utterances, size]``.
+    speakers : list of str
+        The speaker of each utterance.
+    held_out : torch.Tensor
+        Boolean ``[utterances]``: True for the utterances it is scored on, False for those it
+        learns from (z-scored with the latter's statistics).
+    l2 : float
+        Weight of the squared weights in the loss.
+
+    Returns
+    -------
+    dict
+        ``acc`` on the held-out utterances, ``chance`` (one over the number of speakers), the
+        number of ``speakers`` and of utterances ``scored``.
+
+    Example
+    -------
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> centres = 3 * torch.randn(4, 8, generator=gen)
+    >>> pooled = centres.repeat(10, 1) + torch.randn(40, 8, generator=gen)
+    >>> speakers = ["a", "b", "c", "d"] * 10
+    >>> probe = speaker_probe(pooled, speakers, torch.arange(40) >= 20)
+    >>> probe["acc"] > 0.9, probe["chance"], probe["speakers"], probe["scored"]
+    (True, 0.25, 4, 20)
+    """
+    names = sorted(set(speakers))
+    y = torch.tensor([names.index(s) for s in speakers])
+    train = ~held_out
+    mean, std = pooled[train].mean(0), pooled[train].std(0).clamp(min=1e-6)
+    x = (pooled - mean) / std
+    layer = torch.nn.Linear(x.shape[1], len(names))
+    optimizer = torch.optim.LBFGS(layer.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        """The regularised loss on the utterances it learns from, and its gradient."""
+        optimizer.zero_grad()
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(layer(x[train]), y[train])
+            loss = loss + l2 * layer.weight.pow(2).sum()
+            loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    correct = layer(x[held_out]).argmax(1) == y[held_out]
+    return {
+        "acc": round(float(correct.float().mean()), 4),
+        "chance": round(1 / len(names), 4),
+        "speakers": len(names),
+        "scored": int(held_out.sum()),
+    }
 
 
 def main():
