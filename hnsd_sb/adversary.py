@@ -1,11 +1,13 @@
-"""Speaker-adversarial training: an utterance vector that tells less about who is speaking.
+"""Speaker-adversarial training: a speaker classifier that the network is trained to defeat.
 
 In training only, a small speaker classifier reads HNSD's pooled utterance vector (the
 classifier head's input) through a gradient reversal (Ganin and Lempitsky, ICML 2015): the
 speaker head learns to tell the training speakers apart, while the reversed gradient, scaled by
 ``weight``, pushes the encoders, fusion and pooling to make that hard. The tested and exported
 network is HNSD as it is; the speaker head is dropped after training. Neither torch nor
-SpeechBrain has a gradient reversal, so it is kept here (``reverse_gradient``).
+SpeechBrain has a gradient reversal, so it is kept here (``reverse_gradient``). On RAVDESS the
+head stayed near chance while a linear probe still read the speakers from the vectors (RAVDESS
+README, "Speaker-adversarial training"): defeating this head is not removing the information.
 """
 
 import torch
@@ -96,6 +98,7 @@ class SpeakerAdversary(torch.nn.Module):
         self._index = {}
         self.head = None
         self._pooled = {}  # the last input of the model's classifier (the hook's)
+        self._hook = None
 
     @property
     def enabled(self):
@@ -104,6 +107,10 @@ class SpeakerAdversary(torch.nn.Module):
 
     def attach(self, model, speakers):
         """Builds the head for these training speakers and starts keeping the pooled vectors.
+
+        The model's classifier gets a forward pre-hook (replacing one that an earlier
+        ``attach`` added), and the model runs once in eval mode on two zero frames to give the
+        pooled vector's size; every module's training mode is then restored.
 
         Arguments
         ---------
@@ -126,8 +133,10 @@ class SpeakerAdversary(torch.nn.Module):
             """Forward pre-hook of the classifier: keeps its input, the pooled vectors."""
             pooled["u"] = args[0]
 
-        model.classifier.register_forward_pre_hook(keep_pooled)
-        training = model.training
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = model.classifier.register_forward_pre_hook(keep_pooled)
+        modes = {module: module.training for module in model.modules()}
         model.eval()
         with torch.no_grad():  # one tiny pass, to learn the pooled vector's size
             device = next(model.parameters()).device
@@ -135,7 +144,8 @@ class SpeakerAdversary(torch.nn.Module):
                 torch.zeros(1, 2, model.n_static, device=device),
                 torch.zeros(1, 2, model.n_dynamic, device=device),
             )
-        model.train(training)
+        for module, mode in modes.items():
+            module.training = mode
         in_size = pooled.pop("u").shape[-1]
         self.head = torch.nn.Sequential(
             torch.nn.Linear(in_size, self.hidden_size),

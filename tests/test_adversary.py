@@ -90,3 +90,54 @@ def test_off_by_default_and_bad_settings_are_clear_errors():
     adversary.attach(small_model(), ["a", "b"])
     with pytest.raises(ValueError, match=r"not in the training set: \['z'\]"):
         adversary.speaker_indices(["a", "z"])
+
+
+def test_the_head_reads_the_pooled_vector_before_the_classifiers_dropout_in_training():
+    """In training the classifier drops part of its input; the speaker head must see the whole
+    pooled vector, as the pooling gave it. A second ``attach`` replaces the hook, and the
+    modules' training modes are kept as they were."""
+    torch.manual_seed(0)
+    model = HNSD(hidden_size=8, fc_size=4, n_classes=4, dropout=0.5).train()
+    model.fusion.eval()  # a part left in eval mode stays so
+    adversary = SpeakerAdversary(weight=0.3)
+    adversary.attach(model, ["a", "b"])
+    adversary.attach(model, ["a", "b"])
+    assert len(model.classifier._forward_pre_hooks) == 1
+    assert model.training and model.classifier.training and not model.fusion.training
+    static, dynamic = torch.randn(2, 9, 26), torch.randn(2, 9, 52)
+    model(static, dynamic)
+    kept = adversary._pooled["u"]
+    u, _ = model.pooling(model.frames(static, dynamic), None, True)
+    torch.testing.assert_close(kept, u)
+    assert (kept != 0).all()  # dropout at 0.5 would have zeroed some
+
+
+def load_diagnose():
+    import importlib.util
+    import os
+
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "recipes", "RAVDESS", "hnsd", "diagnose.py",
+    )  # fmt: skip
+    spec = importlib.util.spec_from_file_location("ravdess_diagnose", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_speaker_probe_learns_from_one_set_and_is_scored_on_the_other():
+    """``diagnose.py --speaker_probe``: separable speakers are told apart on held-out
+    utterances; held-out utterances whose vectors belong to other speakers are all wrong, so
+    the score is on the held-out set alone."""
+    probe = load_diagnose().speaker_probe
+    gen = torch.Generator().manual_seed(1)
+    centres = 4 * torch.randn(3, 6, generator=gen)
+    speakers = ["a", "b", "c"] * 8
+    pooled = centres.repeat(8, 1) + 0.3 * torch.randn(24, 6, generator=gen)
+    held_out = torch.arange(24) >= 12
+    assert probe(pooled, speakers, held_out)["acc"] == 1.0
+    swapped = pooled.clone()
+    swapped[12:] = centres[[1, 2, 0]].repeat(4, 1)  # each held-out vector is another speaker's
+    result = probe(swapped, speakers, held_out)
+    assert (result["acc"], result["scored"], result["speakers"]) == (0.0, 12, 3)
