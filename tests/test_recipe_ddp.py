@@ -192,3 +192,29 @@ def test_a_bad_manifest_stops_every_process_with_its_message(tmp_path, bad):
     # other one's disappearance.
     assert output.count(reason) == 2, output[-4000:]
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output
+
+
+def test_speaker_adversary_trains_under_torchrun(tmp_path):
+    """``--adversary_weight``: the speaker head, added to the modules at run time, is wrapped
+    and trained with the model under torchrun; its loss and accuracy reach the log, and it is
+    checkpointed beside the model."""
+    corpus = tmp_path / "IEMOCAP_full_release"
+    make_synthetic_iemocap(corpus, n_sessions=5, utterances_per_emotion=2, dropped_per_speaker=0)
+    out = tmp_path / "out"
+    code, output = torchrun(
+        "train.py",
+        "hparams/hnsd_improved.yaml",
+        f"--data_folder={corpus}",
+        f"--output_folder={out}",
+        "--number_of_epochs=1",
+        "--adversary_weight=0.3",
+    )
+    assert code == 0, output[-4000:]
+    with open(out / "train.csv", newline="", encoding="utf-8") as f:
+        speakers = {row["spk_id"] for row in csv.DictReader(f)}
+    log = (out / "log.txt").read_text()
+    assert f"Speaker adversary over {len(speakers)} training speakers" in log
+    epoch = (out / "train_log.txt").read_text().splitlines()[0]
+    assert re.search(r"train speaker_loss: [\d.e+-]+, train speaker_acc: [\d.]+ ", epoch)
+    checkpoints = list((out / "save").glob("CKPT*/speaker_adversary.ckpt"))
+    assert checkpoints and (out / "test_results.json").exists()
