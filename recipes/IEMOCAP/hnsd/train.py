@@ -58,6 +58,9 @@ class EmotionBrain(sb.Brain):
     class_weights = None  # per-class loss weights (``class_weighting`` in the hparams)
     averaged = None  # the weight average (``average_epochs`` in the hparams), if any
     evaluated_split = "test"  # the split ``evaluate`` scores, which names its result files
+    # the speaker adversary's counts (``on_stage_start`` resets them); zero for a caller that
+    # scores batches without a stage
+    speaker_hits = (0, 0, 0.0, 0)
 
     def pipeline_inputs(self, batch, stage):
         """Returns the waveforms of a batch, their relative lengths, and a dict of the feature
