@@ -109,13 +109,13 @@ class SpeakerAdversary(torch.nn.Module):
         """Builds the head for these training speakers and starts keeping the pooled vectors.
 
         The model's classifier gets a forward pre-hook (replacing one that an earlier
-        ``attach`` added), and the model runs once in eval mode on two zero frames to give the
-        pooled vector's size; every module's training mode is then restored.
+        ``attach`` added); the head's input size is the model's ``utterance_size``.
 
         Arguments
         ---------
         model : hnsd_sb.HNSD
-            The network trained; its ``classifier``'s input is the pooled utterance vector.
+            The network trained; its ``classifier``'s input is the pooled utterance vector, of
+            ``utterance_size`` values.
         speakers : list of str
             The speaker of every training utterance (at least two distinct ones).
         """
@@ -136,17 +136,8 @@ class SpeakerAdversary(torch.nn.Module):
         if self._hook is not None:
             self._hook.remove()
         self._hook = model.classifier.register_forward_pre_hook(keep_pooled)
-        modes = {module: module.training for module in model.modules()}
-        model.eval()
-        with torch.no_grad():  # one tiny pass, to learn the pooled vector's size
-            device = next(model.parameters()).device
-            model(
-                torch.zeros(1, 2, model.n_static, device=device),
-                torch.zeros(1, 2, model.n_dynamic, device=device),
-            )
-        for module, mode in modes.items():
-            module.training = mode
-        in_size = pooled.pop("u").shape[-1]
+        device = next(model.parameters()).device
+        in_size = model.utterance_size
         self.head = torch.nn.Sequential(
             torch.nn.Linear(in_size, self.hidden_size),
             torch.nn.ReLU(),

@@ -563,7 +563,8 @@ class HNSD(torch.nn.Module):
             frame_size = used[0].out_size
         self.pooling = _built(parts["pooling"], frame_size)
         # A pooling may return more than a frame (e.g. mean and standard deviation)
-        self.classifier = _built(parts["classifier"], getattr(self.pooling, "out_size", frame_size))
+        self.utterance_size = getattr(self.pooling, "out_size", frame_size)  # classifier input
+        self.classifier = _built(parts["classifier"], self.utterance_size)
         self.expert = None
         if parts["expert"] is not None:  # it classifies both streams into the head's emotions
             n_classes = self.classifier.output.out_features

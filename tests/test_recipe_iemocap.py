@@ -740,7 +740,6 @@ def ready_to_train(brain):
     brain.init_optimizers()
     brain.metrics = brain.hparams.error_stats(label_names=["a", "b", "c", "d"])
     brain.padded_frames = [0.0, 0.0]
-    brain.speaker_hits = [0, 0, 0.0, 0]
     return brain
 
 

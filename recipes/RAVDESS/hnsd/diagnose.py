@@ -57,6 +57,7 @@ import torch
 
 from hnsd_sb import HNSD, GatedMultiFeatureUnit, SpeakerNormalization, StaticDynamicFeatures
 from hnsd_sb.audio import load_audio
+from hnsd_sb.baseline import LinearClassifier
 from hnsd_sb.corpora.ravdess import EMOTIONS as RAVDESS_LABELS
 from hnsd_sb.features import trim_silence
 from hnsd_sb.inference import EmotionRecognizer
@@ -176,7 +177,8 @@ def collate(items):
 
 @torch.no_grad()
 def inspect(model, items, n_static=26):
-    """Accuracy, loss, gate, attention and LSTM statistics over the whole probe set.
+    """Accuracy, loss, gate, attention and LSTM statistics over the whole probe set, and the
+    pooled utterance vectors ``[items, size]`` (what ``--speaker_probe`` reads).
 
     It runs ``HNSD.forward``'s steps one by one (eval mode, so without dropout) to read the
     encoder outputs and the GMU gate that ``forward`` does not return."""
@@ -194,7 +196,7 @@ def inspect(model, items, n_static=26):
     uniform = mask.sum(1).float().log()
     h = torch.cat([h_s[mask], h_d[mask]], -1)
     model.train()
-    return {
+    stats = {
         "acc": round(float((log_probs.argmax(1) == labels).float().mean()), 4),
         "loss": round(float(torch.nn.functional.nll_loss(log_probs, labels)), 4),
         "gate": {
@@ -210,6 +212,7 @@ def inspect(model, items, n_static=26):
         },
         "lstm_saturation": round(float((h.abs() > 0.9).float().mean()), 4),
     }
+    return stats, u
 
 
 @torch.no_grad()
@@ -240,22 +243,18 @@ def trained_model_stats(args):
         items.append((torch.cat([static, dynamic], -1)[0], silent, label))
     if not items:
         raise SystemExit(f"no file of the actors {args.actors} has a label in {labels}")
-    stats = inspect(mods.model, items, n_static=static.shape[-1])
+    stats, pooled = inspect(mods.model, items, n_static=static.shape[-1])
     if args.speaker_probe:
-        x, lens, _, _ = collate(items)
-        n_static = static.shape[-1]
-        mods.model.eval()
-        pooled, _ = mods.model.pooling(
-            mods.model.frames(x[..., :n_static], x[..., n_static:], lens), lens, True
-        )
         speakers = [speaker for speaker, _ in files.values()]
         second = [os.path.basename(path).split("-")[5] == "02" for path in files]
-        stats["speaker_probe"] = speaker_probe(pooled, speakers, torch.tensor(second))
+        with torch.enable_grad():  # the probe's fit needs gradients
+            stats["speaker_probe"] = speaker_probe(pooled, speakers, torch.tensor(second))
     print(json.dumps({"model_folder": args.model_folder, "files": len(items), **stats}))
 
 
 def speaker_probe(pooled, speakers, held_out, l2=1e-3):
-    """How well a linear classifier tells the speakers apart from pooled utterance vectors.
+    """How well a linear classifier (the baseline's ``LinearClassifier``) tells the speakers
+    apart from pooled utterance vectors.
 
     Arguments
     ---------
@@ -267,7 +266,7 @@ def speaker_probe(pooled, speakers, held_out, l2=1e-3):
         Boolean ``[utterances]``: True for the utterances it is scored on, False for those it
         learns from (z-scored with the latter's statistics).
     l2 : float
-        Weight of the squared weights in the loss.
+        The classifier's L2 weight.
 
     Returns
     -------
@@ -287,23 +286,8 @@ def speaker_probe(pooled, speakers, held_out, l2=1e-3):
     """
     names = sorted(set(speakers))
     y = torch.tensor([names.index(s) for s in speakers])
-    train = ~held_out
-    mean, std = pooled[train].mean(0), pooled[train].std(0).clamp(min=1e-6)
-    x = (pooled - mean) / std
-    layer = torch.nn.Linear(x.shape[1], len(names))
-    optimizer = torch.optim.LBFGS(layer.parameters(), max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        """The regularised loss on the utterances it learns from, and its gradient."""
-        optimizer.zero_grad()
-        with torch.enable_grad():
-            loss = torch.nn.functional.cross_entropy(layer(x[train]), y[train])
-            loss = loss + l2 * layer.weight.pow(2).sum()
-            loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    correct = layer(x[held_out]).argmax(1) == y[held_out]
+    probe = LinearClassifier(l2=l2).fit(pooled[~held_out], y[~held_out], len(names))
+    correct = probe(pooled[held_out]).argmax(1) == y[held_out]
     return {
         "acc": round(float(correct.float().mean()), 4),
         "chance": round(1 / len(names), 4),
@@ -365,7 +349,7 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         if update % args.every == 0 or update == args.updates:
-            stats = inspect(model, items)
+            stats, _ = inspect(model, items)
             stats = {"update": update, "seconds": round(time.time() - start), **stats}
             stats["grad"] = {k: float(f"{math.sqrt(v):.3g}") for k, v in grads.items()}
             stats["l2_dominates"] = {k: round(dominated[k] / sizes[k], 3) for k in sizes}
