@@ -9,6 +9,8 @@ counts, values and squares add up exactly across batches, processes (``merge_sta
 enrolment recordings, in any order.
 """
 
+import contextlib
+
 import torch
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
@@ -357,3 +359,105 @@ class SpeakerNormalization(torch.nn.Module):
     @mark_as_transfer
     def _transfer(self, path):
         self._load(path)
+
+
+class PooledSpeakerNormalization:
+    """Z-scores the pooled utterance vectors that a model's classifier reads with their
+    speaker's statistics: the speaker normalisation of the features, applied again one level up.
+
+    The features are z-scored per speaker, yet the pooled vectors of a trained HNSD still tell
+    the speakers apart about 8 times better than chance (``diagnose.py --speaker_probe``), and a
+    linear classifier fitted on vectors z-scored per speaker scores new actors higher than one
+    fitted on plain ones (``experiments/proxy/SELECTION.md``). ``attach`` gives the model's
+    classifier a forward pre-hook that z-scores its input with the statistics gathered by the
+    last ``collecting`` pass, for the speakers set by ``for_speakers``; the statistics are a
+    ``SpeakerNormalization`` over vectors seen as one-frame sequences. A speaker without
+    statistics gets the pooled statistics of all speakers (``unseen="global"``).
+
+    The statistics depend on the weights, so the recipe gathers them again before each stage
+    with the network that stage runs (eval mode, no augmentation). They are not checkpointed.
+
+    Arguments
+    ---------
+    enabled : bool
+        False: the recipe leaves it out.
+
+    Example
+    -------
+    >>> from hnsd_sb import HNSD
+    >>> model = HNSD(hidden_size=8, n_classes=2).eval()
+    >>> norm = PooledSpeakerNormalization()
+    >>> norm.attach(model)
+    >>> static, dynamic = torch.randn(6, 20, 26), torch.randn(6, 20, 52)
+    >>> speakers = ["a", "a", "a", "b", "b", "b"]
+    >>> with torch.no_grad(), norm.collecting(), norm.for_speakers(speakers):
+    ...     _ = model(static, dynamic)
+    >>> norm.statistics.speakers
+    ['a', 'b']
+    >>> with norm.for_speakers(speakers):
+    ...     log_probs = model(static, dynamic)
+    >>> log_probs.shape
+    torch.Size([6, 2])
+    """
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+        self.statistics = SpeakerNormalization(unseen="global")
+        self._state = {"speakers": None, "collect": False}
+        self._hook = None
+
+    def attach(self, model):
+        """Gives ``model.classifier`` the pre-hook (replacing one that an earlier ``attach``
+        added). Attach before copying the model (the weight average): the copy then calls the
+        same hook, with the same statistics.
+
+        Arguments
+        ---------
+        model : hnsd_sb.HNSD
+            Its ``classifier``'s input is the pooled utterance vector.
+        """
+        statistics, state = self.statistics, self._state
+
+        # A plain function (not a method), so a deep copy of the model keeps calling it.
+        def normalize(module, args):
+            """Forward pre-hook of the classifier: z-scores (or collects) the pooled vectors."""
+            speakers = state["speakers"]
+            if speakers is None:
+                raise RuntimeError(
+                    "PooledSpeakerNormalization: run the model inside for_speakers(speakers)"
+                )
+            u = args[0].unsqueeze(1)  # [batch, 1, size]: one frame per utterance
+            if state["collect"]:
+                statistics.accumulate(u, torch.ones(u.shape[0], device=u.device), speakers)
+                return None
+            return (statistics(u, None, speakers).squeeze(1), *args[1:])
+
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = model.classifier.register_forward_pre_hook(normalize)
+
+    @contextlib.contextmanager
+    def for_speakers(self, speakers):
+        """Within it, the model's batches are of these speakers (one per utterance).
+
+        Arguments
+        ---------
+        speakers : list of str
+            Speaker of each utterance of the batch the model classifies.
+        """
+        self._state["speakers"] = list(speakers)
+        try:
+            yield
+        finally:
+            self._state["speakers"] = None
+
+    @contextlib.contextmanager
+    def collecting(self):
+        """Within it, the statistics start afresh and gather the vectors instead of z-scoring
+        them."""
+        self.statistics.reset()
+        self._state["collect"] = True
+        try:
+            yield
+        finally:
+            self._state["collect"] = False

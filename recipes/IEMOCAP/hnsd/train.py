@@ -18,6 +18,7 @@ checkpoint's validation figures go beside them (``valid_results.json``,
 test speakers alone.
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -103,16 +104,66 @@ class EmotionBrain(sb.Brain):
         model = self.modules.model
         if stage != sb.Stage.TRAIN and self.averaged is not None:
             model = self.averaged.module  # validation and test score the weight average
-        log_probs, _, lens = pipeline.classify(
-            self.modules.features,
-            self.modules.normalizer,
-            model,
-            wavs,
-            wav_lens,
-            batch.spk_id,
-            **augment,
-        )
+        with self.vector_speakers(batch.spk_id, stage):
+            log_probs, _, lens = pipeline.classify(
+                self.modules.features,
+                self.modules.normalizer,
+                model,
+                wavs,
+                wav_lens,
+                batch.spk_id,
+                **augment,
+            )
         return log_probs, lens
+
+    def vector_speakers(self, speakers, stage):
+        """The context in which the model classifies a batch of these speakers: with
+        ``vector_normalization`` (hparams), the speakers whose statistics z-score the pooled
+        vectors (replicated as the labels are, where the training augmentation grows the
+        batch); otherwise nothing."""
+        norm = getattr(self.hparams, "pooled_normalizer", None)
+        if norm is None or not norm.enabled:
+            return contextlib.nullcontext()
+        wav_augment = getattr(self.hparams, "wav_augment", None)
+        if stage == sb.Stage.TRAIN and wav_augment is not None:
+            rows = wav_augment.replicate_labels(torch.arange(len(speakers)))
+            speakers = [speakers[i] for i in rows.tolist()]
+        return norm.for_speakers(speakers)
+
+    def fit_vector_statistics(self, stage):
+        """With ``vector_normalization`` (hparams), gathers each speaker's statistics of the
+        pooled vectors for the stage: over the training set with the trained weights before
+        each epoch, over the scored split with the weights it scores (the weight average, if
+        any) before validation and test. Eval mode, no augmentation, and torch's random state
+        untouched, so the rest of the run draws what it would draw without it. The scored
+        split's speakers use their own files only where ``normalize_eval_speakers`` lets their
+        feature statistics do so; otherwise they get the training speakers' pooled ones."""
+        norm = self.hparams.pooled_normalizer
+        model = self.hparams.model  # unwrapped: each process makes the whole pass alone
+        split = "train"
+        if stage != sb.Stage.TRAIN:
+            if self.averaged is not None:
+                model = self.averaged.module
+            if self.hparams.normalize_eval_speakers:
+                split = "valid" if stage == sb.Stage.VALID else self.evaluated_split
+        # Brain.evaluate adds ckpt_prefix to the loader options it is given, in place
+        opts = {k: v for k, v in self.hparams.test_dataloader_opts.items() if k != "ckpt_prefix"}
+        opts["collate_fn"] = sb.dataio.batch.PaddedBatch
+        loader = sb.dataio.dataloader.make_dataloader(self.vector_sets[split], **opts)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), norm.collecting():
+            for batch in tqdm(loader, desc=f"vector statistics ({split})", dynamic_ncols=True):
+                batch = batch.to(self.device)
+                with norm.for_speakers(batch.spk_id):
+                    pipeline.classify(
+                        self.modules.features,
+                        self.modules.normalizer,
+                        model,
+                        *batch.sig,
+                        batch.spk_id,
+                    )
+        model.train(was_training)
 
     def emotion_loss(self, predictions, batch, stage):
         """Class-weighted negative log-likelihood of the true emotions (in training, with label
@@ -245,6 +296,9 @@ class EmotionBrain(sb.Brain):
         self.padded_frames = [0.0, 0.0]  # padded and total frames, in units of batch length
         # the speaker adversary's correct and scored utterances, its losses' sum, its batches
         self.speaker_hits = [0, 0, 0.0, 0]
+        norm = getattr(self.hparams, "pooled_normalizer", None)
+        if norm is not None and norm.enabled:
+            self.fit_vector_statistics(stage)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs the stage's statistics, keeps the best checkpoint, writes the test results."""
@@ -525,6 +579,16 @@ if __name__ == "__main__":
     if hparams.get("cpu_fast_paths", False):
         accelerate(hparams["model"], branch_cores=hparams.get("cpu_branch_cores"))
 
+    # Speaker-normalised pooled vectors (vector_normalization, False: off): attached before the
+    # weight average copies the model, so that both z-score with the same statistics
+    pooled_normalizer = hparams.get("pooled_normalizer")
+    if pooled_normalizer is not None and pooled_normalizer.enabled:
+        mixup = hparams.get("mixup")
+        if mixup is not None and mixup.alpha:
+            logger.error("vector_normalization does not combine with mixup_alpha > 0")
+            sys.exit(2)
+        pooled_normalizer.attach(hparams["model"])
+
     # Speaker-adversarial training (adversary_weight, 0: off): a speaker head on the pooled
     # vectors, trained beside the model (and checkpointed with it), dropped after training
     adversary = hparams.get("speaker_adversary")
@@ -547,6 +611,7 @@ if __name__ == "__main__":
         checkpointer=hparams["checkpointer"],
     )
     hnsd_brain.label_encoder = label_encoder
+    hnsd_brain.vector_sets = datasets  # what fit_vector_statistics reads
     if "class_weighting" in hparams and hparams["class_weighting"]:
         with datasets["train"].output_keys_as(["emo"]):
             train_labels = [item["emo"] for item in datasets["train"]]
