@@ -38,6 +38,7 @@ from hnsd_sb.hparams_yaml import (
     HEADER,
     INTERFACE_FILE,
     read_module_specs,
+    read_top_level,
     render_hparams,
 )
 from hnsd_sb.model_card import CARD_FILE, render_model_card, summarize_run
@@ -416,6 +417,11 @@ def export_model(
             raise FileNotFoundError(
                 f"{hparams_file}: the run's hparams file is missing; pass it explicitly"
             )
+    if read_top_level(hparams_file, "vector_normalization", False):
+        raise ValueError(
+            f"{hparams_file}: the run z-scored its pooled vectors per speaker "
+            "(vector_normalization), which model folders cannot do yet; nothing was exported"
+        )
     label_file = save_folder / LABEL_ENCODER_FILE
     if not label_file.is_file():
         raise FileNotFoundError(f"{label_file}: the run's label encoder is missing")

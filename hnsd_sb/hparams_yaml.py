@@ -119,6 +119,42 @@ def _model_sizes(args, where):
             raise ValueError(f"{where}: {err}") from None
 
 
+def read_top_level(hparams_file, key, default=None):
+    """Reads a top-level value of an hparams file, as plain Python, without instantiating
+    anything.
+
+    Arguments
+    ---------
+    hparams_file : str or path-like
+        A recipe hparams file.
+    key : str
+        A top-level key.
+    default : object
+        Returned when the file lacks ``key``.
+
+    Returns
+    -------
+    object
+        The value (references resolved as text).
+
+    Example
+    -------
+    >>> path = getfixture("tmpdir").join("hparams.yaml")
+    >>> _ = path.write("flag: True\nmodel: !new:hnsd_sb.HNSD\n    hidden_size: 8\n")
+    >>> read_top_level(path.strpath, "flag"), read_top_level(path.strpath, "other", 0)
+    (True, 0)
+    """
+    with open(hparams_file, encoding="utf-8") as f:
+        try:
+            text = resolve_references(f).getvalue()
+        except Exception as err:
+            raise ValueError(f"{hparams_file}: cannot resolve the hparams ({err})") from err
+    tree = YAML(typ="rt").load(text)
+    if not hasattr(tree, "get") or key not in tree:
+        return default
+    return _plain(tree[key], f"{hparams_file}: {key}")
+
+
 def read_module_specs(hparams_file):
     """Reads how a training hparams file builds ``modules.features``, ``.normalizer``, ``.model``.
 

@@ -163,3 +163,62 @@ def test_repeated_enrolment_is_always_reflected():
         fresh = SpeakerNormalization()
         fresh.load_state(norm.state())
         torch.testing.assert_close(norm(feats, lens, ["a", "a"]), fresh(feats, lens, ["a", "a"]))
+
+
+def pooled_setup():
+    """A small HNSD with the pooled-vector normaliser attached, and a batch of two speakers."""
+    from hnsd_sb import HNSD
+    from hnsd_sb.normalization import PooledSpeakerNormalization
+
+    torch.manual_seed(0)
+    model = HNSD(hidden_size=8, fc_size=4, n_classes=3).eval()
+    norm = PooledSpeakerNormalization()
+    norm.attach(model)
+    static, dynamic = torch.randn(5, 14, 26), torch.randn(5, 14, 52)
+    lens = torch.tensor([1.0, 0.8, 0.6, 1.0, 0.9])
+    return model, norm, (static, dynamic, lens), ["a", "b", "a", "a", "b"]
+
+
+def test_pooled_vectors_are_z_scored_with_their_speakers_statistics():
+    """The classifier reads ``(u - mean_s) / std_s``, the moments of the speaker's vectors
+    gathered by ``collecting`` (population std, as for the features); a speaker without
+    statistics gets those of all vectors together."""
+    model, norm, (static, dynamic, lens), speakers = pooled_setup()
+    with torch.no_grad():
+        with norm.collecting(), norm.for_speakers(speakers):
+            model(static, dynamic, lens)
+        with norm.for_speakers(speakers + ["new"]):
+            got = model(*(torch.cat([t, t[:1]]) for t in (static, dynamic, lens)))
+        u, _ = model.pooling(model.frames(static, dynamic, lens), lens, True)
+    u = u.double()
+    expected = torch.empty(6, u.shape[1], dtype=torch.float64)
+    for speaker in ("a", "b"):
+        rows = [i for i, s in enumerate(speakers) if s == speaker]
+        expected[rows] = (u[rows] - u[rows].mean(0)) / u[rows].std(0, unbiased=False)
+    expected[5] = (u[0] - u.mean(0)) / u.std(0, unbiased=False)
+    with torch.no_grad():
+        plain = model.classifier.forward(expected.float())  # .forward: without the hook
+        torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_pooled_normalisation_is_shared_by_a_copy_and_refuses_a_batch_without_speakers():
+    """The weight average (a deep copy of the model) z-scores with the same statistics;
+    ``collecting`` starts afresh; a second ``attach`` replaces the hook; a forward outside
+    ``for_speakers`` names what to do."""
+    import copy
+
+    model, norm, (static, dynamic, lens), speakers = pooled_setup()
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        with norm.collecting(), norm.for_speakers(speakers):
+            copied(static, dynamic, lens)
+        assert norm.statistics.speakers == ["a", "b"]
+        with norm.for_speakers(speakers):
+            torch.testing.assert_close(model(static, dynamic, lens), copied(static, dynamic, lens))
+        with norm.collecting(), norm.for_speakers(["c"] * 5):
+            model(static, dynamic, lens)
+    assert norm.statistics.speakers == ["c"]
+    norm.attach(model)
+    assert len(model.classifier._forward_pre_hooks) == 1
+    with pytest.raises(RuntimeError, match="inside for_speakers"):
+        model(static, dynamic, lens)

@@ -1055,3 +1055,60 @@ def test_speaker_adversary_trains_beside_the_model_and_refuses_mixup(corpus, tmp
     assert "adversary_weight > 0 does not combine with mixup_alpha > 0" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))
+
+
+def test_vector_normalization_replicates_the_speakers_as_the_labels_in_training_only():
+    """``vector_normalization`` (hnsd_improved.yaml): the speakers whose statistics z-score the
+    pooled vectors line up with the labels when an augmenter doubles the training batch; in
+    validation they are the batch's own; off by default, the model is left alone."""
+    import contextlib
+
+    import speechbrain as sb
+    import torch
+
+    off = improved_brain()
+    assert not off.hparams.pooled_normalizer.enabled
+    assert isinstance(off.vector_speakers(["a"], sb.Stage.TRAIN), contextlib.nullcontext)
+    brain = improved_brain(wav_augment=True, vector_normalization=True)
+    brain.hparams.wav_augment.concat_original = True
+    norm, speakers = brain.hparams.pooled_normalizer, ["t", "s", "s", "u"]
+    assert brain.hparams.wav_augment(torch.randn(4, 8000), torch.ones(4))[0].shape[0] == 8
+    labels = brain.hparams.wav_augment.replicate_labels(torch.arange(4))  # of that last call
+    with brain.vector_speakers(speakers, sb.Stage.TRAIN):
+        assert norm._state["speakers"] == [speakers[i] for i in labels.tolist()]
+    with brain.vector_speakers(speakers, sb.Stage.VALID):
+        assert norm._state["speakers"] == speakers
+    assert norm._state["speakers"] is None
+
+
+def test_vector_normalization_gathers_each_splits_statistics_and_is_not_exported(
+    corpus, tmp_path
+):
+    """``--vector_normalization=True`` gathers the pooled vectors' statistics of the training
+    speakers before each epoch and of the scored ones before validation and test; such a run
+    cannot be exported yet (a clear error, nothing written), and mixup is refused before
+    training."""
+    from hnsd_sb.export import export_model
+
+    args = ["hparams/hnsd_improved.yaml", f"--data_folder={corpus}", "--fold=2",
+            "--number_of_epochs=1", "--vector_normalization=True", *TINY]  # fmt: skip
+    out = tmp_path / "vecnorm"
+    log = run("train.py", *args, f"--output_folder={out}")
+    for split in ("train", "valid", "test"):
+        n = len({row["spk_id"] for row in read_csv(out / f"{split}.csv")})
+        assert f"Pooled-vector statistics of {n} speakers ({split})" in log
+    assert (out / "test_results.json").exists()
+    with pytest.raises(ValueError, match="vector_normalization"):
+        export_model(out, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args, f"--output_folder={tmp_path / 'x'}",
+         "--mixup_alpha=0.2"],
+        cwd=RECIPE, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "vector_normalization does not combine with mixup_alpha > 0" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))

@@ -164,6 +164,9 @@ class EmotionBrain(sb.Brain):
                         batch.spk_id,
                     )
         model.train(was_training)
+        logger.info(
+            "Pooled-vector statistics of %d speakers (%s)", len(norm.statistics.speakers), split
+        )
 
     def emotion_loss(self, predictions, batch, stage):
         """Class-weighted negative log-likelihood of the true emotions (in training, with label
