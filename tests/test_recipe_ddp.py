@@ -218,3 +218,26 @@ def test_speaker_adversary_trains_under_torchrun(tmp_path):
     assert re.search(r"train speaker_loss: [\d.e+-]+, train speaker_acc: [\d.]+ ", epoch)
     checkpoints = list((out / "save").glob("CKPT*/speaker_adversary.ckpt"))
     assert checkpoints and (out / "test_results.json").exists()
+
+
+def test_vector_normalization_runs_under_torchrun(tmp_path):
+    """``--vector_normalization=True`` runs to the end under torchrun, with statistics for
+    every speaker of each split."""
+    corpus = tmp_path / "IEMOCAP_full_release"
+    make_synthetic_iemocap(corpus, n_sessions=5, utterances_per_emotion=2, dropped_per_speaker=0)
+    out = tmp_path / "out"
+    code, output = torchrun(
+        "train.py",
+        "hparams/hnsd_improved.yaml",
+        f"--data_folder={corpus}",
+        f"--output_folder={out}",
+        "--number_of_epochs=1",
+        "--vector_normalization=True",
+    )
+    assert code == 0, output[-4000:]
+    log = (out / "log.txt").read_text()
+    for split in ("train", "valid", "test"):
+        with open(out / f"{split}.csv", newline="", encoding="utf-8") as f:
+            speakers = {row["spk_id"] for row in csv.DictReader(f)}
+        assert f"Pooled-vector statistics of {len(speakers)} speakers ({split})" in log
+    assert (out / "test_results.json").exists()
