@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Diagnosis: how much does a run depend on which files of a speaker give its statistics, with
+and without ``--vector_normalization=True``? (``experiments/proxy/SELECTION.md``, ``vecnorm128``.)
+
+> python experiments/diagnosis/vector_statistics.py --data_folder=/path/to/ravdess \
+>     experiments/proxy/vecnorm128/four/hnsd_improved/fold1 ... > out.jsonl
+
+The recipe z-scores each validation actor's features (and, with the switch, its pooled vectors)
+with the statistics of all of the actor's files, which on RAVDESS hold every emotion in equal
+measure; a user enrols a few recordings, perhaps all neutral. For each fold folder the tested
+checkpoint is loaded (a run with the switch is exported without it, which only the export
+refuses, and the same ``PooledSpeakerNormalization`` is attached), and every validation file is
+scored, UA in %, with each actor's statistics (features, and vectors with the switch) taken
+from:
+
+- ``all``: all of its files (the recipe's figure, checked against ``valid_results.json``);
+- ``random8``: 8 of its files drawn at random (mean over 5 draws);
+- ``without_<emotion>``: all its files but those of one emotion;
+- ``only_<emotion>``: only the files of one emotion (e.g. enrolment with neutral speech).
+
+The test actors are not read.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import tempfile
+
+import torch
+
+from hnsd_sb.export import export_model
+from hnsd_sb.inference import EmotionRecognizer
+from hnsd_sb.manifest import read_rows, resolve_path
+from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
+from hnsd_sb.normalization import PooledSpeakerNormalization
+from hnsd_sb.pipeline import classify
+
+
+def score(fold, data_folder, tmp, draws=5):
+    """The JSON line of one fold folder."""
+    plain = os.path.join(tmp, "hyperparams.yaml")  # the run's hparams, switch off for export
+    with open(os.path.join(fold, "hyperparams.yaml"), encoding="utf-8") as f:
+        text_of_run = f.read()
+        text = re.sub(r"^vector_normalization: .*$", "vector_normalization: false", text_of_run,
+                      flags=re.M)  # fmt: skip
+    with open(plain, "w", encoding="utf-8") as f:
+        f.write(text)
+    folder = export_model(fold, os.path.join(tmp, "model"), hparams_file=plain, overwrite=True)
+    recognizer = EmotionRecognizer.from_folder(folder)
+    labels, mods = list(recognizer.labels), recognizer.mods
+    rows = [row for _, row in read_rows(os.path.join(fold, "valid.csv"))[1]]
+    for row in rows:
+        row["wav"] = resolve_path(row["wav"], {"data_root": data_folder})
+    speakers = [r["spk_id"] for r in rows]
+    wavs = [recognizer.load_audio(r["wav"]).unsqueeze(0) for r in rows]
+    y = torch.tensor([labels.index(r["emo"]) for r in rows])
+    vectors = bool(re.search(r"^vector_normalization: true$", text_of_run, flags=re.M))
+    norm = PooledSpeakerNormalization()
+    if vectors:
+        norm.attach(mods.model)
+    mods.model.eval()
+
+    def run(indices, collect=False):
+        outs = []
+        for i in indices:
+            with norm.for_speakers([speakers[i]]):
+                outs.append(classify(mods.features, mods.normalizer, mods.model, wavs[i],
+                                     torch.ones(1), [speakers[i]])[0])  # fmt: skip
+        return None if collect else torch.cat(outs)
+
+    def ua_with(stat_rows):
+        for speaker in set(speakers):  # the validation actors' feature statistics afresh
+            mods.normalizer.stats.pop(speaker, None)
+        for i in stat_rows:
+            recognizer.accumulate(speakers[i], wavs[i][0])
+        with torch.no_grad():
+            if vectors:
+                with norm.collecting():
+                    run(stat_rows, collect=True)
+            log_probs = run(range(len(rows)))
+        cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
+        return 100 * float(unweighted_accuracy(cm))
+
+    result = {"fold": fold, "vector_normalization": vectors, "all": ua_with(range(len(rows)))}
+    rng = random.Random(0)
+    by_speaker = {s: [i for i, x in enumerate(speakers) if x == s] for s in set(speakers)}
+    result["random8"] = (
+        sum(
+            ua_with([i for s in sorted(by_speaker) for i in rng.sample(by_speaker[s], 8)])
+            for _ in range(draws)
+        )
+        / draws
+    )
+    for emotion in sorted({r["emo"] for r in rows}):
+        result[f"without_{emotion}"] = ua_with(
+            [i for i, r in enumerate(rows) if r["emo"] != emotion]
+        )
+        result[f"only_{emotion}"] = ua_with([i for i, r in enumerate(rows) if r["emo"] == emotion])
+    return result
+
+
+def main():
+    """Prints one JSON line per fold folder."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folds", nargs="+", help="fold folders of finished runs (with save/)")
+    parser.add_argument("--data_folder", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fold in args.folds:
+            print(json.dumps(score(fold.rstrip("/"), args.data_folder, tmp)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
