@@ -20,7 +20,10 @@ folder gets the same ``test_results.json``, ``predictions.csv`` and confusion ma
 ``baseline_selection.json`` with the validation UA of every L2 weight. Nothing is trained with
 gradients through the network, and the hparams' model, optimiser and training options are unused.
 ``--statistics`` and ``--quantiles`` keep a subset of the functionals (``--statistics mean
---quantiles``: the means alone), to measure what each adds.
+--quantiles``: the means alone), to measure what each adds. ``--speaker_zscore`` z-scores each
+utterance's functionals with its speaker's mean and standard deviation of them over the
+split's utterances, as ``--vector_normalization=True`` does to HNSD's pooled vectors, so that
+the two are compared with the same use of the speakers' files.
 """
 
 import argparse
@@ -42,29 +45,37 @@ from hnsd_sb.baseline import (
     utterance_functionals,
 )
 from hnsd_sb.metrics import balanced_class_weights
+from hnsd_sb.normalization import SpeakerNormalization
 
 logger = logging.getLogger(__name__)
 DEFAULT_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def functionals_of(brain, dataset, **functionals):
+def functionals_of(brain, dataset, speaker_zscore=False, **functionals):
     """Returns the IDs, functionals ``[n, dims]`` and class indices of a dataset's utterances
-    (``functionals``: the ``statistics`` and ``quantiles`` of ``utterance_functionals``)."""
+    (``functionals``: the ``statistics`` and ``quantiles`` of ``utterance_functionals``; with
+    ``speaker_zscore``, z-scored with each speaker's statistics of them over the dataset)."""
     loader = sb.dataio.dataloader.make_dataloader(dataset, **brain.hparams.test_dataloader_opts)
-    ids, rows, labels = [], [], []
+    ids, rows, labels, speakers = [], [], [], []
     with torch.no_grad():
         for batch in tqdm(loader, desc="functionals", dynamic_ncols=True):
             static, dynamic, lens = brain.compute_features(batch, sb.Stage.TEST)
             feats = torch.cat([static, dynamic], -1)
             rows.append(utterance_functionals(feats, lens, **functionals).cpu())
             ids.extend(batch.id)
+            speakers.extend(batch.spk_id)
             labels.append(batch.emo_encoded.data.view(-1).cpu())
-    return ids, torch.cat(rows), torch.cat(labels)
+    x = torch.cat(rows)
+    if speaker_zscore:  # one-frame sequences for the recipe's speaker z-score
+        norm = SpeakerNormalization()
+        norm.accumulate(x.unsqueeze(1), torch.ones(len(x)), speakers)
+        x = norm(x.unsqueeze(1), None, speakers).squeeze(1)
+    return ids, x, torch.cat(labels)
 
 
 def select_and_test(brain, datasets, l2_grid, class_weights, **functionals):
     """Fits one classifier per L2 weight on train, keeps the best on valid, tests it once
-    (``functionals`` as for ``functionals_of``)."""
+    (``functionals``: the keyword arguments of ``functionals_of``)."""
     n_classes = len(brain.label_encoder)
     train_ids, x_train, y_train = functionals_of(brain, datasets["train"], **functionals)
     valid_ids, x_valid, y_valid = functionals_of(brain, datasets["valid"], **functionals)
@@ -113,6 +124,8 @@ if __name__ == "__main__":
         "--statistics", nargs="*", choices=DEFAULT_STATISTICS, default=list(DEFAULT_STATISTICS)
     )
     parser.add_argument("--quantiles", type=float, nargs="*", default=list(DEFAULT_QUANTILES))
+    # the functionals z-scored per speaker, as --vector_normalization=True does to HNSD's vectors
+    parser.add_argument("--speaker_zscore", action="store_true")
     args, sb_args = parser.parse_known_args(sys.argv[1:])
     hparams_file, run_opts, overrides = sb.parse_arguments(sb_args)
     with open(hparams_file, encoding="utf-8") as fin:
@@ -139,5 +152,11 @@ if __name__ == "__main__":
         train_labels = [item["emo"] for item in datasets["train"]]
     weights = balanced_class_weights(train_labels, label_encoder)
     select_and_test(
-        brain, datasets, args.l2, weights, statistics=args.statistics, quantiles=args.quantiles
+        brain,
+        datasets,
+        args.l2,
+        weights,
+        statistics=args.statistics,
+        quantiles=args.quantiles,
+        speaker_zscore=args.speaker_zscore,
     )
