@@ -118,3 +118,33 @@ def test_baseline_recipe_selects_on_valid_and_writes_the_results_of_a_train_run(
     assert results["UA"] > 0.5
     report = open(out / "cv_results.md", encoding="utf-8").read()
     assert "Arguments given to baseline.py" in report
+    assert selection["speaker_zscore"] is False
+
+    # --speaker_zscore reaches the functionals, and the selection file says so
+    out = tmp_path / "cv_zscored"
+    cmd = [*cmd[:5], f"--cv_folder={out}", *cmd[6:], "--speaker_zscore"]
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    zscored = json.load(open(out / "fold2" / "baseline_selection.json", encoding="utf-8"))
+    assert zscored["speaker_zscore"] is True
+    assert [row["valid_UA"] for row in zscored["grid"]] != [
+        row["valid_UA"] for row in selection["grid"]
+    ]
+
+
+def test_speaker_zscore_of_the_functionals_uses_each_speakers_own_rows():
+    """``baseline.py --speaker_zscore``: each utterance's functionals minus its speaker's mean,
+    over its speaker's standard deviation (population), as HNSD's vector normalisation."""
+    sys.path.insert(0, RECIPE)
+    try:
+        import baseline
+    finally:
+        sys.path.remove(RECIPE)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, generator=gen) * 4 + 2
+    speakers = ["a", "b", "a", "a", "b", "b", "b"]
+    got = baseline.speaker_zscored(x, speakers)
+    for speaker in "ab":
+        rows = [i for i, s in enumerate(speakers) if s == speaker]
+        expected = (x[rows] - x[rows].mean(0)) / x[rows].std(0, unbiased=False)
+        torch.testing.assert_close(got[rows], expected, rtol=1e-5, atol=1e-5)

@@ -66,11 +66,16 @@ def functionals_of(brain, dataset, speaker_zscore=False, **functionals):
             speakers.extend(batch.spk_id)
             labels.append(batch.emo_encoded.data.view(-1).cpu())
     x = torch.cat(rows)
-    if speaker_zscore:  # one-frame sequences for the recipe's speaker z-score
-        norm = SpeakerNormalization()
-        norm.accumulate(x.unsqueeze(1), torch.ones(len(x)), speakers)
-        x = norm(x.unsqueeze(1), None, speakers).squeeze(1)
-    return ids, x, torch.cat(labels)
+    return ids, speaker_zscored(x, speakers) if speaker_zscore else x, torch.cat(labels)
+
+
+def speaker_zscored(x, speakers):
+    """Each row of ``x`` ``[n, dims]`` z-scored with its speaker's mean and (population)
+    standard deviation over the rows of ``speakers`` (the recipe's ``SpeakerNormalization``,
+    each row a one-frame sequence)."""
+    norm = SpeakerNormalization()
+    norm.accumulate(x.unsqueeze(1), torch.ones(len(x)), speakers)
+    return norm(x.unsqueeze(1), None, speakers).squeeze(1)
 
 
 def select_and_test(brain, datasets, l2_grid, class_weights, **functionals):
