@@ -83,6 +83,7 @@ def score(fold, data_folder, export_folder):
     n = len(labels)
 
     def ua(log_probs, y):
+        """UA in % of the most probable classes."""
         return 100 * float(unweighted_accuracy(confusion_matrix(y, log_probs.argmax(1), n)))
 
     classifier = recognizer.mods.model.classifier.eval()

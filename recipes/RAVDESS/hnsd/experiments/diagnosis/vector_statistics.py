@@ -63,6 +63,7 @@ def score(fold, data_folder, tmp, draws=5):
     mods.model.eval()
 
     def run(indices, collect=False):
+        """The log-probabilities of these files (None when only collecting statistics)."""
         outs = []
         for i in indices:
             with norm.for_speakers([speakers[i]]):
@@ -71,6 +72,7 @@ def score(fold, data_folder, tmp, draws=5):
         return None if collect else torch.cat(outs)
 
     def ua_with(stat_rows):
+        """UA in % over all files, each speaker's statistics from these files only."""
         for speaker in set(speakers):  # the validation actors' feature statistics afresh
             mods.normalizer.stats.pop(speaker, None)
         for i in stat_rows:
