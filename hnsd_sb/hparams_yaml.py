@@ -119,6 +119,16 @@ def _model_sizes(args, where):
             raise ValueError(f"{where}: {err}") from None
 
 
+def _resolved_tree(hparams_file):
+    """The hparams file as a YAML tree, its references resolved as text (nothing built)."""
+    with open(hparams_file, encoding="utf-8") as f:
+        try:
+            text = resolve_references(f).getvalue()
+        except Exception as err:
+            raise ValueError(f"{hparams_file}: cannot resolve the hparams ({err})") from err
+    return YAML(typ="rt").load(text)
+
+
 def read_top_level(hparams_file, key, default=None):
     """Reads a top-level value of an hparams file, as plain Python, without instantiating
     anything.
@@ -140,16 +150,11 @@ def read_top_level(hparams_file, key, default=None):
     Example
     -------
     >>> path = getfixture("tmpdir").join("hparams.yaml")
-    >>> _ = path.write("flag: True\nmodel: !new:hnsd_sb.HNSD\n    hidden_size: 8\n")
+    >>> _ = path.write("flag: True\\nmodel: !new:hnsd_sb.HNSD\\n    hidden_size: 8\\n")
     >>> read_top_level(path.strpath, "flag"), read_top_level(path.strpath, "other", 0)
     (True, 0)
     """
-    with open(hparams_file, encoding="utf-8") as f:
-        try:
-            text = resolve_references(f).getvalue()
-        except Exception as err:
-            raise ValueError(f"{hparams_file}: cannot resolve the hparams ({err})") from err
-    tree = YAML(typ="rt").load(text)
+    tree = _resolved_tree(hparams_file)
     if not hasattr(tree, "get") or key not in tree:
         return default
     return _plain(tree[key], f"{hparams_file}: {key}")
@@ -181,12 +186,7 @@ def read_module_specs(hparams_file):
     >>> read_module_specs(path.strpath)["model"]
     ('hnsd_sb.HNSD', {'hidden_size': 8})
     """
-    with open(hparams_file, encoding="utf-8") as f:
-        try:
-            text = resolve_references(f).getvalue()
-        except Exception as err:
-            raise ValueError(f"{hparams_file}: cannot resolve the hparams ({err})") from err
-    tree = YAML(typ="rt").load(text)
+    tree = _resolved_tree(hparams_file)
     modules = tree.get("modules") if hasattr(tree, "get") else None
     if not hasattr(modules, "get") or "model" not in modules:
         raise ValueError(f"{hparams_file}: no modules.model entry")

@@ -194,10 +194,9 @@ def test_a_bad_manifest_stops_every_process_with_its_message(tmp_path, bad):
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output
 
 
-def test_speaker_adversary_trains_under_torchrun(tmp_path):
-    """``--adversary_weight``: the speaker head, added to the modules at run time, is wrapped
-    and trained with the model under torchrun; its loss and accuracy reach the log, and it is
-    checkpointed beside the model."""
+def one_improved_epoch(tmp_path, *args):
+    """Trains ``hnsd_improved.yaml`` with ``args`` for one epoch under torchrun on a synthetic
+    corpus (two processes); fails the test unless it ends well. Returns the output folder."""
     corpus = tmp_path / "IEMOCAP_full_release"
     make_synthetic_iemocap(corpus, n_sessions=5, utterances_per_emotion=2, dropped_per_speaker=0)
     out = tmp_path / "out"
@@ -207,9 +206,17 @@ def test_speaker_adversary_trains_under_torchrun(tmp_path):
         f"--data_folder={corpus}",
         f"--output_folder={out}",
         "--number_of_epochs=1",
-        "--adversary_weight=0.3",
+        *args,
     )
     assert code == 0, output[-4000:]
+    return out
+
+
+def test_speaker_adversary_trains_under_torchrun(tmp_path):
+    """``--adversary_weight``: the speaker head, added to the modules at run time, is wrapped
+    and trained with the model under torchrun; its loss and accuracy reach the log, and it is
+    checkpointed beside the model."""
+    out = one_improved_epoch(tmp_path, "--adversary_weight=0.3")
     with open(out / "train.csv", newline="", encoding="utf-8") as f:
         speakers = {row["spk_id"] for row in csv.DictReader(f)}
     log = (out / "log.txt").read_text()
@@ -223,18 +230,7 @@ def test_speaker_adversary_trains_under_torchrun(tmp_path):
 def test_vector_normalization_runs_under_torchrun(tmp_path):
     """``--vector_normalization=True`` runs to the end under torchrun, with statistics for
     every speaker of each split."""
-    corpus = tmp_path / "IEMOCAP_full_release"
-    make_synthetic_iemocap(corpus, n_sessions=5, utterances_per_emotion=2, dropped_per_speaker=0)
-    out = tmp_path / "out"
-    code, output = torchrun(
-        "train.py",
-        "hparams/hnsd_improved.yaml",
-        f"--data_folder={corpus}",
-        f"--output_folder={out}",
-        "--number_of_epochs=1",
-        "--vector_normalization=True",
-    )
-    assert code == 0, output[-4000:]
+    out = one_improved_epoch(tmp_path, "--vector_normalization=True")
     log = (out / "log.txt").read_text()
     for split in ("train", "valid", "test"):
         with open(out / f"{split}.csv", newline="", encoding="utf-8") as f:

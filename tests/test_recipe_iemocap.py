@@ -1028,6 +1028,20 @@ def test_speaker_adversary_adds_its_loss_in_training_only_with_the_speakers_repl
             assert "u" in adversary._pooled  # validation leaves the speaker head alone
 
 
+def assert_refused_with_mixup(args, out, option):
+    """Runs the recipe with ``args`` and mixup into ``out``: it must stop before training with
+    status 2, saying that ``option`` does not combine with mixup, and leave no checkpoint."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args, f"--output_folder={out}", "--mixup_alpha=0.2"],
+        cwd=RECIPE, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{option} does not combine with mixup_alpha > 0" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not glob.glob(str(out / "save" / "CKPT*"))
+
+
 def test_speaker_adversary_trains_beside_the_model_and_refuses_mixup(corpus, tmp_path):
     """``--adversary_weight`` trains the head with the model, logs its loss and accuracy per
     epoch and checkpoints it beside the model; the test figures come from HNSD alone. Asked
@@ -1045,16 +1059,7 @@ def test_speaker_adversary_trains_beside_the_model_and_refuses_mixup(corpus, tmp
     assert glob.glob(str(out / "save" / "CKPT*" / "speaker_adversary.ckpt"))
     assert (out / "test_results.json").exists()
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "train.py", *args, f"--output_folder={tmp_path / 'x'}",
-         "--mixup_alpha=0.2"],
-        cwd=RECIPE, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "adversary_weight > 0 does not combine with mixup_alpha > 0" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))
+    assert_refused_with_mixup(args, tmp_path / "x", "adversary_weight > 0")
 
 
 def test_vector_normalization_replicates_the_speakers_as_the_labels_in_training_only():
@@ -1081,9 +1086,7 @@ def test_vector_normalization_replicates_the_speakers_as_the_labels_in_training_
     assert norm._state["speakers"] is None
 
 
-def test_vector_normalization_gathers_each_splits_statistics_and_is_not_exported(
-    corpus, tmp_path
-):
+def test_vector_normalization_gathers_each_splits_statistics_and_is_not_exported(corpus, tmp_path):
     """``--vector_normalization=True`` gathers the pooled vectors' statistics of the training
     speakers before each epoch and of the scored ones before validation and test; such a run
     cannot be exported yet (a clear error, nothing written), and mixup is refused before
@@ -1102,13 +1105,4 @@ def test_vector_normalization_gathers_each_splits_statistics_and_is_not_exported
         export_model(out, tmp_path / "model")
     assert not (tmp_path / "model").exists()
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "train.py", *args, f"--output_folder={tmp_path / 'x'}",
-         "--mixup_alpha=0.2"],
-        cwd=RECIPE, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "vector_normalization does not combine with mixup_alpha > 0" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not glob.glob(str(tmp_path / "x" / "save" / "CKPT*"))
+    assert_refused_with_mixup(args, tmp_path / "x", "vector_normalization")

@@ -440,6 +440,13 @@ def weight_average(model, average_epochs, steps_per_epoch, device):
     return averaged.requires_grad_(False).eval().to(device)
 
 
+def mixes_utterances(hparams):
+    """Whether training mixes utterances (mixup), so that a training input has no single
+    speaker: the per-speaker options refuse it."""
+    mixup = hparams.get("mixup")
+    return mixup is not None and bool(mixup.alpha)
+
+
 def speaker_sets(hparams, datasets):
     """The datasets whose speakers get statistics: the training set, and with
     ``normalize_eval_speakers`` the validation and test sets too (their audio, not labels)."""
@@ -586,8 +593,7 @@ if __name__ == "__main__":
     # weight average copies the model, so that both z-score with the same statistics
     pooled_normalizer = hparams.get("pooled_normalizer")
     if pooled_normalizer is not None and pooled_normalizer.enabled:
-        mixup = hparams.get("mixup")
-        if mixup is not None and mixup.alpha:
+        if mixes_utterances(hparams):
             logger.error("vector_normalization does not combine with mixup_alpha > 0")
             sys.exit(2)
         pooled_normalizer.attach(hparams["model"])
@@ -596,8 +602,7 @@ if __name__ == "__main__":
     # vectors, trained beside the model (and checkpointed with it), dropped after training
     adversary = hparams.get("speaker_adversary")
     if adversary is not None and adversary.enabled:
-        mixup = hparams.get("mixup")
-        if mixup is not None and mixup.alpha:
+        if mixes_utterances(hparams):
             logger.error("adversary_weight > 0 does not combine with mixup_alpha > 0")
             sys.exit(2)
         with datasets["train"].output_keys_as(["spk_id"]):
