@@ -387,6 +387,12 @@ def export_model(
     pathlib.Path
         The model folder.
 
+    Raises
+    ------
+    ValueError
+        Naming the hparams file, when the run z-scored its pooled vectors per speaker
+        (``vector_normalization``): a model folder cannot carry those statistics yet.
+
     Example
     -------
     >>> from speechbrain.utils.checkpoints import Checkpointer

@@ -1065,7 +1065,7 @@ def test_speaker_adversary_trains_beside_the_model_and_refuses_mixup(corpus, tmp
 def test_vector_normalization_replicates_the_speakers_as_the_labels_in_training_only():
     """``vector_normalization`` (hnsd_improved.yaml): the speakers whose statistics z-score the
     pooled vectors line up with the labels when an augmenter doubles the training batch; in
-    validation they are the batch's own; off by default, the model is left alone."""
+    validation they are the batch's own; off by default, where it sets no speakers."""
     import contextlib
 
     import speechbrain as sb
@@ -1106,3 +1106,64 @@ def test_vector_normalization_gathers_each_splits_statistics_and_is_not_exported
     assert not (tmp_path / "model").exists()
 
     assert_refused_with_mixup(args, tmp_path / "x", "vector_normalization")
+
+
+def test_vector_statistics_come_from_the_network_and_split_each_stage_scores():
+    """``fit_vector_statistics``: before training, the trained network over the training
+    speakers; before validation and test, the weight average over the scored split (or the
+    training split where ``normalize_eval_speakers`` is off). The pass leaves the network's
+    mode and torch's random state as they were."""
+    import copy
+    import types
+
+    import speechbrain as sb
+    import torch
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    gen = torch.Generator().manual_seed(0)
+
+    def dataset(speakers):
+        data = {f"{s}{i}": {"sig": torch.randn(6000 + 800 * i, generator=gen), "spk_id": s}
+                for s in speakers for i in range(3)}  # fmt: skip
+        items = DynamicItemDataset(data)
+        items.set_output_keys(["id", "sig", "spk_id"])
+        return items
+
+    brain = improved_brain(vector_normalization=True, num_workers=0)
+    norm, model = brain.hparams.pooled_normalizer, brain.hparams.model
+    norm.attach(model)
+    average = copy.deepcopy(model)  # attached before the copy, as the recipe does
+    with torch.no_grad():
+        for p in average.parameters():
+            p.add_(0.1)
+    brain.averaged = types.SimpleNamespace(module=average)
+    brain.vector_sets = {"train": dataset("ab"), "valid": dataset("c"), "test": dataset("de")}
+    brain.modules.normalizer.accumulate(torch.randn(1, 50, 78), torch.ones(1), ["x"])
+
+    def expected(network, split):
+        """The statistics of a pass made by hand over ``split`` with ``network``."""
+        with torch.no_grad(), norm.collecting():
+            for item in brain.vector_sets[split]:
+                wav = item["sig"].unsqueeze(0)
+                with norm.for_speakers([item["spk_id"]]):
+                    network(*brain.modules.normalizer(
+                        torch.cat(brain.modules.features(wav), -1), None, [item["spk_id"]]
+                    ).split([26, 52], -1))  # fmt: skip
+        return norm.statistics.state()
+
+    model.train()
+    cases = [(sb.Stage.TRAIN, model, "train"), (sb.Stage.VALID, average, "valid")]
+    brain.evaluated_split = "test"
+    cases.append((sb.Stage.TEST, average, "test"))
+    for stage, network, split in cases:
+        want = expected(network.eval(), split)
+        model.train()
+        rng = torch.get_rng_state()
+        brain.fit_vector_statistics(stage)
+        assert torch.equal(torch.get_rng_state(), rng) and model.training
+        got = norm.statistics.state()
+        assert got["speakers"] == want["speakers"], stage
+        torch.testing.assert_close(got["sum"], want["sum"])
+    brain.hparams.normalize_eval_speakers = False
+    brain.fit_vector_statistics(sb.Stage.TEST)
+    assert norm.statistics.speakers == ["a", "b"]

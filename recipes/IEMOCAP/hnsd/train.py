@@ -292,7 +292,8 @@ class EmotionBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         """Starts fresh statistics for the stage, after giving the memory that the last one
-        freed back to the system (``hnsd_sb.host_memory``)."""
+        freed back to the system (``hnsd_sb.host_memory``); with ``vector_normalization``,
+        gathers the pooled vectors' statistics for it first (``fit_vector_statistics``)."""
         release_freed_memory()
         labels = [self.label_encoder.ind2lab[i] for i in range(len(self.label_encoder))]
         self.metrics = self.hparams.error_stats(label_names=labels)
@@ -590,7 +591,8 @@ if __name__ == "__main__":
         accelerate(hparams["model"], branch_cores=hparams.get("cpu_branch_cores"))
 
     # Speaker-normalised pooled vectors (vector_normalization, False: off): attached before the
-    # weight average copies the model, so that both z-score with the same statistics
+    # weight average copies the model, so that both z-score with the same statistics, and
+    # before the speaker adversary's hook, which then reads the z-scored vectors
     pooled_normalizer = hparams.get("pooled_normalizer")
     if pooled_normalizer is not None and pooled_normalizer.enabled:
         if mixes_utterances(hparams):

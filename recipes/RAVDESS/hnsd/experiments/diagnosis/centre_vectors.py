@@ -53,7 +53,8 @@ def pooled_vectors(recognizer, rows):
 
 
 def per_speaker(u, speakers, scale=False):
-    """``u`` minus each speaker's mean vector (and divided by its std when ``scale``)."""
+    """``u`` minus each speaker's mean vector (and divided by its sample std + 1e-5 when
+    ``scale``; the recipe's z-score uses the population std)."""
     out = u.clone()
     for speaker in set(speakers):
         rows = torch.tensor([s == speaker for s in speakers])
