@@ -130,6 +130,12 @@ class EmotionBrain(sb.Brain):
             speakers = [speakers[i] for i in rows.tolist()]
         return norm.for_speakers(speakers)
 
+    def pass_loader(self, dataset):
+        """A loader of padded batches over ``dataset`` with the evaluation options, for the
+        passes that gather statistics (no checkpointed position: a pass is redone whole)."""
+        opts = {"collate_fn": sb.dataio.batch.PaddedBatch, **self.hparams.test_dataloader_opts}
+        return sb.dataio.dataloader.make_dataloader(dataset, **opts)
+
     def fit_vector_statistics(self, stage):
         """With ``vector_normalization`` (hparams), gathers each speaker's statistics of the
         pooled vectors for the stage: over the training set with the trained weights before
@@ -146,10 +152,7 @@ class EmotionBrain(sb.Brain):
                 model = self.averaged.module
             if self.hparams.normalize_eval_speakers:
                 split = "valid" if stage == sb.Stage.VALID else self.evaluated_split
-        # Brain.evaluate adds ckpt_prefix to the loader options it is given, in place
-        opts = {k: v for k, v in self.hparams.test_dataloader_opts.items() if k != "ckpt_prefix"}
-        opts["collate_fn"] = sb.dataio.batch.PaddedBatch
-        loader = sb.dataio.dataloader.make_dataloader(self.vector_sets[split], **opts)
+        loader = self.pass_loader(self.vector_sets[split])
         was_training = model.training
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]), norm.collecting():
@@ -413,8 +416,7 @@ class EmotionBrain(sb.Brain):
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         for dataset in datasets:
             shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
-            opts = {"collate_fn": sb.dataio.batch.PaddedBatch, **self.hparams.test_dataloader_opts}
-            loader = sb.dataio.dataloader.make_dataloader(shard, **opts)
+            loader = self.pass_loader(shard)
             for batch in tqdm(loader, desc="speaker statistics", dynamic_ncols=True):
                 batch = batch.to(self.device)
                 pipeline.accumulate_statistics(
@@ -676,7 +678,8 @@ if __name__ == "__main__":
         hnsd_brain.evaluate(
             test_set=datasets[split],
             max_key="UA",
-            test_loader_kwargs=hparams["test_dataloader_opts"],
+            # a copy: Brain.evaluate adds ckpt_prefix to the options it is given, in place
+            test_loader_kwargs=dict(hparams["test_dataloader_opts"]),
         )
 
     # Under torchrun, the processes end together and close the process group: a process that

@@ -105,12 +105,33 @@ def score(fold, data_folder, export_folder):
     return result
 
 
+def summarize(path):
+    """Prints, over the JSON lines of ``path``, each column's mean and its paired difference
+    from ``own_raw`` (and ``refit_*`` from ``refit_raw``): mean, sd, runs at least as high."""
+    import statistics
+
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    print(f"{len(lines)} runs")
+    for key in [k for k in lines[0] if k != "fold"]:
+        base = "refit_raw" if key.startswith("refit_") and key != "refit_raw" else "own_raw"
+        diff = [line[key] - line[base] for line in lines]
+        mean = statistics.mean(line[key] for line in lines)
+        spread, ahead = statistics.stdev(diff), sum(d >= 0 for d in diff)
+        print(f"{key}: {mean:.2f}; - {base} {statistics.mean(diff):+.2f} (sd {spread:.2f}), "
+              f"at least as high in {ahead}")  # fmt: skip
+
+
 def main():
-    """Prints one JSON line per fold folder."""
+    """Prints one JSON line per fold folder (or, with ``--summarize``, the summary of such
+    lines)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folds", nargs="+", help="fold folders of finished runs (with save/)")
-    parser.add_argument("--data_folder", required=True)
+    parser.add_argument("folds", nargs="*", help="fold folders of finished runs (with save/)")
+    parser.add_argument("--data_folder")
+    parser.add_argument("--summarize", metavar="JSONL", help="summarise this output instead")
     args = parser.parse_args()
+    if args.summarize:
+        return summarize(args.summarize)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for fold in args.folds:

@@ -103,12 +103,39 @@ def score(fold, data_folder, tmp, draws=5):
     return result
 
 
+def summarize(path):
+    """Prints, over the JSON lines of ``path`` grouped by row (a fold folder's parent), each
+    subset's mean UA per row, and the first row's paired difference from the second (mean,
+    folds at least as high) and each row's mean change from its ``all`` figure."""
+    import statistics
+
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for line in map(json.loads, f):
+            rows.setdefault(os.path.dirname(line["fold"]), []).append(line)
+    names = list(rows)
+    keys = [k for k in rows[names[0]][0] if k not in ("fold", "vector_normalization")]
+    print(" | ".join(["subset"] + [f"{n} ({len(rows[n])})" for n in names]))
+    for key in keys:
+        means = [statistics.mean(line[key] for line in rows[n]) for n in names]
+        change = [statistics.mean(line[key] - line["all"] for line in rows[n]) for n in names]
+        text = " | ".join(f"{m:.2f} ({c:+.2f})" for m, c in zip(means, change))
+        if len(names) > 1 and len(rows[names[0]]) == len(rows[names[1]]):
+            diff = [a[key] - b[key] for a, b in zip(rows[names[0]], rows[names[1]])]
+            text += f" | first - second {statistics.mean(diff):+.2f} ({sum(d >= 0 for d in diff)})"
+        print(f"{key} | {text}")
+
+
 def main():
-    """Prints one JSON line per fold folder."""
+    """Prints one JSON line per fold folder (or, with ``--summarize``, the summary of such
+    lines)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folds", nargs="+", help="fold folders of finished runs (with save/)")
-    parser.add_argument("--data_folder", required=True)
+    parser.add_argument("folds", nargs="*", help="fold folders of finished runs (with save/)")
+    parser.add_argument("--data_folder")
+    parser.add_argument("--summarize", metavar="JSONL", help="summarise this output instead")
     args = parser.parse_args()
+    if args.summarize:
+        return summarize(args.summarize)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for fold in args.folds:
