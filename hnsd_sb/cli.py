@@ -87,7 +87,9 @@ Speaker normalisation: by default every file is treated as an unseen speaker and
 with its own statistics (the model's "unseen" policy). With --enroll, the statistics of the
 speaker's reference recordings normalise every input file instead (all inputs are then assumed
 to come from that one speaker); --speaker picks a speaker the model already has statistics
-for, e.g. a training speaker.
+for, e.g. a training speaker. A model trained with vector_normalization also z-scores its
+pooled vectors per speaker: with the enrolled or named speaker's statistics, else with those
+of all the speakers it knows.
 
 Ensembles: with --model given several times, the models' class probabilities (and attention)
 are averaged, and the records are those of the average. The folders must share labels,

@@ -6,6 +6,8 @@ state)::
     model_info.json       labels, architecture, validation scores, source (plain JSON)
     model.ckpt            the HNSD ``state_dict``
     normalizer.ckpt       SpeakerNormalization statistics (plain tensors and strings)
+    vector_normalizer.ckpt  the pooled vectors' statistics per speaker, of runs trained with
+                          ``vector_normalization`` (and only those)
     label_encoder.txt     the recipe's SpeechBrain ``CategoricalEncoder`` file
     hyperparams.yaml      the same pipeline, for SpeechBrain's ``from_hparams`` (trusted use)
     custom_interface.py   names ``EmotionRecognizer`` for ``foreign_class`` (trusted use)
@@ -55,6 +57,7 @@ from hnsd_sb.normalization import SpeakerNormalization
 from hnsd_sb.weights import (  # noqa: F401
     MODEL_FILE,
     NORMALIZER_FILE,
+    VECTOR_NORMALIZER_FILE,
     checkpoint_model_file,
     find_model_file,
     load_normalizer,
@@ -76,6 +79,8 @@ FOLDER_FILES = (
     MODEL_INFO_FILE,
     CARD_FILE,
 )
+# The files of some folders only: replaced (never kept from a previous export) all the same.
+OPTIONAL_FILES = (VECTOR_NORMALIZER_FILE,)
 
 
 INTERFACE_SOURCE = '''"""Interface of this HNSD model folder for SpeechBrain's foreign_class:
@@ -90,6 +95,10 @@ from hnsd_sb.inference import EmotionRecognizer
 
 __all__ = ["EmotionRecognizer"]
 '''
+
+# The statistics of the pooled vectors: a speaker without them gets all speakers' (the
+# recipes' PooledSpeakerNormalization), since one vector has no spread of its own.
+VECTOR_MODULE = ("hnsd_sb.SpeakerNormalization", {"unseen": "global"})
 
 
 def _check_destination(folder, overwrite):
@@ -172,6 +181,7 @@ def write_model_folder(
     run=None,
     onnx=False,
     int8=False,
+    vector_state=None,
 ):
     """Writes a model folder from weights in memory, then loads it back to check it.
 
@@ -205,11 +215,19 @@ def write_model_folder(
         against PyTorch.
     int8 : bool
         With ``onnx``: also write ``model.int8.onnx``, its dynamic int8 quantisation.
+    vector_state : dict or None
+        ``SpeakerNormalization.state()`` of the pooled vectors, for a model whose classifier
+        reads them z-scored per speaker (``PooledSpeakerNormalization``); None: a plain model.
 
     Returns
     -------
     pathlib.Path
         The folder.
+
+    Raises
+    ------
+    ValueError
+        With ``onnx`` and ``vector_state``: the ONNX graph cannot z-score per speaker.
 
     Example
     -------
@@ -232,6 +250,13 @@ def write_model_folder(
             "another folder"
         )
     _check_destination(folder, overwrite)
+    if vector_state is not None:
+        if onnx:
+            raise ValueError(
+                f"{folder}: the model z-scores its pooled vectors per speaker, which an ONNX "
+                "graph cannot do; export it without --format onnx (nothing was written)"
+            )
+        modules = {**(modules or {}), "vector_normalizer": VECTOR_MODULE}
     labels = [str(label) for label in labels]
     if len(set(labels)) != len(labels) or not labels:
         raise ValueError(f"labels must be distinct and non-empty, got {labels}")
@@ -256,6 +281,8 @@ def write_model_folder(
             normalizer_state = {"speakers": [], "count": torch.zeros(0), "sum": None}
             normalizer_state["sumsq"] = None
         torch.save(normalizer_state, staging / NORMALIZER_FILE)
+        if vector_state is not None:
+            torch.save(vector_state, staging / VECTOR_NORMALIZER_FILE)
         encoder = CategoricalEncoder()
         encoder.update_from_iterable(labels)
         encoder.save(staging / LABEL_ENCODER_FILE)
@@ -336,7 +363,10 @@ def _swap_into_place(staging, folder):
         raise OSError(f"cannot move the new model into place ({err}); nothing was changed") from err
     try:
         for extra in old.iterdir():
-            if extra.name not in FOLDER_FILES and not (folder / extra.name).exists():
+            if (
+                extra.name not in FOLDER_FILES + OPTIONAL_FILES
+                and not (folder / extra.name).exists()
+            ):
                 os.replace(extra, folder / extra.name)
     except OSError as err:
         raise OSError(
@@ -389,9 +419,10 @@ def export_model(
 
     Raises
     ------
-    ValueError
-        Naming the hparams file, when the run z-scored its pooled vectors per speaker
-        (``vector_normalization``): a model folder cannot carry those statistics yet.
+    FileNotFoundError
+        Naming the file: the run's hparams, label encoder or a checkpoint file is missing;
+        or, for a run that z-scored its pooled vectors per speaker (``vector_normalization``),
+        the statistics its training saves in the selected checkpoint when it ends.
 
     Example
     -------
@@ -423,11 +454,20 @@ def export_model(
             raise FileNotFoundError(
                 f"{hparams_file}: the run's hparams file is missing; pass it explicitly"
             )
+    vector_state = None
     if read_top_level(hparams_file, "vector_normalization", False):
-        raise ValueError(
-            f"{hparams_file}: the run z-scored its pooled vectors per speaker "
-            "(vector_normalization), which model folders cannot do yet; nothing was exported"
-        )
+        vector_file = ckpt_dir / VECTOR_NORMALIZER_FILE
+        if not vector_file.is_file():
+            raise FileNotFoundError(
+                f"{vector_file}: missing; the run z-scored its pooled vectors per speaker "
+                "(vector_normalization), and the recipe saves their statistics when it ends, "
+                "in the checkpoint of best validation UA only: export that one, or run the "
+                "training command again to write them (a finished run only evaluates); "
+                "nothing was exported"
+            )
+        vector_normalizer = SpeakerNormalization(**VECTOR_MODULE[1])
+        load_normalizer(vector_normalizer, vector_file)
+        vector_state = vector_normalizer.state()
     label_file = save_folder / LABEL_ENCODER_FILE
     if not label_file.is_file():
         raise FileNotFoundError(f"{label_file}: the run's label encoder is missing")
@@ -469,6 +509,7 @@ def export_model(
         run=_run_summary(run_folder, checkpoint, epoch),
         onnx=onnx,
         int8=int8,
+        vector_state=vector_state,
     )
     logger.info("Exported %s to %s", ckpt_dir, out)
     return out

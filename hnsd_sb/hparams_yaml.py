@@ -235,7 +235,8 @@ def render_hparams(labels, modules, note=""):
         Emotion of each output index.
     modules : dict
         ``{"features" | "normalizer" | "model": (class_path, kwargs)}``; missing entries use
-        ``DEFAULT_MODULES``.
+        ``DEFAULT_MODULES``. A ``"vector_normalizer"`` entry adds the statistics that z-score
+        the pooled vectors per speaker (``vector_normalizer.ckpt``).
     note : str
         Extra comment lines for the header (e.g. where the weights come from).
 
@@ -256,8 +257,21 @@ def render_hparams(labels, modules, note=""):
     features_args = dict(features_args)
     sample_rate = features_args.pop("sample_rate", 16000)
     comment = "".join(f"\n# {line}" for line in note.splitlines() if line.strip())
+    vector = {"vector_normalizer": "", "vector_module": "", "vector_loadable": ""}
+    vector["vector_hook"] = ""
+    if "vector_normalizer" in specs:
+        vector_class, vector_args = specs["vector_normalizer"]
+        vector["vector_normalizer"] = (
+            "\n# The classifier reads each pooled vector z-scored with its speaker's statistics\n"
+            "# of the pooled vectors (speakers without them: all speakers' statistics).\n"
+            f"vector_normalizer: !new:{vector_class}\n{_yaml_arguments(vector_args)}\n"
+        )
+        vector["vector_module"] = "\n    vector_normalizer: !ref <vector_normalizer>"
+        vector["vector_loadable"] = "\n        vector_normalizer: !ref <vector_normalizer>"
+        vector["vector_hook"] = "\n        vector_normalizer: !name:hnsd_sb.weights.load_normalizer"
     text = _TEMPLATE.read_text(encoding="utf-8")
     return string.Template(text).substitute(
+        **vector,
         header=HEADER + comment,
         interface_file=INTERFACE_FILE,
         interface_class=INTERFACE_CLASS,

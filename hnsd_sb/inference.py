@@ -9,9 +9,13 @@ one, and are what a user reads), where ``EncoderClassifier`` gives log-probabili
 (``hnsd_sb.pipeline`` computes them), and normalises speakers as the recipe does: a speaker with
 statistics (from training, or enrolled here from reference recordings with ``enroll``) is
 normalised with them, any other speaker with the ``unseen`` fallback of ``SpeakerNormalization``
-(by default the utterance's own statistics).
+(by default the utterance's own statistics). A model trained with ``vector_normalization``
+z-scores its pooled vectors per speaker too (``PooledSpeakerNormalization``): with the
+statistics of the speakers it was trained on or of those enrolled here, and for any other
+speaker with those of all the speakers it knows.
 """
 
+import contextlib
 import importlib
 import logging
 import os
@@ -23,6 +27,7 @@ from speechbrain.inference.interfaces import Pretrained
 from hnsd_sb import cpu, pipeline
 from hnsd_sb.audio import load_audio
 from hnsd_sb.model_info import DEFAULTS, MODEL_INFO_FILE, MODULE_CLASSES, read_architecture
+from hnsd_sb.normalization import PooledSpeakerNormalization
 
 logger = logging.getLogger(__name__)
 # Peak amplitude below which an enrolment recording is taken as silence (-80 dB full scale).
@@ -73,6 +78,15 @@ class EmotionRecognizer(Pretrained):
         missing = [name for name in self.MODULES_NEEDED if name not in self.mods]
         if missing:
             raise ValueError(f"the hparams' modules lack {missing}")
+        # A model trained with vector_normalization: its classifier reads the pooled vectors
+        # z-scored per speaker, with the folder's vector_normalizer statistics (one per network:
+        # an ensemble's members each have their own, see from_folders).
+        self.vector_norms = []
+        if "vector_normalizer" in self.mods:
+            norm = PooledSpeakerNormalization(statistics=self.mods.vector_normalizer)
+            norm.attach(self.mods.model)
+            self.vector_norms.append(norm)
+        self.enrolled = {}  # speaker -> enrolled waveforms, kept where vector_norms need them
 
     @classmethod
     def from_folder(cls, folder, run_opts=None, backend="torch"):
@@ -109,7 +123,8 @@ class EmotionRecognizer(Pretrained):
             When ``folder`` is not a local model folder.
         ValueError
             When a file of the folder is invalid, tampered with, or from an older export; the
-            message names the file and the field.
+            message names the file and the field. Also when an ONNX backend is asked of a model
+            that z-scores its pooled vectors per speaker (the graph cannot).
 
         Example
         -------
@@ -118,7 +133,13 @@ class EmotionRecognizer(Pretrained):
         ...
         FileNotFoundError: /no/such/model: not a model folder (no model_info.json); ...
         """
-        from hnsd_sb.weights import MODEL_FILE, NORMALIZER_FILE, load_normalizer, load_weights
+        from hnsd_sb.weights import (
+            MODEL_FILE,
+            NORMALIZER_FILE,
+            VECTOR_NORMALIZER_FILE,
+            load_normalizer,
+            load_weights,
+        )
 
         path = Path(os.path.abspath(os.path.expanduser(str(folder))))
         labels, architecture = read_architecture(path)
@@ -143,6 +164,14 @@ class EmotionRecognizer(Pretrained):
         load_weights(modules["model"], path / MODEL_FILE)
         n_features = modules["model"].n_static + modules["model"].n_dynamic
         load_normalizer(modules["normalizer"], path / NORMALIZER_FILE, n_features)
+        if "vector_normalizer" in modules:
+            if backend.startswith("onnx"):
+                raise ValueError(
+                    f"{path}: the model z-scores its pooled vectors per speaker, which the "
+                    f"{backend} backend cannot do; use torch or torch-int8"
+                )
+            vector_file, size = path / VECTOR_NORMALIZER_FILE, modules["model"].utterance_size
+            load_normalizer(modules["vector_normalizer"], vector_file, size)
         if backend != "torch":
             modules["model"] = _backend_network(modules["model"], path, backend)
         sample_rate = architecture["features"]["sample_rate"]
@@ -207,18 +236,21 @@ class EmotionRecognizer(Pretrained):
         if len(folders) == 1:
             return first
         reference = _shared_parts(first)
-        members = [first.mods.model]
+        members, vector_norms = [first.mods.model], list(first.vector_norms)
         for folder in folders[1:]:
             member = cls.from_folder(folder, run_opts=run_opts, backend=backend)
             _check_member(folder, _shared_parts(member), folders[0], reference)
             members.append(member.mods.model)
+            vector_norms += member.vector_norms  # each network keeps its own hook
         modules = {
             "features": first.mods.features,
             "normalizer": first.mods.normalizer,
             "model": HNSDEnsemble(members),
         }
         hparams = {"labels": first.labels, "sample_rate": first.sample_rate}
-        return cls(modules=modules, hparams=hparams, run_opts=run_opts)
+        ensemble = cls(modules=modules, hparams=hparams, run_opts=run_opts)
+        ensemble.vector_norms = vector_norms
+        return ensemble
 
     @property
     def labels(self):
@@ -305,7 +337,9 @@ class EmotionRecognizer(Pretrained):
             wav_lens = torch.ones(wavs.shape[0], device=self.device)
         wav_lens = torch.as_tensor(wav_lens).to(self.device, torch.float32)
         speakers = self._speakers(speakers, wavs.shape[0])
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for norm in self.vector_norms:  # None: the pooled statistics of all speakers
+                stack.enter_context(norm.for_speakers(speakers or [None] * wavs.shape[0]))
             return pipeline.classify(
                 self.mods.features, self.mods.normalizer, self.mods.model, wavs, wav_lens, speakers
             )
@@ -383,7 +417,10 @@ class EmotionRecognizer(Pretrained):
 
         Afterwards ``classify_file(path, speaker)`` normalises with that speaker's statistics,
         as the recipe does for the speakers it has seen, instead of the ``unseen`` fallback.
-        Enrolling a speaker again adds to its statistics.
+        Enrolling a speaker again adds to its statistics. A model that z-scores its pooled
+        vectors per speaker keeps the speaker's recordings (in memory) and gathers the vectors'
+        statistics afresh from all of them, with the speaker's feature statistics as they now
+        are; those replace any the model had for the speaker.
 
         Arguments
         ---------
@@ -428,8 +465,22 @@ class EmotionRecognizer(Pretrained):
                     speaker,
                 )
             self.accumulate(speaker, wav)
+            if self.vector_norms:
+                self.enrolled.setdefault(speaker, []).append(wav.detach().cpu())
             total += wav.numel() / self.sample_rate
+        if self.vector_norms and speaker in self.enrolled:
+            self._gather_vectors(speaker)
         return total
+
+    def _gather_vectors(self, speaker):
+        """Replaces the speaker's statistics of the pooled vectors by those of its enrolled
+        recordings, one at a time (no padding), in every network's normaliser at once."""
+        with contextlib.ExitStack() as stack:
+            for norm in self.vector_norms:
+                norm.statistics.stats.pop(speaker, None)
+                stack.enter_context(norm.collecting(reset=False))
+            for wav in self.enrolled[speaker]:
+                self.infer_batch(wav.unsqueeze(0), None, speaker)
 
     def accumulate(self, speaker, wav):
         """Adds one waveform's feature statistics to a speaker's (``enroll`` without the

@@ -157,6 +157,12 @@ def render_model_card(info, n_parameters, run=None):
             f"; the encoders read {model['stack_frames']} frames a step"
             if model.get("stack_frames", 1) > 1
             else ""
+        )
+        + (
+            "; the classifier reads the pooled vector z-scored with its speaker's statistics "
+            "(`vector_normalizer.ckpt`; unknown speakers: all speakers')"
+            if "vector_normalizer" in info["architecture"]
+            else ""
         ),
         f"- input: mono audio at {features.get('sample_rate', 16000)} Hz (other rates are "
         f"resampled); {features.get('n_mels', 26)} log-Mel bands, "

@@ -48,7 +48,11 @@ MODULE_CLASSES = {
     "features": "hnsd_sb.features.StaticDynamicFeatures",
     "normalizer": "hnsd_sb.normalization.SpeakerNormalization",
     "model": "hnsd_sb.model.HNSD",
+    "vector_normalizer": "hnsd_sb.normalization.SpeakerNormalization",
 }
+# Modules a model folder may leave out: the statistics that z-score the pooled vectors per
+# speaker (vector_normalizer.ckpt), for runs trained with the recipes' vector_normalization.
+OPTIONAL_MODULES = ("vector_normalizer",)
 _INT, _NUM = (int,), (int, float)
 ARCHITECTURE = {
     "features": {
@@ -63,6 +67,10 @@ ARCHITECTURE = {
         "trim_db": (_NUM + (type(None),), (1, 300)),
     },
     "normalizer": {
+        "unseen": ((str,), "hnsd_sb.normalization.UNSEEN_POLICIES"),
+        "std_floor": (_NUM, (1e-12, 1)),
+    },
+    "vector_normalizer": {
         "unseen": ((str,), "hnsd_sb.normalization.UNSEEN_POLICIES"),
         "std_floor": (_NUM, (1e-12, 1)),
     },
@@ -143,7 +151,8 @@ def read_architecture(folder):
     labels : list of str
         Emotion of each output index.
     architecture : dict
-        ``{"features" | "normalizer" | "model": kwargs}``, checked by ``check_architecture``.
+        ``{"features" | "normalizer" | "model" [| "vector_normalizer"]: kwargs}``, checked by
+        ``check_architecture``.
 
     Raises
     ------
@@ -199,7 +208,8 @@ def check_architecture(architecture, where):
     Returns
     -------
     dict
-        ``{"features" | "normalizer" | "model": kwargs}``, every value checked.
+        ``{"features" | "normalizer" | "model" [| "vector_normalizer"]: kwargs}``, every value
+        checked.
 
     Raises
     ------
@@ -216,12 +226,16 @@ def check_architecture(architecture, where):
     ...
     ValueError: model_info.json: architecture.model.hidden_size is 1000000000, outside [1, 4096]
     """
-    if not isinstance(architecture, dict) or set(architecture) != set(ARCHITECTURE):
+    required = set(ARCHITECTURE) - set(OPTIONAL_MODULES)
+    if not isinstance(architecture, dict) or not required <= set(architecture) <= set(ARCHITECTURE):
         raise ValueError(
-            f"{where}: architecture must be an object with exactly the keys {sorted(ARCHITECTURE)}"
+            f"{where}: architecture must be an object with the keys {sorted(required)} (and "
+            f"optionally {list(OPTIONAL_MODULES)})"
         )
     checked = {}
     for module, schema in ARCHITECTURE.items():
+        if module not in architecture:
+            continue
         kwargs = architecture[module]
         if not isinstance(kwargs, dict):
             raise ValueError(f"{where}: architecture.{module} must be an object")

@@ -375,12 +375,17 @@ class PooledSpeakerNormalization:
     statistics gets the pooled statistics of all speakers (``unseen="global"``).
 
     The statistics depend on the weights, so the recipe gathers them again before each stage
-    with the network that stage runs (eval mode, no augmentation). They are not checkpointed.
+    with the network that stage runs (eval mode, no augmentation). They are not checkpointed;
+    at the end of training the recipe saves those of the selected checkpoint's network beside
+    its weights, for ``hnsd export`` (``vector_normalizer.ckpt``).
 
     Arguments
     ---------
     enabled : bool
         False: the recipe leaves it out.
+    statistics : SpeakerNormalization or None
+        The statistics to z-score with (a model folder's ``vector_normalizer``); None: new,
+        empty ones with ``unseen="global"``.
 
     Example
     -------
@@ -400,9 +405,9 @@ class PooledSpeakerNormalization:
     torch.Size([6, 2])
     """
 
-    def __init__(self, enabled=True):
+    def __init__(self, enabled=True, statistics=None):
         self.enabled = enabled
-        self.statistics = SpeakerNormalization(unseen="global")
+        self.statistics = statistics if statistics is not None else SpeakerNormalization("global")
         self._state = {"speakers": None, "collect": False}
         self._hook = None
 
@@ -452,10 +457,16 @@ class PooledSpeakerNormalization:
             self._state["speakers"] = None
 
     @contextlib.contextmanager
-    def collecting(self):
-        """Within it, the statistics start afresh and gather the vectors instead of z-scoring
-        them."""
-        self.statistics.reset()
+    def collecting(self, reset=True):
+        """Within it, the statistics gather the vectors instead of z-scoring them.
+
+        Arguments
+        ---------
+        reset : bool
+            Start the statistics afresh (False: add to them, e.g. one enrolled speaker's).
+        """
+        if reset:
+            self.statistics.reset()
         self._state["collect"] = True
         try:
             yield

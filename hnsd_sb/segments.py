@@ -13,7 +13,9 @@ a 2 s hop lets every moment but the first and last 2 s fall in two windows.
 
 Speaker normalisation: unless a speaker is named (one the model has statistics for, or one
 enrolled), the statistics come from the recording itself, gathered in a first pass over it, as
-the recipe does for each speaker from that speaker's own audio.
+the recipe does for each speaker from that speaker's own audio. A model that z-scores its
+pooled vectors per speaker (``vector_normalization``) uses the named speaker's statistics of
+the vectors, and otherwise those of all the speakers it knows.
 """
 
 import os

@@ -26,6 +26,10 @@ MODEL_FILE = "model.ckpt"
 # here, beside the trained weights in model.ckpt; validation and test scored the average.
 AVERAGED_MODEL_FILE = "averaged_model.ckpt"
 NORMALIZER_FILE = "normalizer.ckpt"
+# A run that z-scored its pooled vectors per speaker (the recipes' ``vector_normalization``)
+# saves those statistics, of its selected checkpoint's network, in that checkpoint here; a model
+# folder keeps them under the same name.
+VECTOR_NORMALIZER_FILE = "vector_normalizer.ckpt"
 # Log-Mel energies (dB) and their deltas stay within some hundreds: moments beyond this are a
 # damaged or forged statistics file, and would overflow the normalised float32 features.
 MAX_FEATURE_MOMENT = 1e6
@@ -194,7 +198,7 @@ def load_normalizer(normalizer, path, n_features=None):
         if not (mean.abs().max() <= MAX_FEATURE_MOMENT and std.max() <= MAX_FEATURE_MOMENT):
             raise ValueError(
                 f"{path}: the statistics of speaker {speaker!r} overflow or are not those of "
-                f"log-Mel features (mean or standard deviation beyond {MAX_FEATURE_MOMENT:g})"
+                f"features (mean or standard deviation beyond {MAX_FEATURE_MOMENT:g})"
             )
 
 

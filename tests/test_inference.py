@@ -345,7 +345,7 @@ TAMPERED = [  # (field of model_info.json, its new value, the error's words)
     ("architecture.model.bidirectional", 1, "bidirectional must be bool"),
     ("architecture.model.pooling", "os.system", "pooling is 'os.system', not one of"),
     ("architecture.features.trim_db", float("nan"), "trim_db is nan, outside"),
-    ("architecture.extra", {}, "exactly the keys"),
+    ("architecture.extra", {}, "architecture must be an object with the keys"),
     ("labels", ["ang", "hap", "neu"], "3 labels but the model has 4 outputs"),
     ("labels", ["ang", "ang", "neu", "sad"], "labels are not distinct"),
     ("architecture", None, "exported by an older hnsd-sb"),
@@ -727,3 +727,138 @@ def test_overwrite_keeps_the_users_own_files(run_folder, tmp_path, capsys):
     export_model(run_folder, folder, overwrite=True)
     assert (folder / "NOTES.md").read_text() == "mine"
     assert sorted(p.name for p in folder.iterdir()) == sorted([*FOLDER_FILES, "NOTES.md"])
+
+
+def vector_normalized_folder(folder, seed=0):
+    """A small model whose classifier reads its pooled vectors z-scored per speaker, with the
+    statistics of speakers ``a`` and ``b``, exported to ``folder``; returns what it was made of
+    (network, hook, features and normaliser, in memory) and the speakers' waveforms."""
+    from hnsd_sb import HNSD, SpeakerNormalization, StaticDynamicFeatures
+    from hnsd_sb.export import write_model_folder
+    from hnsd_sb.normalization import PooledSpeakerNormalization
+    from hnsd_sb.pipeline import accumulate_statistics, classify
+
+    gen = torch.Generator().manual_seed(0)  # the same audio (and feature statistics) for all
+    wavs = {s: [torch.randn(16000 + 3000 * i, generator=gen) * (1 + i) for i in range(3)]
+            for s in "ab"}  # fmt: skip
+    torch.manual_seed(seed)
+    model = HNSD(hidden_size=8, fc_size=4, n_classes=2).eval()
+    features, normalizer = StaticDynamicFeatures(), SpeakerNormalization()
+    for speaker, recordings in wavs.items():
+        for wav in recordings:
+            accumulate_statistics(features, normalizer, wav[None], torch.ones(1), [speaker])
+    norm = PooledSpeakerNormalization()
+    norm.attach(model)
+    with torch.no_grad(), norm.collecting():
+        for speaker, recordings in wavs.items():
+            for wav in recordings:
+                with norm.for_speakers([speaker]):
+                    classify(features, normalizer, model, wav[None], torch.ones(1), [speaker])
+    spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
+    write_model_folder(
+        folder, ["neg", "pos"], model.state_dict(), normalizer.state(), modules=spec,
+        vector_state=norm.statistics.state(),
+    )  # fmt: skip
+    return (model, norm, features, normalizer), wavs
+
+
+def test_a_folder_z_scores_the_pooled_vectors_as_the_model_it_came_from(tmp_path):
+    """A model trained with ``vector_normalization`` exports the pooled vectors' statistics
+    (``vector_normalizer.ckpt``); its folder classifies as the model in memory did, for known
+    speakers (their statistics), for unknown ones and None (all speakers' statistics), by both
+    of SpeechBrain's routes and with int8 weights; ONNX, which cannot, is refused."""
+    from hnsd_sb.pipeline import classify
+    from hnsd_sb.weights import VECTOR_NORMALIZER_FILE
+
+    folder = tmp_path / "model"
+    (model, norm, features, normalizer), wavs = vector_normalized_folder(folder)
+    assert (folder / VECTOR_NORMALIZER_FILE).is_file()
+    info = json.loads((folder / "model_info.json").read_text())
+    assert info["architecture"]["vector_normalizer"] == {"unseen": "global"}
+    assert "pooled vector z-scored with its speaker's" in (folder / "README.md").read_text()
+    recognizer = EmotionRecognizer.from_folder(folder, run_opts={"device": "cpu"})
+    from_yaml = EmotionRecognizer.from_hparams(source=str(folder), savedir=str(folder))
+    batch = torch.stack([wavs["a"][0][:16000], wavs["b"][1][:16000]])
+    for speakers in (["a", "b"], ["b", "a"], ["nobody", "a"], None):
+        with torch.no_grad(), norm.for_speakers(speakers or [None, None]):
+            want, _, _ = classify(features, normalizer, model, batch, torch.ones(2), speakers)
+        for loaded in (recognizer, from_yaml):
+            got, _, _ = loaded.infer_batch(batch, speakers=speakers)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    int8 = EmotionRecognizer.from_folder(folder, backend="torch-int8")
+    for speakers in (["a", "b"], ["nobody", "nobody"]):
+        got = int8.classify_batch(batch, speakers=speakers)[0]
+        want = recognizer.classify_batch(batch, speakers=speakers)[0]
+        torch.testing.assert_close(got, want, rtol=0, atol=0.02)
+    known = recognizer.classify_batch(batch, speakers=["a", "b"])[0]
+    assert not torch.allclose(known, want, atol=1e-3)  # the speakers' statistics matter
+    for backend in ("onnx", "onnx-int8"):
+        with pytest.raises(ValueError, match=f"z-scores its pooled vectors.*{backend}"):
+            EmotionRecognizer.from_folder(folder, backend=backend)
+    with pytest.raises(ValueError, match="ONNX graph cannot"):
+        from hnsd_sb.export import write_model_folder
+
+        write_model_folder(tmp_path / "onnx", ["neg", "pos"], model.state_dict(), onnx=True,
+                           vector_state=norm.statistics.state())  # fmt: skip
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_enrolment_gathers_a_speakers_vector_statistics_from_all_its_recordings(tmp_path):
+    """``enroll`` on a model that z-scores its pooled vectors: the speaker's statistics of the
+    vectors are those of all its enrolled recordings, each normalised with the speaker's feature
+    statistics as they are after the last one (so enrolling in two calls is enrolling at once),
+    and they replace the statistics the model had for it."""
+    from hnsd_sb import HNSD
+    from hnsd_sb.normalization import PooledSpeakerNormalization
+    from hnsd_sb.pipeline import classify
+
+    folder = tmp_path / "model"
+    (model, _, features, _), wavs = vector_normalized_folder(folder)
+    recordings = [w * 0.5 for w in wavs["b"]]
+    once = EmotionRecognizer.from_folder(folder)
+    once.enroll("c", recordings)
+    twice = EmotionRecognizer.from_folder(folder)
+    twice.enroll("c", recordings[:1])
+    first = twice.vector_norms[0].statistics.speaker_moments("c")[0]
+    twice.enroll("c", recordings[1:])
+    got = [r.vector_norms[0].statistics.state() for r in (once, twice)]
+    # by hand: the folder's feature statistics plus all three recordings, then the vectors
+    normalizer = once.mods.normalizer
+    network = HNSD(hidden_size=8, fc_size=4, n_classes=2).eval()
+    network.load_state_dict(model.state_dict())
+    hand = PooledSpeakerNormalization()
+    hand.attach(network)
+    with torch.no_grad(), hand.collecting():
+        for wav in recordings:
+            with hand.for_speakers(["c"]):
+                classify(features, normalizer, network, wav[None], torch.ones(1), ["c"])
+    want = hand.statistics.state()
+    for state in got:
+        row = state["speakers"].index("c")
+        assert state["count"][row] == 3
+        torch.testing.assert_close(state["sum"][row], want["sum"][0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first, once.vector_norms[0].statistics.speaker_moments("c")[0])
+    # enrolling a known speaker replaces its statistics of the vectors by its recordings'
+    once.enroll("a", recordings[:2])
+    assert once.vector_norms[0].statistics.state()["count"][0] == 2
+
+
+def test_an_ensemble_keeps_each_members_vector_statistics(tmp_path):
+    """``from_folders`` of models that z-score their pooled vectors: each member z-scores with
+    its own statistics (they depend on its weights), the ensemble averages the members'
+    probabilities as for plain models, and enrolment reaches every member."""
+    folders = [tmp_path / "m1", tmp_path / "m2"]
+    _, wavs = vector_normalized_folder(folders[0], seed=0)
+    vector_normalized_folder(folders[1], seed=1)
+    both = EmotionRecognizer.from_folders(folders)
+    alone = [EmotionRecognizer.from_folder(f) for f in folders]
+    assert len(both.vector_norms) == 2
+    batch = torch.stack([wavs["a"][0][:16000], wavs["b"][0][:16000]])
+    for speakers in (["a", "b"], None):
+        mean = sum(r.classify_batch(batch, speakers=speakers)[0] for r in alone) / 2
+        torch.testing.assert_close(both.classify_batch(batch, speakers=speakers)[0], mean)
+    both.enroll("c", wavs["b"])
+    for r in alone:
+        r.enroll("c", wavs["b"])
+    mean = sum(r.classify_batch(batch, speakers="c")[0] for r in alone) / 2
+    torch.testing.assert_close(both.classify_batch(batch, speakers="c")[0], mean)

@@ -1086,24 +1086,34 @@ def test_vector_normalization_replicates_the_speakers_as_the_labels_in_training_
     assert norm._state["speakers"] is None
 
 
-def test_vector_normalization_gathers_each_splits_statistics_and_is_not_exported(corpus, tmp_path):
+def test_vector_normalization_gathers_each_splits_statistics_and_exports_them(corpus, tmp_path):
     """``--vector_normalization=True`` gathers the pooled vectors' statistics of the training
-    speakers before each epoch and of the scored ones before validation and test; such a run
-    cannot be exported yet (a clear error, nothing written), and mixup is refused before
+    speakers before each epoch and of the scored ones before validation and test, and at the
+    end those of every speaker for ``hnsd export``: the model folder, told each test file's
+    speaker, gives the probabilities of the run's own test predictions. Mixup is refused before
     training."""
     from hnsd_sb.export import export_model
+    from hnsd_sb.inference import EmotionRecognizer
 
     args = ["hparams/hnsd_improved.yaml", f"--data_folder={corpus}", "--fold=2",
             "--number_of_epochs=1", "--vector_normalization=True", *TINY]  # fmt: skip
     out = tmp_path / "vecnorm"
     log = run("train.py", *args, f"--output_folder={out}")
+    speakers = {}
     for split in ("train", "valid", "test"):
-        n = len({row["spk_id"] for row in read_csv(out / f"{split}.csv")})
-        assert f"Pooled-vector statistics of {n} speakers ({split})" in log
-    assert (out / "test_results.json").exists()
-    with pytest.raises(ValueError, match="vector_normalization"):
-        export_model(out, tmp_path / "model")
-    assert not (tmp_path / "model").exists()
+        speakers[split] = {row["spk_id"] for row in read_csv(out / f"{split}.csv")}
+        assert f"Pooled-vector statistics of {len(speakers[split])} speakers ({split})" in log
+    everyone = set().union(*speakers.values())
+    assert f"Pooled-vector statistics of {len(everyone)} speakers (model folder)" in log
+    recognizer = EmotionRecognizer.from_folder(export_model(out, tmp_path / "model"))
+    assert recognizer.vector_norms[0].statistics.speakers == sorted(everyone)
+    rows = {row["ID"]: row for row in read_csv(out / "test.csv")}
+    for prediction in read_csv(out / "predictions.csv"):
+        row = rows[prediction["ID"]]
+        wav = row["wav"].replace("$data_root", str(corpus))
+        probs = recognizer.classify_file(wav, speaker=row["spk_id"])[0][0]
+        want = [float(prediction[f"p_{label}"]) for label in recognizer.labels]
+        assert probs.tolist() == pytest.approx(want, abs=2e-5), prediction["ID"]
 
     assert_refused_with_mixup(args, tmp_path / "x", "vector_normalization")
 

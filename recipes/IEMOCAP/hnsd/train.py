@@ -49,6 +49,7 @@ from hnsd_sb.manifest import ManifestError, json_to_csv
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
 from hnsd_sb.report import save_confusion_matrix, split_file_names
+from hnsd_sb.weights import VECTOR_NORMALIZER_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +141,9 @@ class EmotionBrain(sb.Brain):
         """With ``vector_normalization`` (hparams), gathers each speaker's statistics of the
         pooled vectors for the stage: over the training set with the trained weights before
         each epoch, over the scored split with the weights it scores (the weight average, if
-        any) before validation and test. Eval mode, no augmentation, and torch's random state
-        untouched, so the rest of the run draws what it would draw without it. The scored
-        split's speakers use their own files only where ``normalize_eval_speakers`` lets their
-        feature statistics do so; otherwise they get the training speakers' pooled ones."""
-        norm = self.hparams.pooled_normalizer
+        any) before validation and test. The scored split's speakers use their own files only
+        where ``normalize_eval_speakers`` lets their feature statistics do so; otherwise they
+        get the training speakers' pooled ones."""
         model = self.hparams.model  # unwrapped: each process makes the whole pass alone
         split = "train"
         if stage != sb.Stage.TRAIN:
@@ -152,24 +151,45 @@ class EmotionBrain(sb.Brain):
                 model = self.averaged.module
             if self.hparams.normalize_eval_speakers:
                 split = "valid" if stage == sb.Stage.VALID else self.evaluated_split
-        loader = self.pass_loader(self.vector_sets[split])
+        self.gather_vector_statistics(model, [self.vector_sets[split]], split)
+
+    def gather_vector_statistics(self, model, datasets, name):
+        """Gathers afresh the pooled vectors' statistics of the speakers of ``datasets`` with
+        ``model``: eval mode, no augmentation, and torch's random state untouched, so the rest
+        of the run draws what it would draw without it. ``name`` names the pass in the log."""
+        norm = self.hparams.pooled_normalizer
         was_training = model.training
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]), norm.collecting():
-            for batch in tqdm(loader, desc=f"vector statistics ({split})", dynamic_ncols=True):
-                batch = batch.to(self.device)
-                with norm.for_speakers(batch.spk_id):
-                    pipeline.classify(
-                        self.modules.features,
-                        self.modules.normalizer,
-                        model,
-                        *batch.sig,
-                        batch.spk_id,
-                    )
+            for dataset in datasets:
+                loader = self.pass_loader(dataset)
+                for batch in tqdm(loader, desc=f"vector statistics ({name})", dynamic_ncols=True):
+                    batch = batch.to(self.device)
+                    with norm.for_speakers(batch.spk_id):
+                        pipeline.classify(
+                            self.modules.features,
+                            self.modules.normalizer,
+                            model,
+                            *batch.sig,
+                            batch.spk_id,
+                        )
         model.train(was_training)
         logger.info(
-            "Pooled-vector statistics of %d speakers (%s)", len(norm.statistics.speakers), split
+            "Pooled-vector statistics of %d speakers (%s)", len(norm.statistics.speakers), name
         )
+
+    def save_vector_statistics(self, datasets):
+        """With ``vector_normalization``: the pooled vectors' statistics of every speaker the
+        feature normaliser knows (those of ``datasets``), from the network of the checkpoint of
+        best validation UA (as ``evaluate`` left it loaded), saved in that checkpoint as
+        ``vector_normalizer.ckpt`` for ``hnsd export``. Written whole or not at all."""
+        model = self.hparams.model if self.averaged is None else self.averaged.module
+        self.gather_vector_statistics(model, datasets, "model folder")
+        folder = self.checkpointer.find_checkpoint(max_key="UA").path
+        partial = folder / f".{VECTOR_NORMALIZER_FILE}.partial"
+        torch.save(self.hparams.pooled_normalizer.statistics.state(), partial)
+        os.replace(partial, folder / VECTOR_NORMALIZER_FILE)
+        logger.info("Saved them in %s for hnsd export", folder / VECTOR_NORMALIZER_FILE)
 
     def emotion_loss(self, predictions, batch, stage):
         """Class-weighted negative log-likelihood of the true emotions (in training, with label
@@ -681,6 +701,11 @@ if __name__ == "__main__":
             # a copy: Brain.evaluate adds ckpt_prefix to the options it is given, in place
             test_loader_kwargs=dict(hparams["test_dataloader_opts"]),
         )
+
+    # A model folder of this run z-scores its pooled vectors as the run did: the statistics of
+    # every speaker the feature normaliser knows, from the network of the selected checkpoint
+    if pooled_normalizer is not None and pooled_normalizer.enabled and if_main_process():
+        hnsd_brain.save_vector_statistics(speaker_sets(hparams, datasets))
 
     # Under torchrun, the processes end together and close the process group: a process that
     # exited while the main one still wrote the test results sometimes aborted ("terminate

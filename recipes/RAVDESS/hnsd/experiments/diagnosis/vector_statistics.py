@@ -18,6 +18,13 @@ from:
 - ``without_<emotion>``: all its files but those of one emotion;
 - ``only_<emotion>``: only the files of one emotion (e.g. enrolment with neutral speech).
 
+With ``--unenrolled``, the subsets give way to what a user gets from a model folder without
+enrolling anyone (``hnsd predict file.wav``): ``unenrolled_<policy>``, each file normalised as
+an unseen speaker, its features with the ``unseen`` fallback ``utterance`` (its own
+statistics, the recipes' setting) or ``global`` (those of all the other speakers the run
+knows) and, with the switch, its pooled vector with the statistics of all the training actors
+together (gathered over their files, as the recipe's last pass gathers a model folder's).
+
 The test actors are not read.
 """
 
@@ -34,12 +41,13 @@ from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.manifest import read_rows, resolve_path
 from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
-from hnsd_sb.normalization import PooledSpeakerNormalization
+from hnsd_sb.normalization import UNSEEN_POLICIES, PooledSpeakerNormalization
 from hnsd_sb.pipeline import classify
 
 
-def score(fold, data_folder, tmp, draws=5):
-    """The JSON line of one fold folder."""
+def score(fold, data_folder, tmp, draws=5, unenrolled=False):
+    """The JSON line of one fold folder (with ``unenrolled``: ``all`` and the ``unenrolled``
+    figures)."""
     plain = os.path.join(tmp, "hyperparams.yaml")  # the run's hparams, switch off for export
     with open(os.path.join(fold, "hyperparams.yaml"), encoding="utf-8") as f:
         text_of_run = f.read()
@@ -86,6 +94,24 @@ def score(fold, data_folder, tmp, draws=5):
         return 100 * float(unweighted_accuracy(cm))
 
     result = {"fold": fold, "vector_normalization": vectors, "all": ua_with(range(len(rows)))}
+    if unenrolled:
+        for speaker in set(speakers):
+            mods.normalizer.stats.pop(speaker, None)
+        train = [row for _, row in read_rows(os.path.join(fold, "train.csv"))[1]]
+        with torch.no_grad(), norm.collecting():
+            for row in train if vectors else []:
+                wav = recognizer.load_audio(resolve_path(row["wav"], {"data_root": data_folder}))
+                with norm.for_speakers([row["spk_id"]]):
+                    classify(mods.features, mods.normalizer, mods.model, wav.unsqueeze(0),
+                             torch.ones(1), [row["spk_id"]])  # fmt: skip
+        speakers = [None] * len(rows)  # every validation file from a speaker not known
+        for policy in UNSEEN_POLICIES:  # the features' fallback: the utterance's, or all's
+            mods.normalizer.unseen = policy
+            with torch.no_grad():
+                log_probs = run(range(len(rows)))
+            cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
+            result[f"unenrolled_{policy}"] = 100 * float(unweighted_accuracy(cm))
+        return result
     rng = random.Random(0)
     by_speaker = {s: [i for i, x in enumerate(speakers) if x == s] for s in set(speakers)}
     result["random8"] = (
@@ -133,13 +159,17 @@ def main():
     parser.add_argument("folds", nargs="*", help="fold folders of finished runs (with save/)")
     parser.add_argument("--data_folder")
     parser.add_argument("--summarize", metavar="JSONL", help="summarise this output instead")
+    parser.add_argument(
+        "--unenrolled", action="store_true", help="score unseen speakers instead of the subsets"
+    )
     args = parser.parse_args()
     if args.summarize:
         return summarize(args.summarize)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for fold in args.folds:
-            print(json.dumps(score(fold.rstrip("/"), args.data_folder, tmp)), flush=True)
+            line = score(fold.rstrip("/"), args.data_folder, tmp, unenrolled=args.unenrolled)
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
