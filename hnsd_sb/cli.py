@@ -84,7 +84,8 @@ above its waveform envelope (DIR/<name>.png). The statistics that normalise a lo
 come from the recording itself, unless --enroll or --speaker name the speaker.
 
 Speaker normalisation: by default every file is treated as an unseen speaker and normalised
-with its own statistics (the model's "unseen" policy). With --enroll, the statistics of the
+with the model's "unseen" policy (the recipes' model folders: the pooled statistics of all the
+speakers it knows; --unseen utterance: the file's own). With --enroll, the statistics of the
 speaker's reference recordings normalise every input file instead (all inputs are then assumed
 to come from that one speaker); --speaker picks a speaker the model already has statistics
 for, e.g. a training speaker. A model trained with vector_normalization also z-scores its
@@ -787,8 +788,9 @@ def build_parser():
     predict.add_argument(
         "--unseen",
         choices=("utterance", "global"),
-        help="normalisation of speakers without statistics (default: the model's, normally "
-        "utterance: each file's own statistics)",
+        help="normalisation of speakers without statistics (default: the model's; the recipes' "
+        "folders: global, the pooled statistics of the speakers it knows; utterance: each "
+        "file's own statistics)",
     )
     predict.add_argument(
         "--attention",

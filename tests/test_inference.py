@@ -252,16 +252,21 @@ def test_attention_over_time(recognizer, test_rows):
 
 def test_enrolment_replaces_the_unseen_fallback(recognizer, test_rows):
     path = test_rows[0]["wav"]
-    # A speaker enrolled with this recording alone has exactly its statistics.
+    assert recognizer.mods.normalizer.unseen == "global"  # the recipes' fallback
+    fallback = recognizer.classify_file(path)[0]
+    # A speaker enrolled with this recording alone has exactly its statistics, those that the
+    # "utterance" fallback takes.
     recognizer.enroll("solo", [path])
-    torch.testing.assert_close(
-        recognizer.classify_file(path, "solo")[0], recognizer.classify_file(path)[0]
-    )
+    recognizer.mods.normalizer.unseen = "utterance"
+    try:
+        own = recognizer.classify_file(path)[0]
+    finally:
+        recognizer.mods.normalizer.unseen = "global"
+    torch.testing.assert_close(recognizer.classify_file(path, "solo")[0], own)
+    assert not torch.allclose(own, fallback, atol=1e-6)
     others = [row["wav"] for row in test_rows[1:4]]
     assert recognizer.enroll("group", others) > 0
-    assert not torch.allclose(
-        recognizer.classify_file(path, "group")[0], recognizer.classify_file(path)[0], atol=1e-6
-    )
+    assert not torch.allclose(recognizer.classify_file(path, "group")[0], fallback, atol=1e-6)
 
 
 def test_bad_file_errors_name_it(recognizer, tmp_path):

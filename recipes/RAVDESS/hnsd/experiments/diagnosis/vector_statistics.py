@@ -150,6 +150,15 @@ def summarize(path):
             diff = [a[key] - b[key] for a, b in zip(rows[names[0]], rows[names[1]])]
             text += f" | first - second {statistics.mean(diff):+.2f} ({sum(d >= 0 for d in diff)})"
         print(f"{key} | {text}")
+    lines = [line for n in names for line in rows[n]]
+    if "unenrolled_global" in keys:  # the rule of SELECTION.md's unseen-fallback plan
+        diff = [line["unenrolled_global"] - line["unenrolled_utterance"] for line in lines]
+        means = {k: statistics.mean(line[k] for line in lines) for k in keys}
+        print(
+            f"all {len(diff)} runs: " + ", ".join(f"{k} {m:.2f}" for k, m in means.items())
+            + f"; global - utterance {statistics.mean(diff):+.2f}, at least as high in "
+            f"{sum(d >= 0 for d in diff)}"
+        )  # fmt: skip
 
 
 def main():
