@@ -423,6 +423,9 @@ def export_model(
         Naming the file: the run's hparams, label encoder or a checkpoint file is missing;
         or, for a run that z-scored its pooled vectors per speaker (``vector_normalization``),
         the statistics its training saves in the selected checkpoint when it ends.
+    ValueError
+        Naming the file: an unreadable label encoder or statistics; or ``onnx`` asked of a run
+        that z-scored its pooled vectors per speaker (see ``write_model_folder``).
 
     Example
     -------

@@ -9,10 +9,10 @@ one, and are what a user reads), where ``EncoderClassifier`` gives log-probabili
 (``hnsd_sb.pipeline`` computes them), and normalises speakers as the recipe does: a speaker with
 statistics (from training, or enrolled here from reference recordings with ``enroll``) is
 normalised with them, any other speaker with the ``unseen`` fallback of ``SpeakerNormalization``
-(by default the utterance's own statistics). A model trained with ``vector_normalization``
-z-scores its pooled vectors per speaker too (``PooledSpeakerNormalization``): with the
-statistics of the speakers it was trained on or of those enrolled here, and for any other
-speaker with those of all the speakers it knows.
+(the recipes' model folders: the pooled statistics of all the speakers it knows). A model
+trained with ``vector_normalization`` z-scores its pooled vectors per speaker too
+(``PooledSpeakerNormalization``): with the statistics of the speakers it was trained on or of
+those enrolled here, and for any other speaker with those of all the speakers it knows.
 """
 
 import contextlib
@@ -35,6 +35,10 @@ SILENCE_PEAK = 1e-4
 # Largest model a model folder may ask for: 30 times the paper's 3.4 M parameters. The
 # architecture is sized on the meta device (no memory) before anything is allocated.
 MAX_PARAMETERS = 100_000_000
+# Fewest pooled vectors (enrolment windows) that give a speaker its own statistics of them: one
+# vector has no spread, and with 8 of each RAVDESS actor's files the statistics already cost 8
+# points of UA against all 28 (RAVDESS README, "Speaker-normalised utterance vectors").
+MIN_ENROLLED_VECTORS = 8
 
 
 class EmotionRecognizer(Pretrained):
@@ -120,7 +124,8 @@ class EmotionRecognizer(Pretrained):
         Raises
         ------
         FileNotFoundError
-            When ``folder`` is not a local model folder.
+            When ``folder`` is not a local model folder, or lacks a file it needs (naming it;
+            ``vector_normalizer.ckpt`` where the architecture has a ``vector_normalizer``).
         ValueError
             When a file of the folder is invalid, tampered with, or from an older export; the
             message names the file and the field. Also when an ONNX backend is asked of a model
@@ -316,7 +321,8 @@ class EmotionRecognizer(Pretrained):
             Relative lengths ``[batch]``; None means all are full length.
         speakers : str, list of str or None
             Speaker of each waveform (one id for all); speakers without statistics, and None,
-            use the normaliser's ``unseen`` fallback.
+            use the normaliser's ``unseen`` fallback (and, for a model that z-scores its
+            pooled vectors per speaker, all speakers' statistics of the vectors).
 
         Returns
         -------
@@ -420,7 +426,11 @@ class EmotionRecognizer(Pretrained):
         Enrolling a speaker again adds to its statistics. A model that z-scores its pooled
         vectors per speaker keeps the speaker's recordings (in memory) and gathers the vectors'
         statistics afresh from all of them, with the speaker's feature statistics as they now
-        are; those replace any the model had for the speaker.
+        are, one vector per window of about ``segments.DEFAULT_SEGMENT`` seconds (the length of
+        the utterances it learned from). With at least ``MIN_ENROLLED_VECTORS`` windows those
+        replace any the model had for the speaker; with fewer, a warning says so and the
+        speaker keeps the vectors' statistics it had (a trained speaker's), or none (all
+        speakers' then z-score its vectors).
 
         Arguments
         ---------
@@ -474,13 +484,33 @@ class EmotionRecognizer(Pretrained):
 
     def _gather_vectors(self, speaker):
         """Replaces the speaker's statistics of the pooled vectors by those of its enrolled
-        recordings, one at a time (no padding), in every network's normaliser at once."""
+        recordings' windows, one at a time (no padding), in every network's normaliser at once;
+        with too few windows, leaves them as they were and warns."""
+        from hnsd_sb.segments import DEFAULT_SEGMENT
+
+        window = DEFAULT_SEGMENT * self.sample_rate
+        spans = []
+        for wav in self.enrolled[speaker]:
+            spans += torch.tensor_split(wav, max(1, round(wav.numel() / window)))
+        if len(spans) < MIN_ENROLLED_VECTORS:
+            logger.warning(
+                "%r: %d enrolment windows of about %g s, fewer than the %d the pooled vectors' "
+                "statistics need; its vectors keep %s statistics (enrol more recordings)",
+                speaker,
+                len(spans),
+                DEFAULT_SEGMENT,
+                MIN_ENROLLED_VECTORS,
+                "its trained"
+                if speaker in self.vector_norms[0].statistics.stats
+                else "all speakers'",
+            )
+            return
         with contextlib.ExitStack() as stack:
             for norm in self.vector_norms:
                 norm.statistics.stats.pop(speaker, None)
                 stack.enter_context(norm.collecting(reset=False))
-            for wav in self.enrolled[speaker]:
-                self.infer_batch(wav.unsqueeze(0), None, speaker)
+            for span in spans:
+                self.infer_batch(span.unsqueeze(0), None, speaker)
 
     def accumulate(self, speaker, wav):
         """Adds one waveform's feature statistics to a speaker's (``enroll`` without the

@@ -71,7 +71,7 @@ ARCHITECTURE = {
         "std_floor": (_NUM, (1e-12, 1)),
     },
     "vector_normalizer": {
-        "unseen": ((str,), "hnsd_sb.normalization.UNSEEN_POLICIES"),
+        "unseen": ((str,), "hnsd_sb.normalization.VECTOR_UNSEEN_POLICIES"),
         "std_floor": (_NUM, (1e-12, 1)),
     },
     "model": {

@@ -20,6 +20,8 @@ from speechbrain.utils.checkpoints import (
 )
 
 UNSEEN_POLICIES = ("utterance", "global")
+# The pooled vectors' fallback: an utterance has one vector, whose own statistics say nothing.
+VECTOR_UNSEEN_POLICIES = ("global",)
 
 
 def real_frame_mask(lengths, max_len, device=None):
@@ -408,6 +410,12 @@ class PooledSpeakerNormalization:
     def __init__(self, enabled=True, statistics=None):
         self.enabled = enabled
         self.statistics = statistics if statistics is not None else SpeakerNormalization("global")
+        if self.statistics.unseen not in VECTOR_UNSEEN_POLICIES:
+            # one vector's own statistics z-score it to zero: every unknown speaker alike
+            raise ValueError(
+                f"the pooled vectors' statistics need unseen={VECTOR_UNSEEN_POLICIES[0]!r}, "
+                f"got {self.statistics.unseen!r}"
+            )
         self._state = {"speakers": None, "collect": False}
         self._hook = None
 
@@ -464,6 +472,17 @@ class PooledSpeakerNormalization:
         ---------
         reset : bool
             Start the statistics afresh (False: add to them, e.g. one enrolled speaker's).
+
+        Example
+        -------
+        >>> from hnsd_sb import HNSD
+        >>> model, norm = HNSD(hidden_size=8, n_classes=2).eval(), PooledSpeakerNormalization()
+        >>> norm.attach(model)
+        >>> for speaker in ("a", "b"):
+        ...     with torch.no_grad(), norm.collecting(reset=False), norm.for_speakers([speaker]):
+        ...         _ = model(torch.randn(1, 9, 26), torch.randn(1, 9, 52))
+        >>> norm.statistics.speakers
+        ['a', 'b']
         """
         if reset:
             self.statistics.reset()

@@ -791,6 +791,7 @@ def test_a_folder_z_scores_the_pooled_vectors_as_the_model_it_came_from(tmp_path
             got, _, _ = loaded.infer_batch(batch, speakers=speakers)
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     int8 = EmotionRecognizer.from_folder(folder, backend="torch-int8")
+    assert int8.mods.model.classifier._forward_pre_hooks  # the z-score, on the int8 network
     for speakers in (["a", "b"], ["nobody", "nobody"]):
         got = int8.classify_batch(batch, speakers=speakers)[0]
         want = recognizer.classify_batch(batch, speakers=speakers)[0]
@@ -806,29 +807,39 @@ def test_a_folder_z_scores_the_pooled_vectors_as_the_model_it_came_from(tmp_path
         write_model_folder(tmp_path / "onnx", ["neg", "pos"], model.state_dict(), onnx=True,
                            vector_state=norm.statistics.state())  # fmt: skip
     assert not (tmp_path / "onnx").exists()
+    # a plain export over it leaves no statistics of the vectors behind
+    spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
+    write_model_folder(folder, ["neg", "pos"], model.state_dict(), modules=spec, overwrite=True)
+    assert not (folder / VECTOR_NORMALIZER_FILE).exists()
+    assert EmotionRecognizer.from_folder(folder).vector_norms == []
 
 
-def test_enrolment_gathers_a_speakers_vector_statistics_from_all_its_recordings(tmp_path):
+def test_enrolment_gathers_a_speakers_vector_statistics_from_all_its_recordings(tmp_path, caplog):
     """``enroll`` on a model that z-scores its pooled vectors: the speaker's statistics of the
-    vectors are those of all its enrolled recordings, each normalised with the speaker's feature
-    statistics as they are after the last one (so enrolling in two calls is enrolling at once),
-    and they replace the statistics the model had for it."""
+    vectors are those of all its enrolled recordings' windows (about 4 s each), each
+    normalised with the speaker's feature statistics as they are after the last one (so
+    enrolling in two calls is enrolling at once). With at least 8 windows they replace what
+    the model had for the speaker; with fewer, a warning, and the speaker keeps what it had
+    (a trained speaker's; none: all speakers'). Other speakers' statistics are left alone."""
     from hnsd_sb import HNSD
     from hnsd_sb.normalization import PooledSpeakerNormalization
     from hnsd_sb.pipeline import classify
 
     folder = tmp_path / "model"
     (model, _, features, _), wavs = vector_normalized_folder(folder)
-    recordings = [w * 0.5 for w in wavs["b"]]
+    gen = torch.Generator().manual_seed(1)
+    recordings = [torch.randn(16000 + 500 * i, generator=gen) * 0.5 for i in range(9)]
     once = EmotionRecognizer.from_folder(folder)
+    before = once.vector_norms[0].statistics.state()
     once.enroll("c", recordings)
     twice = EmotionRecognizer.from_folder(folder)
-    twice.enroll("c", recordings[:1])
-    first = twice.vector_norms[0].statistics.speaker_moments("c")[0]
-    twice.enroll("c", recordings[1:])
+    with caplog.at_level("WARNING"):
+        twice.enroll("c", recordings[:4])  # 4 windows: too few
+    assert "4 enrolment windows" in caplog.text and "all speakers'" in caplog.text
+    assert "c" not in twice.vector_norms[0].statistics.speakers
+    twice.enroll("c", recordings[4:])
     got = [r.vector_norms[0].statistics.state() for r in (once, twice)]
-    # by hand: the folder's feature statistics plus all three recordings, then the vectors
-    normalizer = once.mods.normalizer
+    # by hand: the folder's feature statistics plus all nine recordings, then the vectors
     network = HNSD(hidden_size=8, fc_size=4, n_classes=2).eval()
     network.load_state_dict(model.state_dict())
     hand = PooledSpeakerNormalization()
@@ -836,16 +847,20 @@ def test_enrolment_gathers_a_speakers_vector_statistics_from_all_its_recordings(
     with torch.no_grad(), hand.collecting():
         for wav in recordings:
             with hand.for_speakers(["c"]):
-                classify(features, normalizer, network, wav[None], torch.ones(1), ["c"])
+                classify(features, once.mods.normalizer, network, wav[None], torch.ones(1), ["c"])
     want = hand.statistics.state()
     for state in got:
-        row = state["speakers"].index("c")
-        assert state["count"][row] == 3
-        torch.testing.assert_close(state["sum"][row], want["sum"][0], rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(first, once.vector_norms[0].statistics.speaker_moments("c")[0])
-    # enrolling a known speaker replaces its statistics of the vectors by its recordings'
-    once.enroll("a", recordings[:2])
-    assert once.vector_norms[0].statistics.state()["count"][0] == 2
+        assert state["speakers"] == ["a", "b", "c"] and state["count"][2] == 9
+        torch.testing.assert_close(state["sum"][2], want["sum"][0], rtol=1e-5, atol=1e-5)
+        for row in (0, 1):  # the trained speakers' statistics are untouched
+            torch.testing.assert_close(state["sum"][row], before["sum"][row])
+    # a long recording gives a vector per window; too few keep a trained speaker's statistics
+    once.enroll("d", [torch.randn(16000 * 40, generator=gen)])
+    assert once.vector_norms[0].statistics.state()["count"][3] == 10
+    with caplog.at_level("WARNING"):
+        once.enroll("a", recordings[:2])
+    assert "keep its trained statistics" in caplog.text
+    torch.testing.assert_close(once.vector_norms[0].statistics.state()["sum"][0], before["sum"][0])
 
 
 def test_an_ensemble_keeps_each_members_vector_statistics(tmp_path):

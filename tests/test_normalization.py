@@ -6,7 +6,7 @@ import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from hnsd_sb import SpeakerNormalization
-from hnsd_sb.normalization import real_frame_mask
+from hnsd_sb.normalization import PooledSpeakerNormalization, real_frame_mask
 
 
 def padded_batches(seed=0):
@@ -204,7 +204,8 @@ def test_pooled_vectors_are_z_scored_with_their_speakers_statistics():
 def test_pooled_normalisation_is_shared_by_a_copy_and_refuses_a_batch_without_speakers():
     """The weight average (a deep copy of the model) z-scores with the same statistics;
     ``collecting`` starts afresh; a second ``attach`` replaces the hook; a forward outside
-    ``for_speakers`` names what to do."""
+    ``for_speakers`` names what to do; statistics whose fallback is an utterance's own are
+    refused."""
     import copy
 
     model, norm, (static, dynamic, lens), speakers = pooled_setup()
@@ -222,3 +223,6 @@ def test_pooled_normalisation_is_shared_by_a_copy_and_refuses_a_batch_without_sp
     assert len(model.classifier._forward_pre_hooks) == 1
     with pytest.raises(RuntimeError, match="inside for_speakers"):
         model(static, dynamic, lens)
+    # the pooled vectors cannot fall back on an utterance's own statistics (one vector)
+    with pytest.raises(ValueError, match="need unseen='global'"):
+        PooledSpeakerNormalization(statistics=SpeakerNormalization(unseen="utterance"))

@@ -1095,10 +1095,14 @@ def test_vector_normalization_gathers_each_splits_statistics_and_exports_them(co
     from hnsd_sb.export import export_model
     from hnsd_sb.inference import EmotionRecognizer
 
+    from hnsd_sb.checkpoints import find_checkpoint
+
     args = ["hparams/hnsd_improved.yaml", f"--data_folder={corpus}", "--fold=2",
-            "--number_of_epochs=1", "--vector_normalization=True", *TINY]  # fmt: skip
+            "--number_of_epochs=2", "--vector_normalization=True", *TINY]  # fmt: skip
     out = tmp_path / "vecnorm"
     log = run("train.py", *args, f"--output_folder={out}")
+    saved = list((out / "save").glob("CKPT*/vector_normalizer.ckpt"))
+    assert [p.parent for p in saved] == [find_checkpoint(out, max_key="UA").path]
     speakers = {}
     for split in ("train", "valid", "test"):
         speakers[split] = {row["spk_id"] for row in read_csv(out / f"{split}.csv")}

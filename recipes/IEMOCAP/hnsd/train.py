@@ -156,7 +156,17 @@ class EmotionBrain(sb.Brain):
     def gather_vector_statistics(self, model, datasets, name):
         """Gathers afresh the pooled vectors' statistics of the speakers of ``datasets`` with
         ``model``: eval mode, no augmentation, and torch's random state untouched, so the rest
-        of the run draws what it would draw without it. ``name`` names the pass in the log."""
+        of the run draws what it would draw without it.
+
+        Arguments
+        ---------
+        model : hnsd_sb.HNSD
+            The network (unwrapped), its classifier hooked by ``pooled_normalizer``.
+        datasets : list of DynamicItemDataset
+            Their utterances give the statistics (a speaker in several: all its utterances).
+        name : str
+            Names the pass in the log and the progress bar.
+        """
         norm = self.hparams.pooled_normalizer
         was_training = model.training
         model.eval()
@@ -182,7 +192,13 @@ class EmotionBrain(sb.Brain):
         """With ``vector_normalization``: the pooled vectors' statistics of every speaker the
         feature normaliser knows (those of ``datasets``), from the network of the checkpoint of
         best validation UA (as ``evaluate`` left it loaded), saved in that checkpoint as
-        ``vector_normalizer.ckpt`` for ``hnsd export``. Written whole or not at all."""
+        ``vector_normalizer.ckpt`` for ``hnsd export``. Written whole or not at all.
+
+        Arguments
+        ---------
+        datasets : list of DynamicItemDataset
+            The sets whose speakers the feature normaliser holds (``speaker_sets``).
+        """
         model = self.hparams.model if self.averaged is None else self.averaged.module
         self.gather_vector_statistics(model, datasets, "model folder")
         folder = self.checkpointer.find_checkpoint(max_key="UA").path

@@ -223,6 +223,11 @@ def trained_model_stats(args):
     labels, mods = list(recognizer.labels), recognizer.mods
     if not isinstance(getattr(mods.model, "fusion", None), GatedMultiFeatureUnit):
         raise SystemExit(f"{args.model_folder}: the statistics need a model with the GMU")
+    if recognizer.vector_norms:  # its classifier needs each batch's speakers, which these lack
+        raise SystemExit(
+            f"{args.model_folder}: the model z-scores its pooled vectors per speaker "
+            "(vector_normalization), which these statistics do not follow yet"
+        )
     files = {  # path: (speaker id as in the recipe's manifests, label index)
         path: (f"Actor_{actor}", labels.index(RAVDESS_LABELS[f"{emotion + 1:02d}"]))
         for path, (actor, emotion) in actor_files(args).items()

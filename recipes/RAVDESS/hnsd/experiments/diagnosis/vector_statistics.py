@@ -23,9 +23,12 @@ enrolling anyone (``hnsd predict file.wav``): ``unenrolled_<policy>``, each file
 an unseen speaker, its features with the ``unseen`` fallback ``utterance`` (its own
 statistics, the recipes' setting) or ``global`` (those of all the other speakers the run
 knows) and, with the switch, its pooled vector with the statistics of all the training actors
-together (gathered over their files, as the recipe's last pass gathers a model folder's).
+together (gathered over their files; a model folder's pooled statistics hold the evaluation
+actors' too, since the recipe's last pass covers every speaker its normaliser knows).
 
-The test actors are not read.
+The test actors' files are not read. Their feature statistics, gathered by the run from
+their audio, stay in its normaliser, and so in the features' ``global`` fallback, as they
+would in the run's model folder.
 """
 
 import argparse
@@ -70,13 +73,13 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
         norm.attach(mods.model)
     mods.model.eval()
 
-    def run(indices, collect=False):
+    def run(indices, collect=False, names=speakers):
         """The log-probabilities of these files (None when only collecting statistics)."""
         outs = []
         for i in indices:
-            with norm.for_speakers([speakers[i]]):
+            with norm.for_speakers([names[i]]):
                 outs.append(classify(mods.features, mods.normalizer, mods.model, wavs[i],
-                                     torch.ones(1), [speakers[i]])[0])  # fmt: skip
+                                     torch.ones(1), [names[i]])[0])  # fmt: skip
         return None if collect else torch.cat(outs)
 
     def ua_with(stat_rows):
@@ -104,11 +107,11 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
                 with norm.for_speakers([row["spk_id"]]):
                     classify(mods.features, mods.normalizer, mods.model, wav.unsqueeze(0),
                              torch.ones(1), [row["spk_id"]])  # fmt: skip
-        speakers = [None] * len(rows)  # every validation file from a speaker not known
+        unknown = [None] * len(rows)  # every validation file from a speaker not known
         for policy in UNSEEN_POLICIES:  # the features' fallback: the utterance's, or all's
             mods.normalizer.unseen = policy
             with torch.no_grad():
-                log_probs = run(range(len(rows)))
+                log_probs = run(range(len(rows)), names=unknown)
             cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
             result[f"unenrolled_{policy}"] = 100 * float(unweighted_accuracy(cm))
         return result
