@@ -1092,10 +1092,9 @@ def test_vector_normalization_gathers_each_splits_statistics_and_exports_them(co
     end those of every speaker for ``hnsd export``: the model folder, told each test file's
     speaker, gives the probabilities of the run's own test predictions. Mixup is refused before
     training."""
+    from hnsd_sb.checkpoints import find_checkpoint
     from hnsd_sb.export import export_model
     from hnsd_sb.inference import EmotionRecognizer
-
-    from hnsd_sb.checkpoints import find_checkpoint
 
     args = ["hparams/hnsd_improved.yaml", f"--data_folder={corpus}", "--fold=2",
             "--number_of_epochs=2", "--vector_normalization=True", *TINY]  # fmt: skip
