@@ -257,8 +257,9 @@ def render_hparams(labels, modules, note=""):
     features_args = dict(features_args)
     sample_rate = features_args.pop("sample_rate", 16000)
     comment = "".join(f"\n# {line}" for line in note.splitlines() if line.strip())
-    vector = {"vector_normalizer": "", "vector_module": "", "vector_loadable": ""}
-    vector["vector_hook"] = ""
+    vector = dict.fromkeys(
+        ("vector_normalizer", "vector_module", "vector_loadable", "vector_hook"), ""
+    )
     if "vector_normalizer" in specs:
         vector_class, vector_args = specs["vector_normalizer"]
         vector["vector_normalizer"] = (

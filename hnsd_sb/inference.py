@@ -129,7 +129,8 @@ class EmotionRecognizer(Pretrained):
         ValueError
             When a file of the folder is invalid, tampered with, or from an older export; the
             message names the file and the field. Also when an ONNX backend is asked of a model
-            that z-scores its pooled vectors per speaker (the graph cannot).
+            that z-scores its pooled vectors per speaker (the graph cannot), and when the folder
+            holds ``vector_normalizer.ckpt`` but its architecture has no ``vector_normalizer``.
 
         Example
         -------
@@ -177,6 +178,12 @@ class EmotionRecognizer(Pretrained):
                 )
             vector_file, size = path / VECTOR_NORMALIZER_FILE, modules["model"].utterance_size
             load_normalizer(modules["vector_normalizer"], vector_file, size)
+        elif (path / VECTOR_NORMALIZER_FILE).exists():
+            # classifying without the z-score the network was trained with would be silently wrong
+            raise ValueError(
+                f"{path / VECTOR_NORMALIZER_FILE}: pooled-vector statistics, but {info_file}'s "
+                "architecture has no vector_normalizer to use them; export the run again"
+            )
         if backend != "torch":
             modules["model"] = _backend_network(modules["model"], path, backend)
         sample_rate = architecture["features"]["sample_rate"]
@@ -507,7 +514,7 @@ class EmotionRecognizer(Pretrained):
             return
         with contextlib.ExitStack() as stack:
             for norm in self.vector_norms:
-                norm.statistics.stats.pop(speaker, None)
+                norm.statistics.forget(speaker)
                 stack.enter_context(norm.collecting(reset=False))
             for span in spans:
                 self.infer_batch(span.unsqueeze(0), None, speaker)

@@ -158,6 +158,25 @@ class SpeakerNormalization(torch.nn.Module):
         for i, spk in enumerate(speakers):
             self._add(spk, [counts[i], sums[i], sumsq[i]])
 
+    def forget(self, speaker):
+        """Drops a speaker's statistics, if it has any (its frames fall back on ``unseen``).
+
+        Arguments
+        ---------
+        speaker : str
+            The speaker to forget; an unknown one is ignored.
+
+        Example
+        -------
+        >>> norm = SpeakerNormalization()
+        >>> norm.accumulate(torch.ones(1, 3, 1), torch.ones(1), ["a"])
+        >>> norm.forget("a")
+        >>> norm.forget("b")
+        >>> norm.speakers
+        []
+        """
+        self.stats.pop(speaker, None)
+
     def _add(self, speaker, entry):
         """Adds ``[count, sum, sum of squares]`` to a speaker's statistics (a new entry, never
         changed in place: ``_table`` relies on it)."""

@@ -277,7 +277,7 @@ def classify_windows(
                         progress(len(batch))
             finally:
                 if own:
-                    recognizer.mods.normalizer.stats.pop(speaker, None)
+                    recognizer.mods.normalizer.forget(speaker)
             mean = total / len(windows)
             summary = _record(shown, "summary", 0, recording.n_frames, recording.rate, mean, labels)
             summary.update(windows=len(windows), summary=SUMMARY)

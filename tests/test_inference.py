@@ -808,10 +808,15 @@ def test_a_folder_z_scores_the_pooled_vectors_as_the_model_it_came_from(tmp_path
                            vector_state=norm.statistics.state())  # fmt: skip
     assert not (tmp_path / "onnx").exists()
     # a plain export over it leaves no statistics of the vectors behind
+    vector_bytes = (folder / VECTOR_NORMALIZER_FILE).read_bytes()
     spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
     write_model_folder(folder, ["neg", "pos"], model.state_dict(), modules=spec, overwrite=True)
     assert not (folder / VECTOR_NORMALIZER_FILE).exists()
     assert EmotionRecognizer.from_folder(folder).vector_norms == []
+    # statistics copied in by hand, which the architecture would ignore, are refused
+    (folder / VECTOR_NORMALIZER_FILE).write_bytes(vector_bytes)
+    with pytest.raises(ValueError, match=f"{VECTOR_NORMALIZER_FILE}: .*no vector_normalizer"):
+        EmotionRecognizer.from_folder(folder)
 
 
 def test_enrolment_gathers_a_speakers_vector_statistics_from_all_its_recordings(tmp_path, caplog):

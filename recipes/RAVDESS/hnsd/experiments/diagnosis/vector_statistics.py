@@ -85,7 +85,7 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
     def ua_with(stat_rows):
         """UA in % over all files, each speaker's statistics from these files only."""
         for speaker in set(speakers):  # the validation actors' feature statistics afresh
-            mods.normalizer.stats.pop(speaker, None)
+            mods.normalizer.forget(speaker)
         for i in stat_rows:
             recognizer.accumulate(speakers[i], wavs[i][0])
         with torch.no_grad():
@@ -99,7 +99,7 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
     result = {"fold": fold, "vector_normalization": vectors, "all": ua_with(range(len(rows)))}
     if unenrolled:
         for speaker in set(speakers):
-            mods.normalizer.stats.pop(speaker, None)
+            mods.normalizer.forget(speaker)
         train = [row for _, row in read_rows(os.path.join(fold, "train.csv"))[1]]
         with torch.no_grad(), norm.collecting():
             for row in train if vectors else []:
