@@ -17,7 +17,7 @@ from hnsd_sb.checkpoints import find_checkpoint
 from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.synthetic import synthesize_utterance
-from hnsd_sb.weights import find_model_file
+from hnsd_sb.weights import VECTOR_NORMALIZER_FILE, find_model_file
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the recipe
 
@@ -94,6 +94,7 @@ def test_finetune_emodb_from_exported_model_learns_seven_emotions(pretrained, em
     log = (out / "log.txt").read_text()
     transferred = rf"Transferred \d+ tensors .*{re.escape(str(model_folder))}.*newly initialised"
     assert re.search(transferred + ": classifier.output", log)
+    assert "was trained on" not in log  # raw pooled vectors, as the pretrained model's
     stats = epoch_stats(out)
     assert len(stats) == 6
     first, last = stats[0], stats[-1]
@@ -153,3 +154,25 @@ def test_find_model_file_accepts_folders_checkpoints_and_runs(pretrained, tmp_pa
     assert find_model_file(find_checkpoint(run).path) == best
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         find_model_file(tmp_path)
+
+
+def test_finetune_with_speaker_normalised_vectors_warns_of_a_mismatch_and_exports(
+    pretrained, emodb, tmp_path
+):
+    """``--vector_normalization=True`` from a model folder trained without it: the log says
+    the classifier starts on vectors it has not seen; the run gathers the new speakers'
+    statistics of the pooled vectors, saves them with its selected checkpoint, and its model
+    folder z-scores its vectors."""
+    model_folder, _ = pretrained
+    out = tmp_path / "vector_run"
+    train(
+        "finetune.yaml", f"--pretrained_model={model_folder}", f"--data_folder={emodb}",
+        f"--output_folder={out}", "--number_of_epochs=1", "--vector_normalization=True",
+        *SIZES, recipe=ROOT / "recipes" / "EmoDB" / "hnsd",
+    )  # fmt: skip
+    log = (out / "log.txt").read_text()
+    assert "trained on raw pooled vectors, but vector_normalization is True" in log
+    assert (Path(find_checkpoint(out).path) / VECTOR_NORMALIZER_FILE).is_file()
+    recognizer = EmotionRecognizer.from_folder(export_model(out, tmp_path / "vector_model"))
+    assert len(recognizer.vector_norms) == 1
+    assert "03" in recognizer.vector_norms[0].statistics.speakers  # a test speaker of fold 1

@@ -49,7 +49,11 @@ from hnsd_sb.manifest import ManifestError, json_to_csv
 from hnsd_sb.metrics import balanced_class_weights
 from hnsd_sb.preflight import check_manifests
 from hnsd_sb.report import save_confusion_matrix, split_file_names
-from hnsd_sb.weights import VECTOR_NORMALIZER_FILE
+from hnsd_sb.weights import (
+    VECTOR_NORMALIZER_FILE,
+    find_model_file,
+    vector_normalization_mismatch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -622,6 +626,13 @@ if __name__ == "__main__":
     if "pretrainer" in hparams and hparams["pretrained_model"] is not None:
         run_on_main(hparams["pretrainer"].collect_files)
         hparams["pretrainer"].load_collected()
+        # its classifier was trained on z-scored or raw pooled vectors: say so if this run differs
+        pooled = hparams.get("pooled_normalizer")
+        mismatch = vector_normalization_mismatch(
+            find_model_file(hparams["pretrained_model"]), pooled is not None and pooled.enabled
+        )
+        if mismatch is not None:
+            logger.warning("%s", mismatch)
 
     # CPU fast paths (hnsd_sb.cpu): the same network with its two streams side by side, opt-in
     # with cpu_fast_paths; on GPU it runs the plain way.
