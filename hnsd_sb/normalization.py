@@ -402,8 +402,9 @@ class PooledSpeakerNormalization:
 
     Arguments
     ---------
-    enabled : bool
-        False: the recipe leaves it out.
+    enabled : bool or None
+        False: the recipe leaves it out. None: the fine-tuning files' "as the pretrained
+        model", which ``train.py`` resolves to True or False before training (off until then).
     statistics : SpeakerNormalization or None
         The statistics to z-score with (a model folder's ``vector_normalizer``); None: new,
         empty ones with ``unseen="global"``.

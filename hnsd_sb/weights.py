@@ -373,48 +373,39 @@ def find_model_file(source):
     return str(checkpoint_model_file(find_checkpoint(path).path))
 
 
-def vector_normalization_mismatch(model_file, vector_normalization):
-    """Says when a fine-tuning run would feed the pretrained classifier other pooled vectors than
-    it was trained on: z-scored per speaker (``vector_normalization``) or raw.
+def pretrained_vector_normalization(model_file):
+    """Whether a model was trained on pooled vectors z-scored per speaker (the recipes'
+    ``vector_normalization``), as far as its files say.
 
-    The pretrained model was trained with the z-score when ``vector_normalizer.ckpt`` lies beside
-    its weights (a model folder, or a finished run's selected checkpoint), and without it when a
-    model folder lacks the file. Other checkpoints do not say, and are not judged.
+    It was when ``vector_normalizer.ckpt`` lies beside its weights (a model folder, or a
+    finished run's selected checkpoint), and was not when a model folder lacks the file. Other
+    checkpoints do not say. The fine-tuning files follow it (``vector_normalization: null``).
 
     Arguments
     ---------
     model_file : str or path-like
-        The weights the run starts from (``find_model_file``).
-    vector_normalization : bool
-        Whether the fine-tuning run z-scores its pooled vectors.
+        The weights a fine-tuning run starts from (``find_model_file``).
 
     Returns
     -------
-    str or None
-        What to tell the user, or None when nothing is amiss (or nothing is known).
+    bool or None
+        True or False; None when the files do not say.
 
     Example
     -------
     >>> folder = Path(getfixture("tmpdir"))
+    >>> print(pretrained_vector_normalization(folder / "model.ckpt"))
+    None
     >>> (folder / "model_info.json").touch()
-    >>> message = vector_normalization_mismatch(folder / "model.ckpt", True)
-    >>> print(message[message.index("trained"):])  # doctest: +ELLIPSIS
-    trained on raw pooled vectors, but vector_normalization is True: ...
-    >>> vector_normalization_mismatch(folder / "model.ckpt", False) is None
+    >>> pretrained_vector_normalization(folder / "model.ckpt")
+    False
+    >>> (folder / VECTOR_NORMALIZER_FILE).touch()
+    >>> pretrained_vector_normalization(folder / "model.ckpt")
     True
     """
     folder = Path(model_file).parent
     if (folder / VECTOR_NORMALIZER_FILE).is_file():
-        trained_with = True
-    elif (folder / MODEL_INFO_FILE).is_file():
-        trained_with = False
-    else:
-        return None
-    if trained_with == bool(vector_normalization):
-        return None
-    trained = "pooled vectors z-scored per speaker" if trained_with else "raw pooled vectors"
-    return (
-        f"{model_file} was trained on {trained}, but vector_normalization is "
-        f"{bool(vector_normalization)}: its classifier starts on vectors it has not seen "
-        f"(pass --vector_normalization={trained_with} to keep them alike)"
-    )
+        return True
+    if (folder / MODEL_INFO_FILE).is_file():
+        return False
+    return None

@@ -94,7 +94,9 @@ def test_finetune_emodb_from_exported_model_learns_seven_emotions(pretrained, em
     log = (out / "log.txt").read_text()
     transferred = rf"Transferred \d+ tensors .*{re.escape(str(model_folder))}.*newly initialised"
     assert re.search(transferred + ": classifier.output", log)
-    assert "was trained on" not in log  # raw pooled vectors, as the pretrained model's
+    # the pretrained folder has no vector statistics, and vector_normalization follows it
+    assert f"vector_normalization: False, as {model_folder}" in log
+    assert "was trained with" not in log
     stats = epoch_stats(out)
     assert len(stats) == 6
     first, last = stats[0], stats[-1]
@@ -156,23 +158,34 @@ def test_find_model_file_accepts_folders_checkpoints_and_runs(pretrained, tmp_pa
         find_model_file(tmp_path)
 
 
-def test_finetune_with_speaker_normalised_vectors_warns_of_a_mismatch_and_exports(
-    pretrained, emodb, tmp_path
-):
-    """``--vector_normalization=True`` from a model folder trained without it: the log says
-    the classifier starts on vectors it has not seen; the run gathers the new speakers'
+def test_finetune_follows_the_pretrained_models_vector_normalization(pretrained, emodb, tmp_path):
+    """``--vector_normalization=True`` from a model folder trained without it: the log warns
+    that the classifier starts on vectors unlike its own; the run gathers the new speakers'
     statistics of the pooled vectors, saves them with its selected checkpoint, and its model
-    folder z-scores its vectors."""
+    folder z-scores its vectors. Fine-tuning that folder in turn, with the default (null),
+    keeps the z-score."""
     model_folder, _ = pretrained
     out = tmp_path / "vector_run"
+    common = [f"--data_folder={emodb}", "--number_of_epochs=1", *SIZES]
+    emodb_recipe = ROOT / "recipes" / "EmoDB" / "hnsd"
     train(
-        "finetune.yaml", f"--pretrained_model={model_folder}", f"--data_folder={emodb}",
-        f"--output_folder={out}", "--number_of_epochs=1", "--vector_normalization=True",
-        *SIZES, recipe=ROOT / "recipes" / "EmoDB" / "hnsd",
+        "finetune.yaml", f"--pretrained_model={model_folder}", f"--output_folder={out}",
+        "--vector_normalization=True", *common, recipe=emodb_recipe,
     )  # fmt: skip
     log = (out / "log.txt").read_text()
-    assert "trained on raw pooled vectors, but vector_normalization is True" in log
+    warning = "trained without the pooled vectors z-scored per speaker, but vector_normalization"
+    assert f"{warning} is True" in log
     assert (Path(find_checkpoint(out).path) / VECTOR_NORMALIZER_FILE).is_file()
-    recognizer = EmotionRecognizer.from_folder(export_model(out, tmp_path / "vector_model"))
+    vector_model = export_model(out, tmp_path / "vector_model")
+    recognizer = EmotionRecognizer.from_folder(vector_model)
     assert len(recognizer.vector_norms) == 1
     assert "03" in recognizer.vector_norms[0].statistics.speakers  # a test speaker of fold 1
+    again = tmp_path / "again"
+    train(
+        "finetune.yaml", f"--pretrained_model={vector_model}", f"--output_folder={again}",
+        *common, recipe=emodb_recipe,
+    )  # fmt: skip
+    log = (again / "log.txt").read_text()
+    assert f"vector_normalization: True, as {vector_model}" in log
+    assert "was trained with" not in log
+    assert (Path(find_checkpoint(again).path) / VECTOR_NORMALIZER_FILE).is_file()

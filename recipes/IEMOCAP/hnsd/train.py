@@ -52,7 +52,7 @@ from hnsd_sb.report import save_confusion_matrix, split_file_names
 from hnsd_sb.weights import (
     VECTOR_NORMALIZER_FILE,
     find_model_file,
-    vector_normalization_mismatch,
+    pretrained_vector_normalization,
 )
 
 logger = logging.getLogger(__name__)
@@ -626,13 +626,22 @@ if __name__ == "__main__":
     if "pretrainer" in hparams and hparams["pretrained_model"] is not None:
         run_on_main(hparams["pretrainer"].collect_files)
         hparams["pretrainer"].load_collected()
-        # its classifier was trained on z-scored or raw pooled vectors: say so if this run differs
+        # Its classifier read z-scored or raw pooled vectors: vector_normalization null follows
+        # it, and a setting that differs is warned about.
         pooled = hparams.get("pooled_normalizer")
-        mismatch = vector_normalization_mismatch(
-            find_model_file(hparams["pretrained_model"]), pooled is not None and pooled.enabled
-        )
-        if mismatch is not None:
-            logger.warning("%s", mismatch)
+        model_file = find_model_file(hparams["pretrained_model"])
+        trained_with = pretrained_vector_normalization(model_file)
+        if pooled is not None and pooled.enabled is None:
+            pooled.enabled = bool(trained_with)
+            logger.info("vector_normalization: %s, as %s was trained", pooled.enabled, model_file)
+        elif pooled is not None and trained_with not in (None, bool(pooled.enabled)):
+            logger.warning(
+                "%s was trained %s the pooled vectors z-scored per speaker, but "
+                "vector_normalization is %s: its classifier starts on vectors unlike those",
+                model_file,
+                "with" if trained_with else "without",
+                bool(pooled.enabled),
+            )
 
     # CPU fast paths (hnsd_sb.cpu): the same network with its two streams side by side, opt-in
     # with cpu_fast_paths; on GPU it runs the plain way.
