@@ -24,7 +24,12 @@ an unseen speaker, its features with the ``unseen`` fallback ``utterance`` (its 
 statistics, the recipes' setting) or ``global`` (those of all the other speakers the run
 knows) and, with the switch, its pooled vector with the statistics of all the training actors
 together (gathered over their files; a model folder's pooled statistics hold the evaluation
-actors' too, since the recipe's last pass covers every speaker its normaliser knows).
+actors' too, since the recipe's last pass covers every speaker its normaliser knows). With
+the switch, it adds a user who enrols each actor with only ``FEW`` files (3), fewer than the 8
+windows ``EmotionRecognizer.enroll`` asks before it gathers a speaker's vector statistics: the
+features z-scored with those files' statistics, and the vectors with the training actors'
+(``enrolled3_global_vectors``, what ``enroll`` does) or with the few files' own
+(``enrolled3_own_vectors``, what it refuses); means over 5 draws.
 
 The test actors' files are not read. Their feature statistics, gathered by the run from
 their audio, stay in its normaliser, and so in the features' ``global`` fallback, as they
@@ -46,6 +51,14 @@ from hnsd_sb.manifest import read_rows, resolve_path
 from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
 from hnsd_sb.normalization import UNSEEN_POLICIES, PooledSpeakerNormalization
 from hnsd_sb.pipeline import classify
+
+# Files each actor enrols with in ``few_enrolled``: a RAVDESS file is about one 4 s window.
+FEW = 3
+
+
+def by_speaker_of(speakers):
+    """Speaker -> the indices of its files."""
+    return {s: [i for i, x in enumerate(speakers) if x == s] for s in set(speakers)}
 
 
 def score(fold, data_folder, tmp, draws=5, unenrolled=False):
@@ -82,6 +95,31 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
                                      torch.ones(1), [names[i]])[0])  # fmt: skip
         return None if collect else torch.cat(outs)
 
+    def ua_of(log_probs):
+        """UA in % of these log-probabilities of all files."""
+        cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
+        return 100 * float(unweighted_accuracy(cm))
+
+    def few_enrolled(by_speaker):
+        """Each actor enrolled with ``FEW`` random files, fewer than the windows that
+        ``EmotionRecognizer.enroll`` needs for the pooled vectors' statistics: the features
+        z-scored with those files' statistics, and the vectors with all the training actors'
+        (what ``enroll`` does) or with the few files' own (what it refuses); means over draws."""
+        rng, figures = random.Random(0), {"global_vectors": [], "own_vectors": []}
+        for _ in range(draws):
+            chosen = [i for s in sorted(by_speaker) for i in rng.sample(by_speaker[s], FEW)]
+            for speaker in by_speaker:
+                mods.normalizer.forget(speaker)
+                norm.statistics.forget(speaker)
+            for i in chosen:
+                recognizer.accumulate(speakers[i], wavs[i][0])
+            with torch.no_grad():
+                figures["global_vectors"].append(ua_of(run(range(len(rows)))))
+                with norm.collecting(reset=False):
+                    run(chosen, collect=True)
+                figures["own_vectors"].append(ua_of(run(range(len(rows)))))
+        return {f"enrolled{FEW}_{k}": sum(v) / draws for k, v in figures.items()}
+
     def ua_with(stat_rows):
         """UA in % over all files, each speaker's statistics from these files only."""
         for speaker in set(speakers):  # the validation actors' feature statistics afresh
@@ -114,9 +152,11 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
                 log_probs = run(range(len(rows)), names=unknown)
             cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
             result[f"unenrolled_{policy}"] = 100 * float(unweighted_accuracy(cm))
+        if vectors:
+            result.update(few_enrolled(by_speaker_of(speakers)))
         return result
     rng = random.Random(0)
-    by_speaker = {s: [i for i, x in enumerate(speakers) if x == s] for s in set(speakers)}
+    by_speaker = by_speaker_of(speakers)
     result["random8"] = (
         sum(
             ua_with([i for s in sorted(by_speaker) for i in rng.sample(by_speaker[s], 8)])
