@@ -458,8 +458,11 @@ def export_model(
                 f"{hparams_file}: the run's hparams file is missing; pass it explicitly"
             )
     vector_state = None
-    if read_top_level(hparams_file, "vector_normalization", False):
-        vector_file = ckpt_dir / VECTOR_NORMALIZER_FILE
+    vector_file = ckpt_dir / VECTOR_NORMALIZER_FILE
+    vectors = read_top_level(hparams_file, "vector_normalization", False)
+    if vectors is None:  # fine-tuning's "as the pretrained model": the run saved what it did
+        vectors = vector_file.is_file()
+    if vectors:
         if not vector_file.is_file():
             raise FileNotFoundError(
                 f"{vector_file}: missing; the run z-scored its pooled vectors per speaker "

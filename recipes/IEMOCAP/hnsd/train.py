@@ -631,8 +631,15 @@ if __name__ == "__main__":
         pooled = hparams.get("pooled_normalizer")
         model_file = find_model_file(hparams["pretrained_model"])
         trained_with = pretrained_vector_normalization(model_file)
-        if pooled is not None and pooled.enabled is None:
-            pooled.enabled = bool(trained_with)
+        if pooled is not None and pooled.enabled is None and trained_with is None:
+            pooled.enabled = False
+            logger.warning(
+                "vector_normalization: False; %s does not say whether it was trained with the "
+                "pooled vectors z-scored per speaker (pass --vector_normalization=True if so)",
+                model_file,
+            )
+        elif pooled is not None and pooled.enabled is None:
+            pooled.enabled = trained_with
             logger.info("vector_normalization: %s, as %s was trained", pooled.enabled, model_file)
         elif pooled is not None and trained_with not in (None, bool(pooled.enabled)):
             logger.warning(
