@@ -11,7 +11,12 @@ takes ``backend=``:
   pickled packed weights, which ``weights_only`` loading refuses). The GMU keeps fp32 weights: it
   reads them directly for its CPU fast path.
 - ``"onnx"``: ``model.onnx``, written by ``hnsd export --format onnx``, run with ONNX Runtime
-  (``pip install hnsd-sb[onnx]``); dynamic batch and time axes.
+  (``pip install hnsd-sb[onnx]``); dynamic batch and time axes. The graph of a model that
+  z-scores its pooled vectors per speaker (``vector_normalization``) takes each utterance's
+  mean and standard deviation of the vectors as two more inputs and returns the pooled vectors
+  as a third output: the statistics stay in PyTorch with the features' (``OnnxNetwork`` asks
+  the attached ``PooledSpeakerNormalization`` for them, and gives it the vectors to gather
+  when enrolling).
 - ``"onnx-int8"``: ``model.int8.onnx``, ONNX Runtime's dynamic quantisation of it (``--quantize
   int8``): int8 weights of the LSTMs (ONNX Runtime's ``DynamicQuantizeLSTM``, so the file runs
   in ONNX Runtime only) and of the matrix products, activations quantised on the fly.
@@ -36,6 +41,8 @@ ONNX_TOLERANCE = 1e-4
 INT8_TOLERANCE = 0.5
 _INPUTS = ("static", "dynamic", "lengths")
 _OUTPUTS = ("log_probs", "attention")
+# A model that z-scores its pooled vectors per speaker: its graph's extra inputs and output.
+_VECTOR_INPUTS, _VECTOR_OUTPUTS = ("vector_mean", "vector_std"), ("pooled",)
 
 
 class _Network(torch.nn.Module):
@@ -50,18 +57,33 @@ class _Network(torch.nn.Module):
         return self.model(static, dynamic, lengths, return_attention=True)
 
 
-def export_onnx(model, path, check=True):
+class _VectorNetwork(_Network):
+    """HNSD whose classifier reads the pooled vectors z-scored with the moments given (one row
+    per utterance), returning them too (unscored): the exported function of a model trained
+    with ``vector_normalization``."""
+
+    def forward(self, static, dynamic, lengths, vector_mean, vector_std):
+        """Log-probabilities, attention and the pooled vectors."""
+        u, weights = self.model.pooling(self.model.frames(static, dynamic, lengths), lengths, True)
+        return self.model.head((u - vector_mean) / vector_std, static, dynamic, lengths), weights, u
+
+
+def export_onnx(model, path, check=True, vector_inputs=False):
     """Writes the network (normalised features to log-probabilities and attention) as ONNX.
 
     Arguments
     ---------
     model : hnsd_sb.HNSD
-        The trained model.
+        The trained model (without a ``PooledSpeakerNormalization`` attached).
     path : str or path-like
         The ``.onnx`` file to write.
     check : bool
         Run the file with ONNX Runtime on a padded batch and compare with PyTorch (at most
         ``ONNX_TOLERANCE`` on the log-probabilities).
+    vector_inputs : bool
+        The model's classifier reads the pooled vectors z-scored per speaker: the graph takes
+        their moments (``vector_mean``, ``vector_std``, ``[batch, utterance_size]``) and also
+        returns the vectors (``pooled``).
 
     Returns
     -------
@@ -102,27 +124,34 @@ def export_onnx(model, path, check=True):
             torch.save(model.cpu(), saved)
         code = (
             "import sys, torch; from hnsd_sb.backends import _export_here; "
-            "_export_here(torch.load(sys.argv[1], weights_only=False), sys.argv[2])"
+            "_export_here(torch.load(sys.argv[1], weights_only=False), sys.argv[2], "
+            "sys.argv[3] == 'vectors')"
         )
+        kind = "vectors" if vector_inputs else "plain"
         proc = subprocess.run(
-            [sys.executable, "-c", code, saved, os.fspath(path)], capture_output=True, text=True
+            [sys.executable, "-c", code, saved, os.fspath(path), kind],
+            capture_output=True,
+            text=True,
         )
     if proc.returncode != 0:
         raise RuntimeError(f"{path}: the ONNX export failed:\n{proc.stderr[-3000:]}")
     return check_onnx(model, path) if check else 0.0
 
 
-def _export_here(model, path):
+def _export_here(model, path, vector_inputs=False):
     """``export_onnx``'s work, in the calling process."""
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=2)
-    example = _example_inputs(model, 2, 40)
+    example = _example_inputs(model, 2, 40, vector_inputs=vector_inputs)
+    network = (_VectorNetwork if vector_inputs else _Network)(model).eval()
+    extra = len(_VECTOR_INPUTS) if vector_inputs else 0
     with cpu.plain_pytorch(model), torch.no_grad():
         program = torch.onnx.export(
-            _Network(model).eval(),
+            network,
             example,
-            input_names=list(_INPUTS),
-            output_names=list(_OUTPUTS),
-            dynamic_shapes=({0: batch, 1: time}, {0: batch, 1: time}, {0: batch}),
+            input_names=list(_INPUTS + _VECTOR_INPUTS[:extra]),
+            output_names=list(_OUTPUTS + (_VECTOR_OUTPUTS if vector_inputs else ())),
+            dynamic_shapes=({0: batch, 1: time}, {0: batch, 1: time}, {0: batch})
+            + ({0: batch},) * extra,
             dynamo=True,
             verbose=False,
         )
@@ -140,13 +169,18 @@ def _export_here(model, path):
     onnx.save(graph, path)
 
 
-def _example_inputs(model, batch, frames, seed=0):
-    """A padded batch of random normalised features (the first utterance full length)."""
+def _example_inputs(model, batch, frames, seed=0, vector_inputs=False):
+    """A padded batch of random normalised features (the first utterance full length), and
+    with ``vector_inputs`` random moments of the pooled vectors."""
     gen = torch.Generator().manual_seed(seed)
     static = torch.randn(batch, frames, model.n_static, generator=gen)
     dynamic = torch.randn(batch, frames, model.n_dynamic, generator=gen)
     lengths = torch.linspace(1.0, 0.4, batch)
-    return static, dynamic, lengths
+    if not vector_inputs:
+        return static, dynamic, lengths
+    mean = 0.1 * torch.randn(batch, model.utterance_size, generator=gen)
+    std = 0.05 + 0.1 * torch.rand(batch, model.utterance_size, generator=gen)
+    return static, dynamic, lengths, mean, std
 
 
 def check_onnx(model, path, tolerance=ONNX_TOLERANCE):
@@ -169,12 +203,14 @@ def check_onnx(model, path, tolerance=ONNX_TOLERANCE):
     """
     session = OnnxNetwork(path)
     model = model.eval()  # dropout off, as exported
+    vectors = session.vector_inputs
+    network = (_VectorNetwork if vectors else _Network)(model)
     worst = 0.0
     with cpu.plain_pytorch(model), torch.no_grad():
         for batch, frames in ((3, 57), (1, 301)):
-            inputs = _example_inputs(model, batch, frames, seed=batch)
-            expected = model(*inputs, return_attention=True)[0]
-            got = session(*inputs, return_attention=True)[0]
+            inputs = _example_inputs(model, batch, frames, seed=batch, vector_inputs=vectors)
+            expected = network(*inputs)[0]
+            got = session.run_graph(*inputs)[0]
             worst = max(worst, float((expected - got).abs().max()))
     if not worst <= tolerance:
         raise ValueError(
@@ -287,18 +323,57 @@ class OnnxNetwork(torch.nn.Module):
             )
         except Exception as err:  # ONNX Runtime's own exception types
             raise ValueError(f"{path}: not an ONNX graph ONNX Runtime can run ({err})") from None
-        names = [i.name for i in self.session.get_inputs()]
-        if names != list(_INPUTS):
+        inputs = self.session.get_inputs()
+        names = [i.name for i in inputs]
+        if names not in (list(_INPUTS), list(_INPUTS + _VECTOR_INPUTS)):
             raise ValueError(f"{path}: inputs {names}, not those of HNSD's network {list(_INPUTS)}")
+        # True: the graph z-scores the pooled vectors with the moments it is given
+        self.vector_inputs = len(names) > len(_INPUTS)
+        self.vector_size = inputs[-1].shape[1] if self.vector_inputs else None
+        self.vector_normalization = None
+
+    def attach_vector_normalization(self, norm):
+        """Called by ``PooledSpeakerNormalization.attach`` (and ``detach``, with None): the
+        statistics whose moments the graph z-scores the pooled vectors with.
+
+        Arguments
+        ---------
+        norm : hnsd_sb.normalization.PooledSpeakerNormalization or None
+            The statistics.
+        """
+        if norm is not None and not self.vector_inputs:
+            raise ValueError(
+                f"{self.path}: this graph classifies plain pooled vectors, but the model "
+                "z-scores them per speaker; export the run again with --format onnx"
+            )
+        self.vector_normalization = norm
+
+    def run_graph(self, *inputs):
+        """The graph's outputs (tensors) for its inputs (tensors, in the graph's order)."""
+        names = _INPUTS + (_VECTOR_INPUTS if self.vector_inputs else ())
+        feeds = {
+            name: x.detach().cpu().float().contiguous().numpy() for name, x in zip(names, inputs)
+        }
+        return [torch.from_numpy(x) for x in self.session.run(None, feeds)]
 
     def forward(self, static, dynamic, lengths=None, return_attention=False):
         """Classifies a batch: see ``hnsd_sb.HNSD.forward``."""
         if lengths is None:
             lengths = torch.ones(static.shape[0])
-        feeds = {
-            "static": static.detach().cpu().float().contiguous().numpy(),
-            "dynamic": dynamic.detach().cpu().float().contiguous().numpy(),
-            "lengths": lengths.detach().cpu().float().contiguous().numpy(),
-        }
-        log_probs, attention = (torch.from_numpy(x) for x in self.session.run(None, feeds))
+        inputs, norm = [static, dynamic, lengths], self.vector_normalization
+        if self.vector_inputs:
+            if norm is None:
+                raise RuntimeError(
+                    f"{self.path}: the graph z-scores the pooled vectors per speaker; attach "
+                    "the model's PooledSpeakerNormalization first"
+                )
+            moments = norm.moments()
+            if moments is None:  # gathering the vectors: they pass unchanged
+                shape = (static.shape[0], self.vector_size)
+                moments = (torch.zeros(shape), torch.ones(shape))
+            inputs += moments
+        outputs = self.run_graph(*inputs)
+        if self.vector_inputs:
+            norm.gather(outputs[2])
+        log_probs, attention = outputs[:2]
         return (log_probs, attention) if return_attention else log_probs

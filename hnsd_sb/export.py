@@ -224,11 +224,6 @@ def write_model_folder(
     pathlib.Path
         The folder.
 
-    Raises
-    ------
-    ValueError
-        With ``onnx`` and ``vector_state``: the ONNX graph cannot z-score per speaker.
-
     Example
     -------
     >>> from hnsd_sb import HNSD
@@ -251,11 +246,6 @@ def write_model_folder(
         )
     _check_destination(folder, overwrite)
     if vector_state is not None:
-        if onnx:
-            raise ValueError(
-                f"{folder}: the model z-scores its pooled vectors per speaker, which an ONNX "
-                "graph cannot do; export it without --format onnx (nothing was written)"
-            )
         modules = {**(modules or {}), "vector_normalizer": VECTOR_MODULE}
     labels = [str(label) for label in labels]
     if len(set(labels)) != len(labels) or not labels:
@@ -297,7 +287,10 @@ def write_model_folder(
         if onnx:
             from hnsd_sb import backends
 
-            backends.export_onnx(recognizer.mods.model, staging / backends.ONNX_FILE)
+            for norm in recognizer.vector_norms:  # the graph z-scores the vectors itself
+                norm.detach()
+            vectors = bool(recognizer.vector_norms)
+            backends.export_onnx(recognizer.mods.model, staging / backends.ONNX_FILE, True, vectors)
             if int8:
                 int8_file = staging / backends.ONNX_INT8_FILE
                 backends.quantize_onnx(staging / backends.ONNX_FILE, int8_file)
@@ -424,8 +417,7 @@ def export_model(
         or, for a run that z-scored its pooled vectors per speaker (``vector_normalization``),
         the statistics its training saves in the selected checkpoint when it ends.
     ValueError
-        Naming the file: an unreadable label encoder or statistics; or ``onnx`` asked of a run
-        that z-scored its pooled vectors per speaker (see ``write_model_folder``).
+        Naming the file: an unreadable label encoder or statistics.
 
     Example
     -------

@@ -128,9 +128,9 @@ class EmotionRecognizer(Pretrained):
             ``vector_normalizer.ckpt`` where the architecture has a ``vector_normalizer``).
         ValueError
             When a file of the folder is invalid, tampered with, or from an older export; the
-            message names the file and the field. Also when an ONNX backend is asked of a model
-            that z-scores its pooled vectors per speaker (the graph cannot), and when the folder
-            holds ``vector_normalizer.ckpt`` but its architecture has no ``vector_normalizer``.
+            message names the file and the field. Also when the folder holds
+            ``vector_normalizer.ckpt`` but its architecture has no ``vector_normalizer``, and
+            when an ONNX backend's graph of such a model does not take the vectors' moments.
 
         Example
         -------
@@ -171,11 +171,6 @@ class EmotionRecognizer(Pretrained):
         n_features = modules["model"].n_static + modules["model"].n_dynamic
         load_normalizer(modules["normalizer"], path / NORMALIZER_FILE, n_features)
         if "vector_normalizer" in modules:
-            if backend.startswith("onnx"):
-                raise ValueError(
-                    f"{path}: the model z-scores its pooled vectors per speaker, which the "
-                    f"{backend} backend cannot do; use torch or torch-int8"
-                )
             vector_file, size = path / VECTOR_NORMALIZER_FILE, modules["model"].utterance_size
             load_normalizer(modules["vector_normalizer"], vector_file, size)
         elif (path / VECTOR_NORMALIZER_FILE).exists():

@@ -733,12 +733,44 @@ class HNSD(torch.nn.Module):
             Pooling weights, only when ``return_attention``.
         """
         u, weights = self.pooling(self.frames(static, dynamic, lengths), lengths, True)
+        log_probs = self.head(u, static, dynamic, lengths)
+        return (log_probs, weights) if return_attention else log_probs
+
+    def head(self, u, static, dynamic, lengths=None):
+        """The classifier on the pooled utterance vectors (and the expert beside it): the end of
+        ``forward``, on its own for an ONNX graph that z-scores the vectors first
+        (``hnsd_sb.backends``).
+
+        Arguments
+        ---------
+        u : torch.Tensor
+            Pooled utterance vectors ``[batch, utterance_size]``.
+        static : torch.Tensor
+            ``[batch, time, n_static]`` (read by the expert only).
+        dynamic : torch.Tensor
+            ``[batch, time, n_dynamic]`` (read by the expert only).
+        lengths : torch.Tensor
+            Relative lengths ``[batch]``.
+
+        Returns
+        -------
+        torch.Tensor
+            Log-probabilities ``[batch, n_classes]``, as ``forward`` gives them.
+
+        Example
+        -------
+        >>> model = HNSD(hidden_size=8, n_classes=3).eval()
+        >>> static, dynamic = torch.randn(2, 9, 26), torch.randn(2, 9, 52)
+        >>> u, _ = model.pooling(model.frames(static, dynamic), None, True)
+        >>> bool(torch.equal(model.head(u, static, dynamic), model(static, dynamic)))
+        True
+        """
         log_probs = self.classifier(u)
         if self.expert is not None:
             log_probs = log_probs + self.expert(torch.cat([static, dynamic], dim=-1), lengths)
             if not self.training:
                 log_probs = torch.log_softmax(log_probs, dim=-1)
-        return (log_probs, weights) if return_attention else log_probs
+        return log_probs
 
 
 def newer_name(model, name):

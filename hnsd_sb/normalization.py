@@ -280,6 +280,39 @@ class SpeakerNormalization(torch.nn.Module):
         std = std.to(feats.dtype).unsqueeze(1)
         return (feats - mean) / std * mask
 
+    def moments_of(self, speakers, device="cpu"):
+        """The mean and standard deviation with which ``forward`` z-scores each speaker's
+        sequences: its own, or, for a speaker without statistics (or None), those of all
+        speakers (``unseen="global"`` only: an utterance's own depend on the utterance).
+
+        Arguments
+        ---------
+        speakers : list
+            Speaker ids (str or None).
+        device : str or torch.device
+            Where the moments go.
+
+        Returns
+        -------
+        mean, std : torch.Tensor
+            ``[len(speakers), n_feats]`` each (float64).
+
+        Example
+        -------
+        >>> norm = SpeakerNormalization(unseen="global")
+        >>> norm.accumulate(torch.tensor([[[0.0]], [[2.0]]]), torch.ones(2), ["a", "b"])
+        >>> mean, std = norm.moments_of(["b", "stranger"])
+        >>> mean.flatten().tolist(), std.flatten().tolist()
+        ([2.0, 1.0], [1e-05, 1.0])
+        """
+        if not self.stats:
+            raise RuntimeError("SpeakerNormalization has no statistics: call accumulate first")
+        if self.unseen != "global":
+            raise ValueError(f"moments_of needs unseen='global', not {self.unseen!r}")
+        table_mean, table_std, index = self._table(device)
+        picked = torch.tensor([index.get(s, len(index)) for s in speakers], device=device)
+        return table_mean[picked], table_std[picked]
+
     def _table(self, device):
         """The speakers' moments ``[n + 1, n_feats]`` (last row: pooled over all speakers) on
         ``device``, and speaker -> row; rebuilt only when the statistics changed."""
@@ -382,6 +415,15 @@ class SpeakerNormalization(torch.nn.Module):
         self._load(path)
 
 
+def _current_speakers(state):
+    """The speakers ``PooledSpeakerNormalization.for_speakers`` set (an error outside it)."""
+    if state["speakers"] is None:
+        raise RuntimeError(
+            "PooledSpeakerNormalization: run the model inside for_speakers(speakers)"
+        )
+    return state["speakers"]
+
+
 class PooledSpeakerNormalization:
     """Z-scores the pooled utterance vectors that a model's classifier reads with their
     speaker's statistics: the speaker normalisation of the features, applied again one level up.
@@ -437,37 +479,89 @@ class PooledSpeakerNormalization:
                 f"got {self.statistics.unseen!r}"
             )
         self._state = {"speakers": None, "collect": False}
-        self._hook = None
+        self._hook = self._graph = None
 
     def attach(self, model):
         """Gives ``model.classifier`` the pre-hook (replacing one that an earlier ``attach``
         added). Attach before copying the model (the weight average): the copy then calls the
-        same hook, with the same statistics.
+        same hook, with the same statistics. A network that z-scores the vectors itself (an
+        ONNX graph, ``hnsd_sb.backends.OnnxNetwork``) is given this object instead, and asks
+        it for ``moments`` and ``gather``.
 
         Arguments
         ---------
-        model : hnsd_sb.HNSD
+        model : hnsd_sb.HNSD or hnsd_sb.backends.OnnxNetwork
             Its ``classifier``'s input is the pooled utterance vector.
         """
+        self.detach()
+        if hasattr(model, "attach_vector_normalization"):  # a graph that z-scores inside
+            model.attach_vector_normalization(self)
+            self._graph = model
+            return
         statistics, state = self.statistics, self._state
 
         # A plain function (not a method), so a deep copy of the model keeps calling it.
         def normalize(module, args):
             """Forward pre-hook of the classifier: z-scores (or collects) the pooled vectors."""
-            speakers = state["speakers"]
-            if speakers is None:
-                raise RuntimeError(
-                    "PooledSpeakerNormalization: run the model inside for_speakers(speakers)"
-                )
+            speakers = _current_speakers(state)
             u = args[0].unsqueeze(1)  # [batch, 1, size]: one frame per utterance
             if state["collect"]:
                 statistics.accumulate(u, torch.ones(u.shape[0], device=u.device), speakers)
                 return None
             return (statistics(u, None, speakers).squeeze(1), *args[1:])
 
+        self._hook = model.classifier.register_forward_pre_hook(normalize)
+
+    def detach(self):
+        """Undoes ``attach``: the model then classifies plain pooled vectors (``hnsd export``
+        writes the bare network as an ONNX graph that z-scores them itself)."""
         if self._hook is not None:
             self._hook.remove()
-        self._hook = model.classifier.register_forward_pre_hook(normalize)
+            self._hook = None
+        if self._graph is not None:
+            self._graph.attach_vector_normalization(None)
+            self._graph = None
+
+    def moments(self):
+        """For a network that z-scores its pooled vectors itself (an ONNX graph,
+        ``hnsd_sb.backends.OnnxNetwork``): the mean and standard deviation ``[batch, size]``
+        (float64) of the current speakers (``for_speakers``), as the hook z-scores with them;
+        None while collecting, when the vectors must pass unchanged.
+
+        Returns
+        -------
+        tuple or None
+            ``(mean, std)``, or None.
+
+        Example
+        -------
+        >>> norm = PooledSpeakerNormalization()
+        >>> with norm.collecting(), norm.for_speakers(["a", "a"]):  # as OnnxNetwork does
+        ...     print(norm.moments())
+        ...     norm.gather(torch.tensor([[0.0], [2.0]]))
+        None
+        >>> with norm.for_speakers(["a", "stranger"]):
+        ...     mean, std = norm.moments()
+        >>> mean.flatten().tolist(), std.flatten().tolist()
+        ([1.0, 1.0], [1.0, 1.0])
+        """
+        speakers = _current_speakers(self._state)
+        return None if self._state["collect"] else self.statistics.moments_of(speakers)
+
+    def gather(self, vectors):
+        """For a network that z-scores its pooled vectors itself: while collecting, adds the
+        pooled vectors it returned to the current speakers' statistics (what the hook does
+        inside a PyTorch model); otherwise nothing.
+
+        Arguments
+        ---------
+        vectors : torch.Tensor
+            ``[batch, size]``, one per utterance of the batch.
+        """
+        if self._state["collect"]:
+            u = vectors.unsqueeze(1)
+            lengths = torch.ones(u.shape[0], device=u.device)
+            self.statistics.accumulate(u, lengths, _current_speakers(self._state))
 
     @contextlib.contextmanager
     def for_speakers(self, speakers):

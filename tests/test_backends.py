@@ -112,6 +112,18 @@ def test_each_torch_backend_runs_the_form_measured_faster(recognizers):
     assert is_accelerated(recognizers["torch-int8"].mods.model)
 
 
+def test_a_graph_of_plain_pooled_vectors_is_refused_for_a_z_scoring_model(folder):
+    """A graph without the vectors' moments as inputs cannot serve a model trained with
+    ``vector_normalization``: attaching its statistics names the file."""
+    from hnsd_sb.backends import OnnxNetwork
+    from hnsd_sb.normalization import PooledSpeakerNormalization
+
+    network = OnnxNetwork(folder / "model.onnx")
+    assert not network.vector_inputs
+    with pytest.raises(ValueError, match="model.onnx: this graph classifies plain pooled vectors"):
+        PooledSpeakerNormalization().attach(network)
+
+
 def test_an_onnx_graph_that_is_not_the_model_is_refused(folder, tmp_path):
     import onnx
     from onnx import numpy_helper

@@ -734,10 +734,11 @@ def test_overwrite_keeps_the_users_own_files(run_folder, tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == sorted([*FOLDER_FILES, "NOTES.md"])
 
 
-def vector_normalized_folder(folder, seed=0):
+def vector_normalized_folder(folder, seed=0, **export):
     """A small model whose classifier reads its pooled vectors z-scored per speaker, with the
-    statistics of speakers ``a`` and ``b``, exported to ``folder``; returns what it was made of
-    (network, hook, features and normaliser, in memory) and the speakers' waveforms."""
+    statistics of speakers ``a`` and ``b``, exported to ``folder`` (``export``: more arguments
+    of ``write_model_folder``); returns what it was made of (network, hook, features and
+    normaliser, in memory) and the speakers' waveforms."""
     from hnsd_sb import HNSD, SpeakerNormalization, StaticDynamicFeatures
     from hnsd_sb.export import write_model_folder
     from hnsd_sb.normalization import PooledSpeakerNormalization
@@ -762,7 +763,7 @@ def vector_normalized_folder(folder, seed=0):
     spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
     write_model_folder(
         folder, ["neg", "pos"], model.state_dict(), normalizer.state(), modules=spec,
-        vector_state=norm.statistics.state(),
+        vector_state=norm.statistics.state(), **export,
     )  # fmt: skip
     return (model, norm, features, normalizer), wavs
 
@@ -771,7 +772,7 @@ def test_a_folder_z_scores_the_pooled_vectors_as_the_model_it_came_from(tmp_path
     """A model trained with ``vector_normalization`` exports the pooled vectors' statistics
     (``vector_normalizer.ckpt``); its folder classifies as the model in memory did, for known
     speakers (their statistics), for unknown ones and None (all speakers' statistics), by both
-    of SpeechBrain's routes and with int8 weights; ONNX, which cannot, is refused."""
+    of SpeechBrain's routes and with int8 weights (ONNX: the next test)."""
     from hnsd_sb.pipeline import classify
     from hnsd_sb.weights import VECTOR_NORMALIZER_FILE
 
@@ -798,16 +799,9 @@ def test_a_folder_z_scores_the_pooled_vectors_as_the_model_it_came_from(tmp_path
         torch.testing.assert_close(got, want, rtol=0, atol=0.02)
     known = recognizer.classify_batch(batch, speakers=["a", "b"])[0]
     assert not torch.allclose(known, want, atol=1e-3)  # the speakers' statistics matter
-    for backend in ("onnx", "onnx-int8"):
-        with pytest.raises(ValueError, match=f"z-scores its pooled vectors.*{backend}"):
-            EmotionRecognizer.from_folder(folder, backend=backend)
-    with pytest.raises(ValueError, match="ONNX graph cannot"):
-        from hnsd_sb.export import write_model_folder
-
-        write_model_folder(tmp_path / "onnx", ["neg", "pos"], model.state_dict(), onnx=True,
-                           vector_state=norm.statistics.state())  # fmt: skip
-    assert not (tmp_path / "onnx").exists()
     # a plain export over it leaves no statistics of the vectors behind
+    from hnsd_sb.export import write_model_folder
+
     vector_bytes = (folder / VECTOR_NORMALIZER_FILE).read_bytes()
     spec = {"model": ("hnsd_sb.HNSD", {"hidden_size": 8, "fc_size": 4, "n_classes": 2})}
     write_model_folder(folder, ["neg", "pos"], model.state_dict(), modules=spec, overwrite=True)
@@ -817,6 +811,42 @@ def test_a_folder_z_scores_the_pooled_vectors_as_the_model_it_came_from(tmp_path
     (folder / VECTOR_NORMALIZER_FILE).write_bytes(vector_bytes)
     with pytest.raises(ValueError, match=f"{VECTOR_NORMALIZER_FILE}: .*no vector_normalizer"):
         EmotionRecognizer.from_folder(folder)
+
+
+def test_an_onnx_graph_z_scores_the_pooled_vectors_as_pytorch_does(tmp_path):
+    """``--format onnx`` of a model that z-scores its pooled vectors per speaker: the graph
+    takes each utterance's moments of the vectors (the statistics stay in PyTorch) and returns
+    the vectors, so the folder classifies alike on every backend for known speakers, unknown
+    ones and None, and enrolling a speaker gathers the same statistics through the graph."""
+    pytest.importorskip("onnxruntime")
+    from hnsd_sb.backends import OnnxNetwork
+
+    folder = tmp_path / "model"
+    _, wavs = vector_normalized_folder(folder, onnx=True, int8=True)
+    assert [i.name for i in OnnxNetwork(folder / "model.onnx").session.get_inputs()][3:] == [
+        "vector_mean", "vector_std",
+    ]  # fmt: skip
+    plain = EmotionRecognizer.from_folder(folder)
+    batch = torch.stack([wavs["a"][0][:16000], wavs["b"][1][:16000]])
+    onnx_recognizers = {}
+    for backend, atol in (("onnx", 1e-4), ("onnx-int8", 0.1)):
+        onnx_recognizers[backend] = EmotionRecognizer.from_folder(folder, backend=backend)
+        for speakers in (["a", "b"], ["b", "a"], ["nobody", "a"], None):
+            want = plain.infer_batch(batch, speakers=speakers)[0]
+            got = onnx_recognizers[backend].infer_batch(batch, speakers=speakers)[0]
+            torch.testing.assert_close(got, want, rtol=0, atol=atol)
+    gen = torch.Generator().manual_seed(5)
+    recordings = [torch.randn(16000 * 20, generator=gen), torch.randn(16000 * 16, generator=gen)]
+    for recognizer in (plain, onnx_recognizers["onnx"]):
+        recognizer.enroll("c", recordings)  # 9 windows of about 4 s
+    for want, got in zip(
+        plain.vector_norms[0].statistics.speaker_moments("c"),
+        onnx_recognizers["onnx"].vector_norms[0].statistics.speaker_moments("c"),
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    want = plain.infer_batch(batch, speakers=["c", "c"])[0]
+    got = onnx_recognizers["onnx"].infer_batch(batch, speakers=["c", "c"])[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
 def test_enrolment_gathers_a_speakers_vector_statistics_from_all_its_recordings(tmp_path, caplog):

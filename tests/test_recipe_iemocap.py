@@ -311,7 +311,8 @@ def test_every_hparams_file_sets_the_batch_with_one_override():
 def improved_brain(wav_augment=False, **overrides):
     """The recipe's ``EmotionBrain`` on a small ``hnsd_improved.yaml`` model with ``overrides``
     and the recipe's optimizer class, without the waveform augmentation unless ``wav_augment``
-    (so only what a test switches on is random)."""
+    (so only what a test switches on is random) and without ``vector_normalization`` unless
+    asked (its passes need the recipe's datasets)."""
     import importlib.util
 
     from hyperpyyaml import load_hyperpyyaml
@@ -320,7 +321,8 @@ def improved_brain(wav_augment=False, **overrides):
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
     with open(os.path.join(RECIPE, "hparams", "hnsd_improved.yaml"), encoding="utf-8") as f:
-        overrides = {"data_folder": "unused", "lstm_size": 16, "fc_size": 8, **overrides}
+        overrides = {"data_folder": "unused", "lstm_size": 16, "fc_size": 8,
+                     "vector_normalization": False, **overrides}  # fmt: skip
         hparams = load_hyperpyyaml(f, overrides)
     if not wav_augment:
         del hparams["wav_augment"]
@@ -397,6 +399,7 @@ def test_waveform_augmentation_switches_off_from_the_command_line():
         path = os.path.join(RECIPE, "hparams", "hnsd_improved.yaml")
         with open(path, encoding="utf-8") as f:
             sizes = "data_folder: unused\nlstm_size: 16\nfc_size: 8\n"
+            sizes += "vector_normalization: False\n"  # its passes need the recipe's datasets
             hparams = load_hyperpyyaml(f, sizes + overrides)
         return hparams, train.EmotionBrain(
             modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"}
@@ -1059,7 +1062,9 @@ def test_speaker_adversary_trains_beside_the_model_and_refuses_mixup(corpus, tmp
     assert glob.glob(str(out / "save" / "CKPT*" / "speaker_adversary.ckpt"))
     assert (out / "test_results.json").exists()
 
-    assert_refused_with_mixup(args, tmp_path / "x", "adversary_weight > 0")
+    # (the vectors' z-score, on in the file, refuses mixup too: off, so the adversary speaks)
+    plain = [*args, "--vector_normalization=False"]
+    assert_refused_with_mixup(plain, tmp_path / "x", "adversary_weight > 0")
 
 
 def test_vector_normalization_replicates_the_speakers_as_the_labels_in_training_only():

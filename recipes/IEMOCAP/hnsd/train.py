@@ -155,7 +155,14 @@ class EmotionBrain(sb.Brain):
                 model = self.averaged.module
             if self.hparams.normalize_eval_speakers:
                 split = "valid" if stage == sb.Stage.VALID else self.evaluated_split
-        self.gather_vector_statistics(model, [self.vector_sets[split]], split)
+        sets = getattr(self, "vector_sets", None)
+        if sets is None or split not in sets:
+            raise RuntimeError(
+                f"vector_normalization: the brain's vector_sets has no {split!r} dataset to "
+                "gather the pooled vectors' statistics from (main sets them; elsewhere set "
+                "brain.vector_sets, or pass --vector_normalization=False)"
+            )
+        self.gather_vector_statistics(model, [sets[split]], split)
 
     def gather_vector_statistics(self, model, datasets, name):
         """Gathers afresh the pooled vectors' statistics of the speakers of ``datasets`` with

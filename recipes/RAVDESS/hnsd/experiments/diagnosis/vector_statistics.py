@@ -25,11 +25,12 @@ statistics, the recipes' setting) or ``global`` (those of all the other speakers
 knows) and, with the switch, its pooled vector with the statistics of all the training actors
 together (gathered over their files; a model folder's pooled statistics hold the evaluation
 actors' too, since the recipe's last pass covers every speaker its normaliser knows). With
-the switch, it adds a user who enrols each actor with only ``FEW`` files (3), fewer than the 8
-windows ``EmotionRecognizer.enroll`` asks before it gathers a speaker's vector statistics: the
-features z-scored with those files' statistics, and the vectors with the training actors'
-(``enrolled3_global_vectors``, what ``enroll`` does) or with the few files' own
-(``enrolled3_own_vectors``, what it refuses); means over 5 draws.
+the switch, it adds a user who enrols each actor with only ``n`` files (``--few``, 3 unless
+told), perhaps fewer than the ``MIN_ENROLLED_VECTORS`` windows ``EmotionRecognizer.enroll``
+asks before it gathers a speaker's vector statistics: the features z-scored with those files'
+statistics, and the vectors with the training actors' (``enrolled<n>_global_vectors``, what
+``enroll`` does below its minimum) or with the few files' own (``enrolled<n>_own_vectors``,
+what it does from its minimum on); means over 5 draws.
 
 The test actors' files are not read. Their feature statistics, gathered by the run from
 their audio, stay in its normaliser, and so in the features' ``global`` fallback, as they
@@ -52,8 +53,9 @@ from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
 from hnsd_sb.normalization import UNSEEN_POLICIES, PooledSpeakerNormalization
 from hnsd_sb.pipeline import classify
 
-# Files each actor enrols with in ``few_enrolled``: a RAVDESS file is about one 4 s window.
-FEW = 3
+# Files each actor enrols with in ``few_enrolled`` unless told: a RAVDESS file is about one
+# 4 s window.
+FEW = (3,)
 
 
 def by_speaker_of(speakers):
@@ -61,9 +63,9 @@ def by_speaker_of(speakers):
     return {s: [i for i, x in enumerate(speakers) if x == s] for s in set(speakers)}
 
 
-def score(fold, data_folder, tmp, draws=5, unenrolled=False):
-    """The JSON line of one fold folder (with ``unenrolled``: ``all`` and the ``unenrolled``
-    figures)."""
+def score(fold, data_folder, tmp, draws=5, unenrolled=False, few=FEW):
+    """The JSON line of one fold folder (with ``unenrolled``: ``all``, the ``unenrolled``
+    figures and, with the switch, the ``enrolled<n>`` ones for each ``n`` of ``few``)."""
     plain = os.path.join(tmp, "hyperparams.yaml")  # the run's hparams, switch off for export
     with open(os.path.join(fold, "hyperparams.yaml"), encoding="utf-8") as f:
         text_of_run = f.read()
@@ -100,14 +102,14 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
         cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
         return 100 * float(unweighted_accuracy(cm))
 
-    def few_enrolled(by_speaker):
-        """Each actor enrolled with ``FEW`` random files, fewer than the windows that
-        ``EmotionRecognizer.enroll`` needs for the pooled vectors' statistics: the features
-        z-scored with those files' statistics, and the vectors with all the training actors'
-        (what ``enroll`` does) or with the few files' own (what it refuses); means over draws."""
+    def few_enrolled(by_speaker, n):
+        """Each actor enrolled with ``n`` random files: the features z-scored with those files'
+        statistics, and the vectors with all the training actors' (what ``enroll`` does below
+        ``MIN_ENROLLED_VECTORS`` windows) or with the few files' own (what it does from there
+        on); means over draws (the same draws for every ``n`` as far as they go: one seed)."""
         rng, figures = random.Random(0), {"global_vectors": [], "own_vectors": []}
         for _ in range(draws):
-            chosen = [i for s in sorted(by_speaker) for i in rng.sample(by_speaker[s], FEW)]
+            chosen = [i for s in sorted(by_speaker) for i in rng.sample(by_speaker[s], n)]
             for speaker in by_speaker:
                 mods.normalizer.forget(speaker)
                 norm.statistics.forget(speaker)
@@ -118,7 +120,7 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
                 with norm.collecting(reset=False):
                     run(chosen, collect=True)
                 figures["own_vectors"].append(ua_of(run(range(len(rows)))))
-        return {f"enrolled{FEW}_{k}": sum(v) / draws for k, v in figures.items()}
+        return {f"enrolled{n}_{k}": sum(v) / draws for k, v in figures.items()}
 
     def ua_with(stat_rows):
         """UA in % over all files, each speaker's statistics from these files only."""
@@ -152,8 +154,8 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False):
                 log_probs = run(range(len(rows)), names=unknown)
             cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
             result[f"unenrolled_{policy}"] = 100 * float(unweighted_accuracy(cm))
-        if vectors:
-            result.update(few_enrolled(by_speaker_of(speakers)))
+        for n in few if vectors else ():
+            result.update(few_enrolled(by_speaker_of(speakers), n))
         return result
     rng = random.Random(0)
     by_speaker = by_speaker_of(speakers)
@@ -202,6 +204,20 @@ def summarize(path):
             + f"; global - utterance {statistics.mean(diff):+.2f}, at least as high in "
             f"{sum(d >= 0 for d in diff)}"
         )  # fmt: skip
+    few = sorted(int(k[8:-12]) for k in keys if re.fullmatch(r"enrolled\d+_own_vectors", k))
+    for name in names if few else ():  # the rules of SELECTION.md's enrolment-minimum plan
+        runs, parts = rows[name], []
+        for n in few:
+            own = [line[f"enrolled{n}_own_vectors"] for line in runs]
+            trained = [line[f"enrolled{n}_global_vectors"] for line in runs]
+            parts.append(
+                f"n={n}: own {statistics.mean(own):.2f}, training actors' "
+                f"{statistics.mean(trained):.2f}, own - theirs "
+                f"{statistics.mean(o - t for o, t in zip(own, trained)):+.2f} "
+                f"({sum(o >= t for o, t in zip(own, trained))} of {len(runs)})"
+            )
+        unenrolled = statistics.mean(line["unenrolled_global"] for line in runs)
+        print(f"{name}: " + "; ".join(parts) + f"; unenrolled_global {unenrolled:.2f}")
 
 
 def main():
@@ -214,13 +230,19 @@ def main():
     parser.add_argument(
         "--unenrolled", action="store_true", help="score unseen speakers instead of the subsets"
     )
+    parser.add_argument(
+        "--few", type=int, nargs="+", default=list(FEW),
+        help="with --unenrolled: files each actor enrols with (default: 3)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.summarize:
         return summarize(args.summarize)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for fold in args.folds:
-            line = score(fold.rstrip("/"), args.data_folder, tmp, unenrolled=args.unenrolled)
+            line = score(
+                fold.rstrip("/"), args.data_folder, tmp, unenrolled=args.unenrolled, few=args.few
+            )
             print(json.dumps(line), flush=True)
 
 
