@@ -50,8 +50,12 @@ from hnsd_sb.export import export_model
 from hnsd_sb.inference import EmotionRecognizer
 from hnsd_sb.manifest import read_rows, resolve_path
 from hnsd_sb.metrics import confusion_matrix, unweighted_accuracy
-from hnsd_sb.normalization import UNSEEN_POLICIES, PooledSpeakerNormalization
-from hnsd_sb.pipeline import classify
+from hnsd_sb.normalization import (
+    UNSEEN_POLICIES,
+    PooledSpeakerNormalization,
+    SpeakerNormalization,
+)
+from hnsd_sb.pipeline import classify, normalized_streams
 
 # Files each actor enrols with in ``few_enrolled`` unless told: a RAVDESS file is about one
 # 4 s window.
@@ -102,12 +106,34 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False, few=FEW):
         cm = confusion_matrix(y, log_probs.argmax(1), len(labels))
         return 100 * float(unweighted_accuracy(cm))
 
+    def pooled(indices):
+        """The pooled vectors ``[len(indices), size]`` of these files, their features z-scored
+        with their speakers' statistics as they are now (padded batches of 16: the network's
+        outputs on real frames ignore the padding)."""
+        out = []
+        for first in range(0, len(indices), 16):
+            chunk = [wavs[i][0] for i in indices[first : first + 16]]
+            longest = max(w.numel() for w in chunk)
+            batch = torch.stack(
+                [torch.nn.functional.pad(w, (0, longest - w.numel())) for w in chunk]
+            )
+            lens = torch.tensor([w.numel() / longest for w in chunk])
+            names = [speakers[i] for i in indices[first : first + 16]]
+            static, dynamic, lens = normalized_streams(mods.features, mods.normalizer, batch, lens,
+                                                       names)  # fmt: skip
+            out.append(mods.model.pooling(mods.model.frames(static, dynamic, lens), lens, True)[0])
+        return torch.cat(out)
+
     def few_enrolled(by_speaker, n):
         """Each actor enrolled with ``n`` random files: the features z-scored with those files'
         statistics, and the vectors with all the training actors' (what ``enroll`` does below
         ``MIN_ENROLLED_VECTORS`` windows) or with the few files' own (what it does from there
-        on); means over draws (the same draws for every ``n`` as far as they go: one seed)."""
+        on); means over draws (the same draws for every ``n`` as far as they go: one seed).
+        The hook's z-score, written out: each file's pooled vector is computed once per draw,
+        and the two sets of statistics z-score it as ``SpeakerNormalization`` does."""
         rng, figures = random.Random(0), {"global_vectors": [], "own_vectors": []}
+        everyone = list(range(len(rows)))
+        norm.detach()  # the classifier reads the vectors z-scored here
         for _ in range(draws):
             chosen = [i for s in sorted(by_speaker) for i in rng.sample(by_speaker[s], n)]
             for speaker in by_speaker:
@@ -116,10 +142,14 @@ def score(fold, data_folder, tmp, draws=5, unenrolled=False, few=FEW):
             for i in chosen:
                 recognizer.accumulate(speakers[i], wavs[i][0])
             with torch.no_grad():
-                figures["global_vectors"].append(ua_of(run(range(len(rows)))))
-                with norm.collecting(reset=False):
-                    run(chosen, collect=True)
-                figures["own_vectors"].append(ua_of(run(range(len(rows)))))
+                u = pooled(everyone)
+                own = SpeakerNormalization("global")
+                own.accumulate(u[chosen].unsqueeze(1), torch.ones(len(chosen)),
+                               [speakers[i] for i in chosen])  # fmt: skip
+                for key, stats in (("global_vectors", norm.statistics), ("own_vectors", own)):
+                    mean, std = (m.to(u.dtype) for m in stats.moments_of(speakers))
+                    figures[key].append(ua_of(mods.model.head((u - mean) / std, None, None)))
+        norm.attach(mods.model)
         return {f"enrolled{n}_{k}": sum(v) / draws for k, v in figures.items()}
 
     def ua_with(stat_rows):
