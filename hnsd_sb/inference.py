@@ -36,9 +36,13 @@ SILENCE_PEAK = 1e-4
 # architecture is sized on the meta device (no memory) before anything is allocated.
 MAX_PARAMETERS = 100_000_000
 # Fewest pooled vectors (enrolment windows) that give a speaker its own statistics of them: one
-# vector has no spread, and with 8 of each RAVDESS actor's files the statistics already cost 8
-# points of UA against all 28 (RAVDESS README, "Speaker-normalised utterance vectors").
+# vector has no spread; on RAVDESS's 8 classes a new speaker's own statistics beat the training
+# speakers' from 8 files on, and lose by 3 to 13 points with 1 to 3 (experiments/proxy/
+# SELECTION.md, "Outcome of the enrolment-minimum rules").
 MIN_ENROLLED_VECTORS = 8
+# Fewer enrolment windows than this, for a speaker the model has no statistics of, scored below
+# not enrolling it at all in the same measurement (2 or 3 files: 48-50 % UA against 52 %).
+MIN_USEFUL_ENROLMENT = 5
 
 
 class EmotionRecognizer(Pretrained):
@@ -429,10 +433,12 @@ class EmotionRecognizer(Pretrained):
         vectors per speaker keeps the speaker's recordings (in memory) and gathers the vectors'
         statistics afresh from all of them, with the speaker's feature statistics as they now
         are, one vector per window of about ``segments.DEFAULT_SEGMENT`` seconds (the length of
-        the utterances it learned from). With at least ``MIN_ENROLLED_VECTORS`` windows those
+        the utterances it learned from). With at least ``MIN_ENROLLED_VECTORS`` (8) windows those
         replace any the model had for the speaker; with fewer, a warning says so and the
         speaker keeps the vectors' statistics it had (a trained speaker's), or none (all
-        speakers' then z-score its vectors).
+        speakers' then z-score its vectors). A new speaker with fewer than
+        ``MIN_USEFUL_ENROLMENT`` (5) windows is also warned that such an enrolment scored below
+        not enrolling at all (RAVDESS, 8 classes): classify it without a speaker instead.
 
         Arguments
         ---------
@@ -495,16 +501,19 @@ class EmotionRecognizer(Pretrained):
         for wav in self.enrolled[speaker]:
             spans += torch.tensor_split(wav, max(1, round(wav.numel() / window)))
         if len(spans) < MIN_ENROLLED_VECTORS:
+            trained = speaker in self.vector_norms[0].statistics.stats
             logger.warning(
                 "%r: %d enrolment windows of about %g s, fewer than the %d the pooled vectors' "
-                "statistics need; its vectors keep %s statistics (enrol more recordings)",
+                "statistics need; its vectors keep %s statistics (enrol more recordings)%s",
                 speaker,
                 len(spans),
                 DEFAULT_SEGMENT,
                 MIN_ENROLLED_VECTORS,
-                "its trained"
-                if speaker in self.vector_norms[0].statistics.stats
-                else "all speakers'",
+                "its trained" if trained else "all speakers'",
+                ""
+                if trained or len(spans) >= MIN_USEFUL_ENROLMENT
+                else f". With fewer than {MIN_USEFUL_ENROLMENT}, enrolling a new speaker scored "
+                "below not enrolling it at all (RAVDESS): enrol more, or classify without it",
             )
             return
         with contextlib.ExitStack() as stack:

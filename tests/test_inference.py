@@ -871,6 +871,11 @@ def test_enrolment_gathers_a_speakers_vector_statistics_from_all_its_recordings(
     with caplog.at_level("WARNING"):
         twice.enroll("c", recordings[:4])  # 4 windows: too few
     assert "4 enrolment windows" in caplog.text and "all speakers'" in caplog.text
+    assert "With fewer than 5, enrolling a new speaker scored below not enrolling" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a trained speaker keeps its own: no such advice
+        EmotionRecognizer.from_folder(folder).enroll("a", recordings[:2])
+    assert "its trained statistics" in caplog.text and "With fewer than" not in caplog.text
     assert "c" not in twice.vector_norms[0].statistics.speakers
     twice.enroll("c", recordings[4:])
     got = [r.vector_norms[0].statistics.state() for r in (once, twice)]
