@@ -258,7 +258,7 @@ def test_export_reads_a_model_given_by_parts_as_its_sizes(tmp_path):
     path.write_text(text.replace(gmu, "fusion: !name:hnsd_sb.ConcatFusion"))
     class_path, sizes = read_module_specs(path)["model"]
     assert class_path == "hnsd_sb.HNSD" and sizes["fusion"] == "concat"
-    assert sizes["hidden_size"] == 512 and sizes["dropout"] == 0.3 and sizes["n_classes"] == 8
+    assert sizes["hidden_size"] == 128 and sizes["dropout"] == 0.3 and sizes["n_classes"] == 8
     assert sizes["bidirectional"] is False
     path.write_text(text.replace("bidirectional: False", "bidirectional: True"))
     assert read_module_specs(path)["model"][1]["bidirectional"] is True
